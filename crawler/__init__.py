@@ -1,0 +1,1 @@
+"""crawler: Scrapy project, spiders, Selenium middleware, image pipeline, demo search site."""

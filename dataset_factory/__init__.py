@@ -1,0 +1,1 @@
+"""dataset_factory: validation, hashing, near-duplicate index, batch classification, routing."""

@@ -1,0 +1,365 @@
+"""pingo.toml: read once with tomllib into typed dataclasses, refused whole if anything is off.
+
+Every section is a dataclass. A field's type is checked as declared and an optional ``check``
+in its metadata rejects impossible values; the error names the key and what is allowed.
+Adding a setting is adding a field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pingo.errors import ConfigError, UnsafeNameError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_ENV = "PINGO_CONFIG"
+DEFAULT_CONFIG_NAME = "pingo.toml"
+
+# Letters, digits, "_", "-", "." and inner spaces; no "/", no "..", no leading dot or space.
+_SAFE_NAME = re.compile(r"^[^\W][\w.\- ]{0,63}$")
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                     *(f"lpt{i}" for i in range(1, 10))}
+
+
+def check_safe_name(name: str, what: str = "class name") -> str:
+    """Return ``name`` if it is safe as one folder name, else raise UnsafeNameError."""
+    if (not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name
+            or name.endswith((" ", ".")) or name.lower() in _WINDOWS_RESERVED):
+        raise UnsafeNameError(
+            f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_', '-', '.' or "
+            "inner spaces, starting with a letter or digit (no '/', '..' or leading dot)")
+    return name
+
+
+# ---- value checks: each returns None when fine, else the text "what is allowed" ----------
+
+def at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"a number >= {low}"
+
+
+def between(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda v: None if low <= v <= high else f"a number from {low} to {high}"
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+
+def non_empty(v: Any) -> str | None:
+    return None if len(v) > 0 else "a non-empty value"
+
+
+def cron(v: str) -> str | None:
+    from apscheduler.triggers.cron import CronTrigger  # light import, only when validating
+    try:
+        CronTrigger.from_crontab(v)
+    except ValueError as exc:
+        return f"a 5-field cron expression like '0 */6 * * *' ({exc})"
+    return None
+
+
+def http_url(v: str | None) -> str | None:
+    if v is None or re.match(r"^https?://[^\s/]+", v):
+        return None
+    return "an http:// or https:// URL"
+
+
+def setting(default: Any = None, *, check: Callable[[Any], str | None] | None = None,
+            default_factory: Callable[[], Any] | None = None, doc: str = "") -> Any:
+    meta = {"check": check, "doc": doc}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---- sections ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    data_dir: str = setting("data", check=non_empty, doc="folder for the DB, images and models")
+    log_level: str = setting("INFO", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class ClassConfig:
+    name: str
+    keywords: list[str] = setting(default_factory=list, doc="search queries for this class")
+    target: int = setting(1000, check=at_least(1), doc="images wanted in dataset/<class>/")
+    confidence: float | None = setting(None, check=lambda v: between(0, 1)(v) if v is not None
+                                       else None, doc="overrides factory.confidence")
+
+
+@dataclass(frozen=True)
+class CrawlConfig:
+    sources: list[str] = setting(default_factory=lambda: ["demo"], check=non_empty)
+    schedule: str = setting("0 */6 * * *", check=cron)
+    demo_url: str = setting("http://127.0.0.1:8765", check=http_url)
+    per_query_limit: int = setting(200, check=at_least(1), doc="most results taken per query")
+    concurrency: int = setting(16, check=at_least(1), doc="parallel image downloads")
+    download_delay: float = setting(0.0, check=at_least(0), doc="seconds between requests to a host")
+    max_drivers: int = setting(2, check=at_least(1), doc="headless browsers rendering pages")
+    page_load_timeout: float = setting(30.0, check=at_least(1))
+    redis_url: str | None = setting(None, doc="shared frontier for several crawlers")
+    selenium_remote_url: str | None = setting(None, check=http_url, doc="Selenium Grid URL")
+
+
+@dataclass(frozen=True)
+class FactoryConfig:
+    hash: str = setting("phash", check=one_of("phash", "dhash", "whash", "ahash"))
+    max_distance: int = setting(6, check=between(0, 64), doc="Hamming bits for near duplicates")
+    confidence: float = setting(0.90, check=between(0, 1), doc="auto-accept threshold")
+    min_size: int = setting(32, check=at_least(1), doc="smallest accepted width/height, pixels")
+    batch_size: int = setting(64, check=at_least(1))
+    workers: int = setting(0, check=at_least(0), doc="hashing processes; 0 = one per core")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    image_size: int = setting(128, check=between(8, 1024))
+    epochs: int = setting(100, check=at_least(1))
+    batch_size: int = setting(32, check=at_least(1))
+    arch: str = setting("small_cnn", check=non_empty, doc="model architecture name")
+    schedule: str = setting("0 2 * * *", check=cron)
+    promote_margin: float = setting(0.0, check=between(-1, 1),
+                                    doc="new test accuracy must be >= current + margin")
+    seed: int = setting(1337)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    db_url: str | None = setting(None, doc="SQLAlchemy URL; default sqlite in data_dir")
+
+
+_SECTIONS: dict[str, type] = {
+    "project": ProjectConfig,
+    "crawl": CrawlConfig,
+    "factory": FactoryConfig,
+    "train": TrainConfig,
+    "storage": StorageConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    classes: dict[str, ClassConfig] = field(default_factory=dict)
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
+    factory: FactoryConfig = field(default_factory=FactoryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    # Folder that relative paths are resolved against (the config file's folder).
+    base_dir: Path = field(default_factory=Path.cwd)
+    path: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.base_dir / self.project.data_dir).resolve()
+
+    @property
+    def db_url(self) -> str:
+        url = self.storage.db_url
+        if url is None:
+            return f"sqlite:///{self.data_dir / 'pingo.db'}"
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str((self.base_dir / url[len(prefix):]).resolve())
+        return url
+
+    @property
+    def targets(self) -> dict[str, int]:
+        return {name: c.target for name, c in self.classes.items()}
+
+    def confidence_for(self, class_name: str) -> float:
+        own = self.classes[class_name].confidence if class_name in self.classes else None
+        return self.factory.confidence if own is None else own
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], base_dir: Path | None = None,
+                     path: Path | None = None) -> "Config":
+        """Build and validate a Config from parsed TOML; raise ConfigError naming the key."""
+        if not isinstance(data, dict):
+            raise ConfigError("config must be a TOML table")
+        unknown = sorted(set(data) - set(_SECTIONS) - {"classes"})
+        if unknown:
+            raise ConfigError(f"unknown section [{unknown[0]}]: allowed sections are "
+                              + ", ".join(f"[{s}]" for s in ["project", "classes", *list(_SECTIONS)[1:]]))
+        sections = {name: _build(section_cls, data.get(name, {}), name)
+                    for name, section_cls in _SECTIONS.items()}
+        classes = _build_classes(data.get("classes", {}))
+        return cls(classes=classes, base_dir=(base_dir or Path.cwd()).resolve(), path=path,
+                   **sections)
+
+
+def _build_classes(raw: Any) -> dict[str, ClassConfig]:
+    if not isinstance(raw, dict):
+        raise ConfigError("classes: must be tables like [classes.cat]")
+    classes = {}
+    for name, table in raw.items():
+        try:
+            check_safe_name(name)
+        except UnsafeNameError as exc:
+            raise UnsafeNameError(f"classes.{name}: {exc}") from None
+        if not isinstance(table, dict):
+            raise ConfigError(f"classes.{name}: must be a table like [classes.{name}]")
+        built = _build(ClassConfig, table, f"classes.{name}", fixed={"name": name})
+        if not built.keywords:
+            built = dataclasses.replace(built, keywords=[name])
+        if any(not k.strip() for k in built.keywords):
+            raise ConfigError(f"classes.{name}.keywords: allowed is a list of non-empty strings")
+        classes[name] = built
+    return classes
+
+
+def _build(section_cls: type, raw: Any, prefix: str, fixed: dict[str, Any] | None = None):
+    """One section from its TOML table; ``fixed`` values come from pingo, not the user."""
+    fixed = fixed or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: must be a table [{prefix}]")
+    fields = {f.name: f for f in dataclasses.fields(section_cls) if f.name not in fixed}
+    hints = typing.get_type_hints(section_cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{prefix}.{key}: unknown key; allowed keys are "
+                              + ", ".join(fields))
+    values = dict(fixed)
+    for key, value in raw.items():
+        full = f"{prefix}.{key}"
+        value = _check_type(full, value, hints[key])
+        check = fields[key].metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{full}: got {value!r}; allowed is {problem}")
+        values[key] = value
+    return section_cls(**values)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is bool:
+        return "true or false"
+    if typing.get_origin(tp) is list:
+        return "a list of " + _type_name(typing.get_args(tp)[0]).split(" ", 1)[1] + "s"
+    return str(tp)
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _check_type(key, value, args[0])  # TOML has no null, so None never arrives
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: got {value!r}; allowed is {_type_name(tp)}")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    ok = (isinstance(value, bool) if tp is bool else
+          isinstance(value, int) and not isinstance(value, bool) if tp is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
+          isinstance(value, tp))
+    if not ok:
+        raise ConfigError(f"{key}: got {value!r}; allowed is {_type_name(tp)}")
+    return float(value) if tp is float else value
+
+
+def find_config_path(explicit: str | os.PathLike | None = None) -> Path:
+    """The config file to use: --config, else $PINGO_CONFIG, else ./pingo.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate the config file; raise ConfigError with the key and what is allowed."""
+    path = find_config_path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}: run `pingo init` to write a starter "
+                          f"pingo.toml, or pass --config FILE") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    config = Config.from_mapping(data, base_dir=path.resolve().parent, path=path)
+    logger.debug("loaded config %s with %d classes", path, len(config.classes))
+    return config
+
+
+STARTER_CONFIG = '''\
+# pingo configuration. Every key is optional; the values shown are the defaults unless noted.
+# Reference: README.md, section "Configuration".
+
+[project]
+data_dir = "data"              # DB, inbox/, dataset/, review/, rejected/, models/, reports/
+
+# One table per class. The table name becomes the folder name dataset/<class>/.
+# keywords: what to search for (any language); target: images wanted in dataset/<class>/.
+# The starter classes match the local demo search site, so `make demo` works offline.
+[classes.circle]
+keywords = ["circle"]
+target = 60
+
+[classes.square]
+keywords = ["square"]
+target = 60
+
+[classes.triangle]
+keywords = ["triangle"]
+target = 60
+# confidence = 0.95            # per-class override of factory.confidence
+
+[crawl]
+sources = ["demo"]             # search-source profiles: "demo" (local), "bing", ...
+schedule = "0 */6 * * *"       # cron: when the scheduler crawls
+demo_url = "http://127.0.0.1:8765"
+per_query_limit = 200          # most results taken from one query
+concurrency = 16               # parallel image downloads
+download_delay = 0.0           # seconds between requests to one host
+max_drivers = 2                # headless browsers rendering result pages
+# redis_url = "redis://127.0.0.1:6379/0"            # share one frontier between machines
+# selenium_remote_url = "http://127.0.0.1:4444"     # browsers from a Selenium Grid
+
+[factory]
+hash = "phash"                 # phash, dhash, whash or ahash
+max_distance = 6               # Hamming bits: closer hashes are near duplicates
+confidence = 0.90              # top-1 confidence needed to auto-accept; else review/
+min_size = 32                  # smallest width/height kept, pixels
+
+[train]
+image_size = 128               # pixels; the model sees image_size x image_size
+epochs = 100                   # upper bound; early stopping usually ends sooner
+batch_size = 32
+schedule = "0 2 * * *"         # cron: nightly retrain (runs only when every class is at target)
+promote_margin = 0.0           # a new model is promoted if test accuracy >= current + margin
+
+[storage]
+# db_url = "postgresql://user@127.0.0.1/pingo"      # default: sqlite in data_dir
+'''
+
+
+def write_starter_config(path: str | os.PathLike, force: bool = False) -> Path:
+    """Write the commented starter config; refuse to overwrite unless ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists (use --force to overwrite)")
+    path.write_text(STARTER_CONFIG, encoding="utf-8")
+    return path

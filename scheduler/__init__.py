@@ -1,0 +1,1 @@
+"""scheduler: triggers, the job lock, run records, the service process."""

@@ -1,0 +1,32 @@
+"""Named storage errors (all PingoError, so the CLI prints them cleanly)."""
+
+from pingo.errors import PingoError
+
+
+class StorageError(PingoError):
+    """The metadata DB or the data folders cannot be used as asked."""
+
+
+class SchemaVersionError(StorageError):
+    """The DB was written by a newer pingo than this one."""
+
+
+class DuplicateImageError(StorageError):
+    """The exact bytes are already stored; ``existing_id`` is the row that has them."""
+
+    def __init__(self, existing_id: int, sha256: str):
+        super().__init__(f"identical bytes already stored as image {existing_id}")
+        self.existing_id = existing_id
+        self.sha256 = sha256
+
+
+class ImageNotFoundError(StorageError):
+    """No image row with that id."""
+
+
+class MoveConflictError(StorageError):
+    """Another process has a move of the same image in flight."""
+
+
+class UnknownClassError(StorageError):
+    """A class folder or label that the config does not declare."""

@@ -1,0 +1,65 @@
+"""Model registry on disk: models/vNNNN/ folders and the atomically written models/CURRENT."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from storage import files
+from storage.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+_VERSION = re.compile(r"^v\d{4,}$")
+
+
+class ModelRegistry:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def versions(self) -> list[str]:
+        """Existing version folders, oldest first."""
+        if not self.root.is_dir():
+            return []
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def path(self, version: str) -> Path:
+        if not _VERSION.match(version or ""):
+            raise StorageError(f"{version!r} is not a model version (like v0001)")
+        return self.root / version
+
+    def new_version(self) -> tuple[str, Path]:
+        """Reserve the next version folder (mkdir is exclusive, so two trainers never clash)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        n = int(self.versions()[-1][1:]) + 1 if self.versions() else 1
+        while True:
+            version = f"v{n:04d}"
+            try:
+                (self.root / version).mkdir()
+                return version, self.root / version
+            except FileExistsError:
+                n += 1
+
+    def current(self) -> str | None:
+        """The promoted version, or None when nothing is promoted yet."""
+        try:
+            version = (self.root / "CURRENT").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not _VERSION.match(version) or not (self.root / version).is_dir():
+            logger.error("models/CURRENT names %r, which is not in the registry", version)
+            return None
+        return version
+
+    def current_path(self) -> Path | None:
+        version = self.current()
+        return None if version is None else self.root / version
+
+    def promote(self, version: str) -> None:
+        """Point models/CURRENT at ``version`` (readers see the old or the new, never half)."""
+        if not self.path(version).is_dir():
+            raise StorageError(f"model version {version} does not exist")
+        files.atomic_write(self.root / "CURRENT", version + "\n")
+        logger.info("promoted model %s", version)

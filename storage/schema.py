@@ -1,0 +1,154 @@
+"""The metadata schema (SQLAlchemy Core) and its versioned migrations.
+
+A new DB gets every table at SCHEMA_VERSION. An older DB is brought up step by step by
+MIGRATIONS[v] (v = the version it reaches), each an additive change in one transaction, so
+rows survive upgrades. To add a column: add it to the table below, bump SCHEMA_VERSION and add
+``MIGRATIONS[new] = add_column("images", "column_name")``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Connection, DateTime, Float,
+                        ForeignKey, Index, Integer, MetaData, String, Table, Text, inspect,
+                        select)
+from sqlalchemy.schema import CreateColumn
+
+from storage.errors import SchemaVersionError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+images = Table(
+    "images", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sha256", String(64), nullable=False, unique=True),  # of the stored bytes
+    Column("phash", BigInteger),                 # perceptual hash as a signed 64-bit int
+    Column("hash_method", String(16)),           # phash/dhash/whash/ahash: never mix methods
+    Column("source_url", Text),
+    Column("page_url", Text),
+    Column("source", String(64)),                # search source profile, or "import"
+    Column("query", Text),
+    Column("keyword_class", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # inbox / accepted / review / rejected
+    Column("reason", String(64)),                # why rejected (or sent to review)
+    Column("label", String(64)),                 # class it is filed under (best guess in review)
+    Column("label_source", String(16)),          # keyword / model / human
+    Column("confidence", Float),
+    Column("model_version", String(16)),
+    Column("path", Text),                        # relative to data_dir, posix separators
+    Column("duplicate_of", Integer, ForeignKey("images.id")),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("bytes", Integer),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    # Distributed factory workers lease inbox rows (SELECT ... FOR UPDATE SKIP LOCKED).
+    Column("claimed_by", String(128)),
+    Column("claim_expires", DateTime),
+    Index("ix_images_status_label", "status", "label"),
+    Index("ix_images_status_keyword", "status", "keyword_class"),
+    Index("ix_images_phash", "phash"),
+)
+
+# Every URL the crawler has fetched, whatever came of it, so no URL is fetched twice.
+urls = Table(
+    "urls", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("url_sha", String(64), nullable=False, unique=True),  # long URLs overflow indexes
+    Column("url", Text, nullable=False),
+    Column("outcome", String(64), nullable=False),  # "image", "duplicate", or a refusal reason
+    Column("image_id", Integer, ForeignKey("images.id")),
+    Column("created_at", DateTime, nullable=False),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String(32), nullable=False),
+    Column("started", DateTime, nullable=False),
+    Column("finished", DateTime),
+    Column("status", String(16), nullable=False),  # running / succeeded / failed
+    Column("counts", JSON),
+    Column("error", Text),
+    Column("host", String(128)),
+    Column("pid", Integer),
+    Index("ix_runs_job_started", "job", "started"),
+)
+
+models = Table(
+    "models", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version", String(16), nullable=False, unique=True),
+    Column("created", DateTime, nullable=False),
+    Column("metrics", JSON),
+    Column("manifest_hash", String(64)),
+    Column("promoted", Boolean, nullable=False, default=False),
+    Column("note", Text),  # why it was or was not promoted
+)
+
+# A file move (or a new file's final rename) in flight: written before the rename, removed
+# with the row update after it. Whatever is left here after a crash is finished on next open.
+pending_moves = Table(
+    "pending_moves", metadata,
+    Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(8), nullable=False),   # add / move
+    Column("src", Text, nullable=False),
+    Column("dst", Text, nullable=False),
+    Column("changes", JSON, nullable=False),     # column values to apply with the rename
+    Column("owner", String(160), nullable=False),  # host:pid of the process doing it
+    Column("created_at", DateTime, nullable=False),
+)
+
+
+def add_column(table: str, column: str) -> Callable[[Connection], None]:
+    """A migration step that adds ``column`` (as declared above) to an existing table."""
+    def step(conn: Connection) -> None:
+        col = metadata.tables[table].c[column]
+        ddl = CreateColumn(col).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+    return step
+
+
+# version reached -> step. Steps only add; data already there is never rewritten.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def stored_version(conn: Connection) -> int | None:
+    if not inspect(conn).has_table("meta"):
+        return None
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else None
+
+
+def migrate(conn: Connection) -> int:
+    """Create or upgrade the schema inside ``conn``'s transaction; return the version."""
+    version = stored_version(conn)
+    if version is None:
+        metadata.create_all(conn)
+        conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        logger.info("created metadata schema v%d", SCHEMA_VERSION)
+        return SCHEMA_VERSION
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database has schema v{version} but this pingo knows up to "
+            f"v{SCHEMA_VERSION}: upgrade pingo")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        logger.info("migrating metadata schema v%d -> v%d", target - 1, target)
+        MIGRATIONS[target](conn)
+    metadata.create_all(conn)  # tables added since (checkfirst)
+    if version != SCHEMA_VERSION:
+        conn.execute(meta.update().where(meta.c.key == "schema_version")
+                     .values(value=str(SCHEMA_VERSION)))
+    return SCHEMA_VERSION

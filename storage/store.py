@@ -1,0 +1,417 @@
+"""Store: the metadata DB and the image folders, kept in step.
+
+Every image has one row and one file, in exactly one of inbox/, dataset/, review/, rejected/,
+and the row says which. Files change place in three steps:
+
+1. one transaction records the intent (pending_moves: src, dst, the column changes);
+2. os.replace renames the file (atomic), the folder is fsynced;
+3. one transaction applies the changes to the row and drops the intent.
+
+A crash between any two steps leaves an intent behind. ``Store.open`` finishes every intent
+whose owner process is gone: it completes the rename if it had not happened and applies the
+row changes, so no image is lost or counted twice. New files take the same path, from a
+fsynced temp file in the destination folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from storage import files
+from storage.db import make_engine
+from storage.errors import (DuplicateImageError, ImageNotFoundError, MoveConflictError,
+                            StorageError)
+from storage.registry import ModelRegistry
+from storage.schema import images, migrate, models, pending_moves, runs, urls
+
+logger = logging.getLogger(__name__)
+
+# Columns a move may change besides status and path.
+MOVABLE = {"reason", "label", "label_source", "confidence", "model_version", "duplicate_of",
+           "phash", "hash_method", "width", "height"}
+IMAGE_FIELDS = ("id", "sha256", "phash", "hash_method", "source_url", "page_url", "source",
+                "query", "keyword_class", "status", "reason", "label", "label_source",
+                "confidence", "model_version", "path", "duplicate_of", "width", "height",
+                "bytes", "created_at", "updated_at")
+
+
+def utcnow() -> datetime:
+    """Naive UTC (SQLite keeps no zone; every timestamp pingo writes is UTC)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.replace(tzinfo=timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Move:
+    """Change an image's status (and so its folder) plus any MOVABLE columns."""
+
+    image_id: int
+    status: str
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in files.STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+        extra = set(self.changes) - MOVABLE
+        if extra:
+            raise ValueError(f"a move cannot change {sorted(extra)}")
+
+
+@dataclass
+class Stats:
+    classes: dict[str, dict[str, int | None]]
+    inbox: int
+    rejected: dict[str, int]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"classes": self.classes, "inbox": self.inbox, "rejected": self.rejected}
+
+
+class Store:
+    """Open with ``Store.open(data_dir, db_url)``; use as a context manager to dispose."""
+
+    def __init__(self, data_dir: Path, engine: Engine):
+        self.data_dir = Path(data_dir).resolve()
+        self.engine = engine
+        self.registry = ModelRegistry(self.data_dir / "models")
+
+    @classmethod
+    def open(cls, data_dir: str | Path, db_url: str | None = None, *,
+             repair: bool = True) -> "Store":
+        data_dir = Path(data_dir).resolve()
+        files.ensure_layout(data_dir)
+        engine = make_engine(db_url or f"sqlite:///{data_dir / 'pingo.db'}")
+        with engine.begin() as conn:
+            migrate(conn)
+        store = cls(data_dir, engine)
+        if repair:
+            store.repair()
+        return store
+
+    @classmethod
+    def from_config(cls, config, **kw) -> "Store":
+        return cls.open(config.data_dir, config.db_url, **kw)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def abspath(self, relpath: str) -> Path:
+        return self.data_dir / relpath
+
+    # ---- adding images -----------------------------------------------------------------------
+
+    def add_image(self, data: bytes, *, keyword_class: str, source: str, ext: str | None = None,
+                  source_url: str | None = None, page_url: str | None = None,
+                  query: str | None = None, label: str | None = None,
+                  label_source: str | None = None, width: int | None = None,
+                  height: int | None = None) -> int:
+        """Store new bytes in inbox/ and return the new image id.
+
+        Raises DuplicateImageError when identical bytes are already stored (the caller counts
+        it; nothing is written).
+        """
+        sha = hashlib.sha256(data).hexdigest()
+        existing = self.id_for_sha256(sha)
+        if existing is not None:
+            raise DuplicateImageError(existing, sha)
+        rel = files.image_relpath("inbox", sha, ext or "bin")
+        final = self.abspath(rel)
+        tmp = files.write_temp(final, data)
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                image_id = conn.execute(insert(images).values(
+                    sha256=sha, source_url=source_url, page_url=page_url, source=source,
+                    query=query, keyword_class=keyword_class, status="inbox", label=label,
+                    label_source=label_source, path=rel, width=width, height=height,
+                    bytes=len(data), created_at=now, updated_at=now,
+                )).inserted_primary_key[0]
+                conn.execute(insert(pending_moves).values(
+                    image_id=image_id, kind="add", src=self._rel(tmp), dst=rel, changes={},
+                    owner=files.current_owner(), created_at=now))
+        except IntegrityError:
+            tmp.unlink(missing_ok=True)
+            existing = self.id_for_sha256(sha)
+            if existing is None:
+                raise
+            raise DuplicateImageError(existing, sha) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        files.replace(tmp, final)
+        with self.engine.begin() as conn:
+            conn.execute(delete(pending_moves).where(pending_moves.c.image_id == image_id))
+        return image_id
+
+    def id_for_sha256(self, sha: str) -> int | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(images.c.id).where(images.c.sha256 == sha)).scalar()
+
+    # ---- moving images -----------------------------------------------------------------------
+
+    def move(self, image_id: int, status: str, **changes: Any) -> str:
+        """Move one image to ``status`` (label for accepted/review, reason for rejected)."""
+        return self.move_many([Move(image_id, status, changes)])[image_id]
+
+    def move_many(self, moves: Iterable[Move]) -> dict[int, str]:
+        """Apply moves in one recoverable batch; return image id -> new relative path."""
+        moves = list(moves)
+        if not moves:
+            return {}
+        ids = [m.image_id for m in moves]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an image appears twice in one batch of moves")
+        now = utcnow()
+        plan: list[tuple[int, str, str, dict[str, Any]]] = []
+        with self.engine.begin() as conn:
+            rows = {r.id: r for r in conn.execute(select(images).where(images.c.id.in_(ids)))}
+            for m in moves:
+                row = rows.get(m.image_id)
+                if row is None:
+                    raise ImageNotFoundError(f"no image with id {m.image_id}")
+                merged = {**row._mapping, **m.changes}
+                ext = row.path.rsplit(".", 1)[-1] if row.path else "bin"
+                dst = files.image_relpath(m.status, row.sha256, ext, label=merged["label"],
+                                          reason=merged["reason"])
+                changes = {**m.changes, "status": m.status, "path": dst}
+                plan.append((m.image_id, row.path, dst, changes))
+            try:
+                conn.execute(insert(pending_moves), [
+                    dict(image_id=i, kind="move", src=src, dst=dst, changes=ch,
+                         owner=files.current_owner(), created_at=now)
+                    for i, src, dst, ch in plan])
+            except IntegrityError:
+                raise MoveConflictError(
+                    f"another process is moving one of images {ids[:5]}...") from None
+        renamed = 0
+        try:
+            for _, src, dst, _ in plan:
+                self._rename(src, dst)
+                renamed += 1
+        finally:
+            # Apply what was renamed; withdraw the intents of what was not (nothing moved).
+            with self.engine.begin() as conn:
+                for image_id, _, _, changes in plan[:renamed]:
+                    self._apply(conn, image_id, changes, now)
+                if renamed < len(plan):
+                    conn.execute(delete(pending_moves).where(pending_moves.c.image_id.in_(
+                        [p[0] for p in plan[renamed:]])))
+        return {i: dst for i, _, dst, _ in plan}
+
+    def _rename(self, src: str, dst: str) -> None:
+        if src == dst:
+            return
+        try:
+            files.replace(self.abspath(src), self.abspath(dst))
+        except FileNotFoundError:
+            if not self.abspath(dst).exists():
+                raise StorageError(f"image file {src} is missing and {dst} does not exist")
+            # Another process (a repair) already did this rename.
+
+    def _apply(self, conn, image_id: int, changes: dict[str, Any], now: datetime) -> None:
+        conn.execute(update(images).where(images.c.id == image_id)
+                     .values(**changes, updated_at=now))
+        conn.execute(delete(pending_moves).where(pending_moves.c.image_id == image_id))
+
+    def update_image(self, image_id: int, **changes: Any) -> None:
+        """Change columns that do not move the file (e.g. phash, width, height)."""
+        bad = set(changes) - (MOVABLE - {"label", "reason"})
+        if bad:
+            raise ValueError(f"update_image cannot change {sorted(bad)}; use move()")
+        with self.engine.begin() as conn:
+            conn.execute(update(images).where(images.c.id == image_id)
+                         .values(**changes, updated_at=utcnow()))
+
+    # ---- repair ------------------------------------------------------------------------------
+
+    def repair(self) -> dict[str, int]:
+        """Finish moves and adds left half-done by dead processes; drop orphan temp files."""
+        done = {"finished": 0, "dropped": 0, "missing": 0, "temp_removed": 0}
+        with self.engine.connect() as conn:
+            left = conn.execute(select(pending_moves)).all()
+        for p in left:
+            if files.owner_alive(p.owner, p.created_at.replace(tzinfo=timezone.utc).timestamp()):
+                continue
+            src, dst = self.abspath(p.src), self.abspath(p.dst)
+            if src.exists() and p.src != p.dst:
+                if dst.exists():
+                    src.unlink()  # identical content: names come from the sha256
+                else:
+                    files.replace(src, dst)
+            if dst.exists():
+                with self.engine.begin() as conn:
+                    self._apply(conn, p.image_id, p.changes, utcnow())
+                done["finished"] += 1
+                logger.warning("finished an interrupted %s of image %d to %s",
+                               p.kind, p.image_id, p.dst)
+            elif p.kind == "add":
+                # The bytes never reached disk whole: forget the row, the crawl refetches it.
+                with self.engine.begin() as conn:
+                    conn.execute(delete(pending_moves).where(pending_moves.c.image_id == p.image_id))
+                    conn.execute(delete(urls).where(urls.c.image_id == p.image_id))
+                    conn.execute(delete(images).where(images.c.id == p.image_id))
+                done["dropped"] += 1
+                logger.warning("dropped image %d: its download was interrupted", p.image_id)
+            else:
+                with self.engine.begin() as conn:
+                    self._apply(conn, p.image_id, {"status": "rejected",
+                                                   "reason": "file_missing", "path": None},
+                                utcnow())
+                done["missing"] += 1
+                logger.error("image %d: file missing at %s and %s", p.image_id, p.src, p.dst)
+        for part in self.data_dir.glob(f"*/**/.*{files.PART_SUFFIX}"):
+            if not files.part_owner_alive(part):
+                part.unlink(missing_ok=True)
+                done["temp_removed"] += 1
+        if any(done.values()):
+            logger.info("repair: %s", done)
+        return done
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def get_image(self, image_id: int) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(images).where(images.c.id == image_id)).first()
+        if row is None:
+            raise ImageNotFoundError(f"no image with id {image_id}")
+        return _image_dict(row)
+
+    def iter_images(self, status: str | None = None, class_name: str | None = None,
+                    batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Images in id order; ``class_name`` matches the label, else the keyword class."""
+        query = select(images).order_by(images.c.id)
+        if status:
+            query = query.where(images.c.status == status)
+        if class_name:
+            query = query.where(func.coalesce(images.c.label, images.c.keyword_class) == class_name)
+        last = 0
+        while True:  # keyset pages: no long-lived read transaction blocks writers
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.where(images.c.id > last).limit(batch)).all()
+            if not rows:
+                return
+            for row in rows:
+                yield _image_dict(row)
+            last = rows[-1].id
+
+    def stats(self, targets: dict[str, int]) -> Stats:
+        """Per class: accepted, review, target; inbox total; rejected per reason."""
+        with self.engine.connect() as conn:
+            per_label = conn.execute(
+                select(images.c.label, images.c.status, func.count())
+                .where(images.c.status.in_(["accepted", "review"]))
+                .group_by(images.c.label, images.c.status)).all()
+            inbox = conn.execute(select(func.count()).where(images.c.status == "inbox")).scalar()
+            rejected = dict(conn.execute(
+                select(images.c.reason, func.count()).where(images.c.status == "rejected")
+                .group_by(images.c.reason)).all())
+        classes: dict[str, dict[str, int | None]] = {
+            name: {"accepted": 0, "review": 0, "target": target}
+            for name, target in targets.items()}
+        for label, status, n in per_label:
+            entry = classes.setdefault(label, {"accepted": 0, "review": 0, "target": None})
+            entry[status] = n
+        return Stats(classes, inbox, {str(r or "unknown"): n
+                                      for r, n in sorted(rejected.items(), key=lambda kv: str(kv[0]))})
+
+    def inbox_counts(self) -> dict[str, int]:
+        """Images waiting in the inbox per keyword class."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(
+                select(images.c.keyword_class, func.count()).where(images.c.status == "inbox")
+                .group_by(images.c.keyword_class)).all())
+
+    # ---- URLs the crawler has seen -----------------------------------------------------------
+
+    def seen_urls(self, candidates: Iterable[str]) -> set[str]:
+        shas = {_url_sha(u): u for u in candidates}
+        seen: set[str] = set()
+        keys = list(shas)
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), 500):
+                for (sha,) in conn.execute(select(urls.c.url_sha)
+                                           .where(urls.c.url_sha.in_(keys[i:i + 500]))):
+                    seen.add(shas[sha])
+        return seen
+
+    def record_url(self, url: str, outcome: str, image_id: int | None = None) -> bool:
+        """Remember a fetched URL; False when it was already recorded."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(urls).values(url_sha=_url_sha(url), url=url, outcome=outcome,
+                                                 image_id=image_id, created_at=utcnow()))
+        except IntegrityError:
+            return False
+        return True
+
+    # ---- runs --------------------------------------------------------------------------------
+
+    def start_run(self, job: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(insert(runs).values(
+                job=job, started=utcnow(), status="running", host=files.HOST,
+                pid=int(files.current_owner().rsplit(":", 1)[1]))).inserted_primary_key[0]
+
+    def finish_run(self, run_id: int, status: str, counts: dict | None = None,
+                   error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(runs).where(runs.c.id == run_id).values(
+                finished=utcnow(), status=status, counts=counts, error=error))
+
+    def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
+        return [{**r._mapping, "started": iso(r.started), "finished": iso(r.finished)}
+                for r in rows]
+
+    # ---- models ------------------------------------------------------------------------------
+
+    def record_model(self, version: str, metrics: dict | None, manifest_hash: str | None,
+                     promoted: bool, note: str = "") -> None:
+        with self.engine.begin() as conn:
+            if promoted:
+                conn.execute(update(models).values(promoted=False))
+            conn.execute(insert(models).values(
+                version=version, created=utcnow(), metrics=metrics, manifest_hash=manifest_hash,
+                promoted=promoted, note=note))
+
+    def mark_promoted(self, version: str, note: str = "") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(models).values(promoted=False))
+            conn.execute(update(models).where(models.c.version == version)
+                         .values(promoted=True, note=note or models.c.note))
+
+    def model_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(models).order_by(models.c.version)).all()
+        return [{**r._mapping, "created": iso(r.created)} for r in rows]
+
+
+def _url_sha(url: str) -> str:
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+def _image_dict(row) -> dict[str, Any]:
+    m = row._mapping
+    out = {k: m[k] for k in IMAGE_FIELDS}
+    out["created_at"] = iso(out["created_at"])
+    out["updated_at"] = iso(out["updated_at"])
+    return out
+

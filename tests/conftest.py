@@ -1,0 +1,84 @@
+"""Fixtures shared by every test module: real temp folders, real SQLite, the CLI in-process."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pingo.config import Config, load_config
+
+SIGN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sign-language-digits"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A temp project folder with a pingo.toml (three classes); returns a writer/loader helper."""
+    return Project(tmp_path, monkeypatch)
+
+
+class Project:
+    DEFAULT = """
+[classes.cat]
+keywords = ["cat photo"]
+target = 5
+
+[classes.dog]
+keywords = ["dog photo", "puppy"]
+target = 5
+
+[classes.bird]
+target = 3
+"""
+
+    def __init__(self, root: Path, monkeypatch):
+        self.root = root
+        self.path = root / "pingo.toml"
+        self.write(self.DEFAULT)
+        monkeypatch.chdir(root)
+        monkeypatch.delenv("PINGO_CONFIG", raising=False)
+
+    def write(self, text: str) -> Path:
+        self.path.write_text(text, encoding="utf-8")
+        return self.path
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.path)
+
+    def store(self):
+        from storage import Store
+        return Store.from_config(self.config)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+
+@pytest.fixture
+def run_cli(project):
+    """Invoke the `pingo` CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from pingo.cli import cli
+
+    def run(*args: str, input: str | None = None):
+        return CliRunner().invoke(cli, ["--config", str(project.path), *args], input=input,
+                                  catch_exceptions=False)
+    return run
+
+
+def png_bytes(color=(200, 30, 30), size=(40, 40)) -> bytes:
+    """A small real PNG; different colours give different bytes."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def sign_digits() -> Path:
+    if not SIGN_DIGITS.is_dir():
+        pytest.skip(f"shared dataset not found at {SIGN_DIGITS}")
+    return SIGN_DIGITS

@@ -1,0 +1,1 @@
+"""trainer: data loading from class folders, model definitions, training, evaluation, plots."""
