@@ -115,6 +115,9 @@ class Store:
     def abspath(self, relpath: str) -> Path:
         return self.data_dir / relpath
 
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.data_dir).as_posix()
+
     # ---- adding images -----------------------------------------------------------------------
 
     def add_image(self, data: bytes, *, keyword_class: str, source: str, ext: str | None = None,
@@ -157,7 +160,7 @@ class Store:
             raise
         files.replace(tmp, final)
         with self.engine.begin() as conn:
-            conn.execute(delete(pending_moves).where(pending_moves.c.image_id == image_id))
+            self._apply(conn, image_id, {}, now)
         return image_id
 
     def id_for_sha256(self, sha: str) -> int | None:

@@ -1,0 +1,108 @@
+"""Config: typed sections, defaults that work, every bad value refused with its key named."""
+
+import pytest
+
+from pingo.config import (STARTER_CONFIG, Config, check_safe_name, load_config,
+                          write_starter_config)
+from pingo.errors import ConfigError, UnsafeNameError
+
+
+def test_defaults_work_without_any_section(tmp_path):
+    cfg = Config.from_mapping({}, base_dir=tmp_path)
+    assert cfg.classes == {}
+    assert cfg.crawl.sources == ["demo"]
+    assert cfg.factory.hash == "phash" and cfg.factory.max_distance == 6
+    assert cfg.data_dir == (tmp_path / "data").resolve()
+    assert cfg.db_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'pingo.db'}"
+
+
+def test_starter_config_parses_and_has_classes(tmp_path):
+    path = write_starter_config(tmp_path / "pingo.toml")
+    cfg = load_config(path)
+    assert set(cfg.classes) == {"circle", "square", "triangle"}
+    assert all(c.target >= 1 for c in cfg.classes.values())
+    assert path.read_text() == STARTER_CONFIG
+
+
+def test_init_refuses_to_overwrite(tmp_path):
+    write_starter_config(tmp_path / "pingo.toml")
+    with pytest.raises(ConfigError, match="already exists"):
+        write_starter_config(tmp_path / "pingo.toml")
+
+
+def test_class_keywords_default_to_name_and_confidence_override(tmp_path):
+    cfg = Config.from_mapping({"classes": {"cat": {"target": 3, "confidence": 0.5}, "dog": {}},
+                               "factory": {"confidence": 0.8}}, base_dir=tmp_path)
+    assert cfg.classes["dog"].keywords == ["dog"]
+    assert cfg.classes["dog"].target == 1000
+    assert cfg.confidence_for("cat") == 0.5
+    assert cfg.confidence_for("dog") == 0.8
+    assert cfg.targets == {"cat": 3, "dog": 1000}
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "p.toml").write_text(
+        '[project]\ndata_dir = "d"\n[storage]\ndb_url = "sqlite:///x/meta.db"\n')
+    cfg = load_config(tmp_path / "sub" / "p.toml")
+    assert cfg.data_dir == (tmp_path / "sub" / "d").resolve()
+    assert cfg.db_url == f"sqlite:///{(tmp_path / 'sub' / 'x' / 'meta.db').resolve()}"
+
+
+def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
+    cfg = Config.from_mapping({"factory": {"confidence": 1}}, base_dir=tmp_path)
+    assert cfg.factory.confidence == 1.0 and isinstance(cfg.factory.confidence, float)
+
+
+@pytest.mark.parametrize("data, key, allowed", [
+    ({"classes": {"cat": {"target": 0}}}, "classes.cat.target", ">= 1"),
+    ({"classes": {"cat": {"target": "many"}}}, "classes.cat.target", "an integer"),
+    ({"classes": {"cat": {"target": True}}}, "classes.cat.target", "an integer"),
+    ({"classes": {"cat": {"confidence": 1.5}}}, "classes.cat.confidence", "from 0 to 1"),
+    ({"classes": {"cat": {"colour": "red"}}}, "classes.cat.colour", "allowed keys"),
+    ({"classes": {"cat": {"keywords": "cat"}}}, "classes.cat.keywords", "a list of strings"),
+    ({"classes": {"cat": {"keywords": [""]}}}, "classes.cat.keywords", "non-empty"),
+    ({"factory": {"confidence": -0.1}}, "factory.confidence", "from 0 to 1"),
+    ({"factory": {"hash": "md5"}}, "factory.hash", "'phash'"),
+    ({"factory": {"max_distance": 65}}, "factory.max_distance", "from 0 to 64"),
+    ({"crawl": {"schedule": "every day"}}, "crawl.schedule", "cron"),
+    ({"crawl": {"demo_url": "ftp://x"}}, "crawl.demo_url", "http"),
+    ({"crawl": {"sources": []}}, "crawl.sources", "non-empty"),
+    ({"crawl": {"bogus": 1}}, "crawl.bogus", "unknown key"),
+    ({"train": {"image_size": 4}}, "train.image_size", "from 8"),
+    ({"nonsense": {}}, "[nonsense]", "allowed sections"),
+    ({"crawl": 3}, "crawl", "table"),
+])
+def test_bad_values_are_refused_naming_the_key(tmp_path, data, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        Config.from_mapping(data, base_dir=tmp_path)
+    assert key in str(err.value)
+    assert allowed in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "..", "", "a\\b", "con", "x.",
+                                  "a..b", "x" * 65, " lead", "tab\tname"])
+def test_unsafe_class_names_are_refused(tmp_path, name):
+    with pytest.raises(UnsafeNameError):
+        Config.from_mapping({"classes": {name: {}}}, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cat", "golden retriever", "고양이", "class_1", "a-b.c"])
+def test_safe_class_names_are_kept(name):
+    assert check_safe_name(name) == name
+
+
+def test_missing_and_malformed_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="pingo init"):
+        load_config(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[classes.cat\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_config_path_from_environment(tmp_path, monkeypatch):
+    path = tmp_path / "elsewhere.toml"
+    path.write_text("[classes.owl]\ntarget = 2\n")
+    monkeypatch.setenv("PINGO_CONFIG", str(path))
+    assert set(load_config().classes) == {"owl"}
