@@ -98,6 +98,15 @@ models = Table(
     Column("note", Text),  # why it was or was not promoted
 )
 
+# Per class and day: the counts at the last snapshot that day (`pingo stats` history).
+daily_counts = Table(
+    "daily_counts", metadata,
+    Column("day", String(10), primary_key=True),       # YYYY-MM-DD, UTC
+    Column("class_name", String(64), primary_key=True),
+    Column("accepted", Integer, nullable=False),
+    Column("review", Integer, nullable=False),
+)
+
 # A file move (or a new file's final rename) in flight: written before the rename, removed
 # with the row update after it. Whatever is left here after a crash is finished on next open.
 pending_moves = Table(

@@ -30,7 +30,8 @@ from storage.db import make_engine
 from storage.errors import (DuplicateImageError, ImageNotFoundError, MoveConflictError,
                             StorageError)
 from storage.registry import ModelRegistry
-from storage.schema import images, migrate, models, pending_moves, runs, urls
+from storage.schema import (daily_counts, images, migrate, models, pending_moves, runs,
+                            urls)
 
 logger = logging.getLogger(__name__)
 
@@ -334,6 +335,26 @@ class Store:
         return Stats(classes, inbox, {str(r or "unknown"): n
                                       for r, n in sorted(rejected.items(), key=lambda kv: str(kv[0]))})
 
+    def snapshot_counts(self, targets: dict[str, int]) -> None:
+        """Record today's per-class counts (one row per class and day, last one wins)."""
+        day = utcnow().strftime("%Y-%m-%d")
+        current = self.stats(targets).classes
+        with self.engine.begin() as conn:
+            conn.execute(delete(daily_counts).where(daily_counts.c.day == day))
+            if current:
+                conn.execute(insert(daily_counts), [
+                    {"day": day, "class_name": name, "accepted": c["accepted"],
+                     "review": c["review"]} for name, c in current.items()])
+
+    def count_history(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{day: {class: {"accepted": n, "review": n}}}, oldest day first."""
+        history: dict[str, dict[str, dict[str, int]]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(daily_counts).order_by(daily_counts.c.day)):
+                history.setdefault(row.day, {})[row.class_name] = {
+                    "accepted": row.accepted, "review": row.review}
+        return history
+
     def inbox_counts(self) -> dict[str, int]:
         """Images waiting in the inbox per keyword class."""
         with self.engine.connect() as conn:
@@ -377,6 +398,19 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(update(runs).where(runs.c.id == run_id).values(
                 finished=utcnow(), status=status, counts=counts, error=error))
+
+    def fail_stale_runs(self) -> list[int]:
+        """Mark failed the runs left 'running' by a process that is gone (killed, crashed)."""
+        with self.engine.connect() as conn:
+            running = conn.execute(select(runs).where(runs.c.status == "running")).all()
+        stale = [r for r in running if not files.owner_alive(
+            f"{r.host}:{r.pid}", r.started.replace(tzinfo=timezone.utc).timestamp())]
+        for r in stale:
+            logger.warning("run %d (%s) was left running by dead process %s:%s; marked failed",
+                           r.id, r.job, r.host, r.pid)
+            self.finish_run(r.id, "failed", r.counts,
+                            f"process {r.host}:{r.pid} died before the run finished")
+        return [r.id for r in stale]
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

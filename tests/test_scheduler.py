@@ -1,0 +1,181 @@
+"""Scheduler: recorded runs, one job at a time across processes, kill -9 recovery, SIGTERM.
+
+The stage functions here are stand-ins that record what ran (the real stages have their own
+tests); the lock, the run records, APScheduler and the signals are all real.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from scheduler.errors import BusyError
+from scheduler.jobs import run_job
+from scheduler.lock import JobLock
+
+REPO = Path(__file__).resolve().parents[1]
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from pingo.config import load_config
+    from scheduler.jobs import run_job
+    config = load_config({config!r})
+    def slow(config, store):
+        print("started", flush=True)
+        time.sleep({seconds})
+        return {{"slept": {seconds}}}
+    run_job(config, {job!r}, slow)
+    print("done", flush=True)
+""")
+
+
+def start_holder(project, job="crawl", seconds=60) -> subprocess.Popen:
+    """A real process running a job that holds the lock; returns once the job has started."""
+    script = HOLDER.format(repo=str(REPO), config=str(project.path), job=job, seconds=seconds)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    return proc
+
+
+def test_run_job_records_success_and_failure(project):
+    config = project.config
+    assert run_job(config, "factory", lambda c, s: {"accepted": 3}) == {"accepted": 3}
+
+    def broken(c, s):
+        raise RuntimeError("disk on fire")
+    with pytest.raises(RuntimeError):
+        run_job(config, "train", broken)
+    with project.store() as store:
+        failed, ok = store.recent_runs(2)
+    assert (ok["job"], ok["status"], ok["counts"]) == ("factory", "succeeded", {"accepted": 3})
+    assert (failed["job"], failed["status"]) == ("train", "failed")
+    assert "disk on fire" in failed["error"] and failed["finished"]
+
+
+def test_second_job_does_not_overlap_and_says_who_is_busy(project, run_cli):
+    holder = start_holder(project, job="crawl", seconds=60)
+    try:
+        with pytest.raises(BusyError, match=r"busy: crawl \(pid \d+"):
+            run_job(project.config, "train", lambda c, s: None)
+        result = run_cli("status")
+        assert "crawl" in result.stdout and "running" in result.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the lock with the process: the next job runs
+    assert run_job(project.config, "train", lambda c, s: "ok") == "ok"
+
+
+def test_a_waiting_job_runs_after_the_holder_finishes(project):
+    holder = start_holder(project, job="crawl", seconds=2)
+    order = []
+    run_job(project.config, "train", lambda c, s: order.append(time.time()), wait=60)
+    assert holder.wait(timeout=60) == 0
+    with project.store() as store:
+        runs = {r["job"]: r for r in store.recent_runs(5)}
+    assert runs["crawl"]["status"] == "succeeded"
+    assert runs["train"]["started"] >= runs["crawl"]["finished"]  # waited, never overlapped
+
+
+def test_kill_9_during_a_job_marks_it_failed_then_the_next_run_succeeds(project, run_cli):
+    holder = start_holder(project, job="factory", seconds=60)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    status = json.loads(run_cli("status", "--json").stdout)
+    (stale,) = status["runs"]
+    assert stale["job"] == "factory" and stale["status"] == "failed"
+    assert "died" in stale["error"]
+    assert set(status["next"]) == {"crawl", "train"}
+    run_job(project.config, "factory", lambda c, s: {"accepted": 0})
+    with project.store() as store:
+        assert store.recent_runs(1)[0]["status"] == "succeeded"
+
+
+SERVICE = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from apscheduler.triggers.interval import IntervalTrigger
+    from pingo.config import load_config
+    from scheduler.service import Service
+    config = load_config({config!r})
+    log = open({log!r}, "a")
+    def stage(name, seconds=0.0):
+        def run(config, store):
+            log.write(f"{{name}} start\\n"); log.flush()
+            time.sleep(seconds)
+            log.write(f"{{name}} end\\n"); log.flush()
+            return {{"stage": name}}
+        return run
+    service = Service(config, stages={{"crawl": stage("crawl", {crawl_seconds}),
+                                       "factory": stage("factory"), "train": stage("train")}},
+                      triggers={{"crawl": IntervalTrigger(seconds=2),
+                                 "train": IntervalTrigger(hours=1)}})
+    print("ready", flush=True)
+    service.start(run_now=True)
+    log.write("exited cleanly\\n"); log.flush()
+""")
+
+
+def start_service(project, tmp_path, crawl_seconds=0.0) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / "stages.log"
+    script = SERVICE.format(repo=str(REPO), config=str(project.path), log=str(log),
+                            crawl_seconds=crawl_seconds)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, log
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_service_runs_crawl_factory_train_in_order_and_repeats(project, tmp_path):
+    proc, log = start_service(project, tmp_path)
+    try:
+        assert wait_for(lambda: log.exists() and log.read_text().count("crawl end") >= 3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    lines = log.read_text().splitlines()
+    assert lines[:6] == ["crawl start", "crawl end", "factory start", "factory end",
+                         "train start", "train end"]
+    # every later tick is crawl then factory, never interleaved
+    ticks = [l for l in lines[6:] if l.endswith("start")]
+    assert ticks[:4] == ["crawl start", "factory start", "crawl start", "factory start"]
+    with project.store() as store:
+        statuses = {r["status"] for r in store.recent_runs(50)}
+    assert statuses == {"succeeded"}
+
+
+def test_sigterm_lets_the_current_job_finish_and_exits_0(project, tmp_path):
+    proc, log = start_service(project, tmp_path, crawl_seconds=3)
+    assert wait_for(lambda: log.exists() and "crawl start" in log.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    text = log.read_text()
+    assert "crawl end" in text and text.rstrip().endswith("exited cleanly")
+    assert "factory start" not in text  # stopped taking jobs
+    with project.store() as store:
+        (run,) = store.recent_runs(5)
+    assert (run["job"], run["status"]) == ("crawl", "succeeded")
+
+
+def test_lock_file_survives_nothing_after_holder_exit(tmp_path):
+    lock = JobLock(tmp_path)
+    with lock.hold("crawl"):
+        with pytest.raises(BusyError):
+            with JobLock(tmp_path).hold("train"):
+                pass
+    with JobLock(tmp_path).hold("train"):
+        assert "train" in lock.holder()
