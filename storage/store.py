@@ -355,6 +355,21 @@ class Store:
                     "accepted": row.accepted, "review": row.review}
         return history
 
+    def yield_by_query(self) -> list[dict[str, Any]]:
+        """Per search source and query: images kept, sent to review, rejected as duplicate..."""
+        from sqlalchemy import case
+        def n(cond):
+            return func.sum(case((cond, 1), else_=0))
+        query = (select(images.c.source, images.c.query, func.count().label("images"),
+                        n(images.c.status == "accepted").label("accepted"),
+                        n(images.c.status == "review").label("review"),
+                        n(images.c.reason == "duplicate").label("duplicates"),
+                        n(images.c.status == "rejected").label("rejected"))
+                 .group_by(images.c.source, images.c.query)
+                 .order_by(images.c.source, images.c.query))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
     def inbox_counts(self) -> dict[str, int]:
         """Images waiting in the inbox per keyword class."""
         with self.engine.connect() as conn:

@@ -82,3 +82,31 @@ def sign_digits() -> Path:
     if not SIGN_DIGITS.is_dir():
         pytest.skip(f"shared dataset not found at {SIGN_DIGITS}")
     return SIGN_DIGITS
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium (Selenium) for the whole session, for tests that look at pages."""
+    import shutil
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    if not driver_path or not shutil.which("chromium"):
+        pytest.fail("chromium and chromedriver are required: run `make browser`")
+    profile = tempfile.mkdtemp(prefix="pingo-test-chrome-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--window-size=1200,2000",
+                f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
