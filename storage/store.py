@@ -377,6 +377,38 @@ class Store:
                 select(images.c.keyword_class, func.count()).where(images.c.status == "inbox")
                 .group_by(images.c.keyword_class)).all())
 
+    # ---- claiming inbox work (several factory workers) -----------------------------------------
+
+    def claim_inbox(self, worker: str, limit: int, lease_seconds: float = 600.0,
+                    ) -> list[dict[str, Any]]:
+        """Lease up to ``limit`` unclaimed (or expired) inbox images to ``worker``.
+
+        PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers never take the
+        same row and never wait on each other. SQLite: every transaction is BEGIN IMMEDIATE,
+        so the select-then-update is already atomic. A worker that dies simply lets its lease
+        expire; another worker then takes the rows.
+        """
+        from datetime import timedelta
+        now = utcnow()
+        query = (select(images.c.id).where(images.c.status == "inbox")
+                 .where((images.c.claim_expires.is_(None)) | (images.c.claim_expires < now)
+                        | (images.c.claimed_by == worker))
+                 .order_by(images.c.id).limit(limit))
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(query).scalars())
+            if ids:
+                conn.execute(update(images).where(images.c.id.in_(ids)).values(
+                    claimed_by=worker, claim_expires=now + timedelta(seconds=lease_seconds)))
+        return [self.get_image(i) for i in ids]
+
+    def release_claims(self, worker: str) -> None:
+        """Give back whatever ``worker`` still holds (its images stay in the inbox)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(images).where(images.c.claimed_by == worker)
+                         .values(claimed_by=None, claim_expires=None))
+
     # ---- URLs the crawler has seen -----------------------------------------------------------
 
     def seen_urls(self, candidates: Iterable[str]) -> set[str]:

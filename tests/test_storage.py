@@ -291,3 +291,19 @@ def test_migration_adds_a_column_and_keeps_rows(tmp_path):
     assert out.stdout.split("\n")[:2] == ["[('cat', None)]", str(schema.SCHEMA_VERSION + 1)]
     with pytest.raises(SchemaVersionError):  # and this older pingo now refuses the DB
         Store.open(data_dir)
+
+
+# ---- claims: several factory workers share the inbox ----------------------------------------
+
+def test_claims_split_the_inbox_and_expire(store):
+    ids = [store.add_image(png_bytes((i, 1, 1)), keyword_class="cat", source="demo", ext="png")
+           for i in range(5)]
+    a = [r["id"] for r in store.claim_inbox("worker-a", 3)]
+    b = [r["id"] for r in store.claim_inbox("worker-b", 3)]
+    assert a == ids[:3] and b == ids[3:]
+    assert store.claim_inbox("worker-c", 3) == []
+    # worker-b gives its rows back; worker-c takes them with a lease that expires at once,
+    # as a dead worker's does, so worker-d gets them next
+    store.release_claims("worker-b")
+    assert [r["id"] for r in store.claim_inbox("worker-c", 5, lease_seconds=0)] == ids[3:]
+    assert [r["id"] for r in store.claim_inbox("worker-d", 5)] == ids[3:]  # c's lease expired
