@@ -77,6 +77,34 @@ def png_bytes(color=(200, 30, 30), size=(40, 40)) -> bytes:
     return buf.getvalue()
 
 
+PG_ADMIN_URL = os.environ.get("PINGO_TEST_PG", "postgresql://postgres@127.0.0.1/postgres")
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database on 127.0.0.1 for one test; dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"pingo_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL at {PG_ADMIN_URL} ({exc.orig}); CI starts one")
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
 def sign_digits() -> Path:
     if not SIGN_DIGITS.is_dir():

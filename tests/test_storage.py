@@ -21,9 +21,11 @@ from storage.files import STATUS_DIRS, atomic_write
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store.open(tmp_path / "data") as s:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The same tests on the embedded default and on PostgreSQL (several machines)."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    with Store.open(tmp_path / "data", url) as s:
         yield s
 
 
