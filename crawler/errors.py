@@ -1,0 +1,27 @@
+"""Named crawler errors (PingoError subclasses, so the CLI prints them as one line)."""
+
+from pingo.errors import ConfigError, PingoError
+
+
+class CrawlError(PingoError):
+    """A crawl could not run or did not finish."""
+
+
+class UnknownSourceError(ConfigError):
+    """A search source that no built-in or configured profile defines."""
+
+
+class BadProfileError(ConfigError):
+    """A search-source profile in the config is malformed."""
+
+
+class UnknownCrawlClassError(ConfigError):
+    """A class asked for on the command line that the config does not declare."""
+
+
+class BrowserError(CrawlError):
+    """A browser could not be started or kept rendering pages."""
+
+
+class DemoSiteError(PingoError):
+    """The demo search site cannot serve as asked (missing folder, port taken)."""

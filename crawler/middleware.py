@@ -1,0 +1,93 @@
+"""SeleniumMiddleware: renders SeleniumRequests on a browser pool, off the reactor thread.
+
+Settings (scrapy-selenium's names, plus pool controls):
+SELENIUM_DRIVER_NAME (chrome|firefox), SELENIUM_DRIVER_EXECUTABLE_PATH,
+SELENIUM_DRIVER_ARGUMENTS, SELENIUM_BROWSER_EXECUTABLE_PATH, SELENIUM_COMMAND_EXECUTOR (a
+Selenium Grid / remote driver URL), SELENIUM_MAX_DRIVERS (browsers, default 2),
+SELENIUM_PAGES_PER_BROWSER (recycle after, default 50), SELENIUM_PAGE_LOAD_TIMEOUT (s),
+SELENIUM_RETRY_TIMES (fresh-browser retries of a failed render, default 2),
+SELENIUM_RENDER_DEADLINE (s until a render is presumed hung), SELENIUM_ENABLED (default on),
+SELENIUM_ON_REACTOR_THREAD (render synchronously, like scrapy-selenium; a benchmark baseline).
+
+Other requests pass through untouched, so Scrapy's downloader keeps fetching images while
+pages render. Stats: selenium/page_count, selenium/browser_started, selenium/browser_crashed,
+selenium/page_timeout, selenium/retry_count, selenium/render_failed, selenium/scrolls, ...
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+from scrapy.http import HtmlResponse
+from scrapy.utils.defer import maybe_deferred_to_future
+
+from crawler.browser import BrowserSpec
+from crawler.pool import BrowserPool, RenderJob, Rendered
+from crawler.selenium_request import SeleniumRequest
+
+logger = logging.getLogger(__name__)
+
+
+class SeleniumMiddleware:
+    def __init__(self, crawler, pool: BrowserPool, on_reactor_thread: bool = False):
+        self.crawler = crawler
+        self.pool = pool
+        self.on_reactor_thread = on_reactor_thread
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        settings = crawler.settings
+        if not settings.getbool("SELENIUM_ENABLED", True):
+            raise NotConfigured("SELENIUM_ENABLED is off")
+        spec = BrowserSpec.from_settings(settings)
+        stats = crawler.stats
+
+        def stat(key: str, n: int = 1) -> None:
+            # Workers call this from their threads; stats are touched on the reactor only.
+            from twisted.internet import reactor
+            reactor.callFromThread(stats.inc_value, key, n)
+
+        pool = BrowserPool(spec, size=settings.getint("SELENIUM_MAX_DRIVERS", 2),
+                           pages_per_browser=settings.getint("SELENIUM_PAGES_PER_BROWSER", 50),
+                           retries=settings.getint("SELENIUM_RETRY_TIMES", 2),
+                           deadline=settings.getfloat("SELENIUM_RENDER_DEADLINE", 0) or None,
+                           stat=stat)
+        middleware = cls(crawler, pool, settings.getbool("SELENIUM_ON_REACTOR_THREAD", False))
+        crawler.signals.connect(middleware.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(middleware.spider_closed, signal=signals.spider_closed)
+        return middleware
+
+    def spider_opened(self) -> None:
+        self.pool.start(prestart=not self.on_reactor_thread)
+
+    async def spider_closed(self) -> None:
+        from twisted.internet.threads import deferToThread
+
+        # Quitting browsers blocks; do it on a thread so the reactor can finish closing.
+        await maybe_deferred_to_future(deferToThread(self.pool.close))
+
+    async def process_request(self, request):
+        if not isinstance(request, SeleniumRequest):
+            return None
+        job = RenderJob(request.url, request.wait_time, request.wait_until, request.script,
+                        request.screenshot, getattr(request, "scroll", None))
+        if self.on_reactor_thread:
+            rendered = self.pool.render_blocking(job)  # blocks every other download
+        else:
+            rendered = await maybe_deferred_to_future(self.pool.render(job))
+        # Wall-clock window in which pages rendered (benchmarks read pages per second off it).
+        now = time.time()
+        self.crawler.stats.min_value("selenium/first_render_start", now - rendered.seconds)
+        self.crawler.stats.max_value("selenium/last_render_end", now)
+        return self._response(request, rendered)
+
+    def _response(self, request, rendered: Rendered) -> HtmlResponse:
+        request.meta.update(scrolls=rendered.scrolls, scroll_count=rendered.scroll_count,
+                            render_seconds=rendered.seconds, render_attempts=rendered.attempts)
+        if rendered.screenshot is not None:
+            request.meta["screenshot"] = rendered.screenshot
+        return HtmlResponse(rendered.url, status=rendered.status, body=rendered.body,
+                            encoding="utf-8", request=request, flags=["selenium"])

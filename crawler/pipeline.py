@@ -1,0 +1,210 @@
+"""InboxImagesPipeline: Scrapy downloads each image; the original bytes go into the inbox.
+
+A FilesPipeline subclass: Scrapy's downloader fetches (robots.txt, retries, DOWNLOAD_MAXSIZE,
+AutoThrottle all apply), then the bytes are checked (decodable image, not too small, not too
+many pixels) and stored unchanged through ``Store.add_image`` (storage writes the file
+atomically; no re-encode). Every fetched URL is recorded with its outcome via
+``Store.record_url`` so no URL is fetched twice, across crawls too. Exact byte duplicates are
+counted, not errors. DB and file work runs on a few worker threads, not on the reactor.
+
+Outcomes, in stats as pingo/<class>/<outcome> and pingo/refused/<reason>: stored, duplicate,
+refused: http_<code>, timeout, too_large, too_small, not_image, corrupt, robots, network, empty.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+from scrapy.exceptions import DownloadCancelledError, DownloadTimeoutError, IgnoreRequest
+from scrapy.exceptions import NotConfigured
+from scrapy.pipelines.files import FilesPipeline
+from scrapy.utils.defer import maybe_deferred_to_future
+
+try:  # refusals are expected outcomes: Scrapy logs these without a traceback
+    from scrapy.pipelines.media import _MediaRequestFiltered as _Quiet
+except ImportError:  # pragma: no cover - other Scrapy versions
+    from scrapy.pipelines.media import FileException as _Quiet
+
+logger = logging.getLogger(__name__)
+
+PIL_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
+           "TIFF": "tiff", "MPO": "jpg"}
+
+
+class ImageRefused(_Quiet):
+    """A download that is not kept; ``reason`` is a safe folder-style name."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def check_image(body: bytes, content_type: str, min_side: int, max_pixels: int) -> tuple[str, int, int]:
+    """Return (extension, width, height) of a decodable image, else raise ImageRefused."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(body)) as img:
+            fmt, (width, height) = img.format, img.size
+            if width * height > max_pixels:
+                raise ImageRefused("too_large", f"{width}x{height} pixels")
+            if min(width, height) < min_side:
+                raise ImageRefused("too_small", f"{width}x{height} pixels")
+            if fmt == "JPEG":
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # fast full pass
+            img.load()  # decodes everything: truncated or garbled data fails here
+    except ImageRefused:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRefused("too_large", str(exc)) from None
+    except UnidentifiedImageError:
+        is_image = content_type.lower().startswith("image/")
+        raise ImageRefused("corrupt" if is_image else "not_image", content_type) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRefused("corrupt", str(exc)[:120]) from None
+    return PIL_EXT.get(fmt, (fmt or "bin").lower()), width, height
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A refusal reason for a download that failed before a response arrived."""
+    if isinstance(exc, ImageRefused):
+        return exc.reason
+    if isinstance(exc, IgnoreRequest):
+        return "robots" if "robots" in str(exc).lower() or "Forbidden by robots" in str(exc) \
+            else "ignored"
+    if isinstance(exc, DownloadCancelledError):
+        return "too_large"
+    if isinstance(exc, DownloadTimeoutError) or "timeout" in type(exc).__name__.lower():
+        return "timeout"
+    return "network"
+
+
+class InboxImagesPipeline(FilesPipeline):
+    """Settings: PINGO_DATA_DIR, PINGO_DB_URL, PINGO_MIN_IMAGE_SIDE, PINGO_MAX_IMAGE_PIXELS,
+    PINGO_INBOX_WRITERS (threads storing images, default 4)."""
+
+    def __init__(self, store_uri, *, crawler, data_dir: str, db_url: str | None,
+                 min_side: int, max_pixels: int, writers: int = 4):
+        super().__init__(store_uri, crawler=crawler)
+        self.writers = writers
+        self.data_dir = data_dir
+        self.db_url = db_url
+        self.min_side = min_side
+        self.max_pixels = max_pixels
+        self.store = None
+        self._db = None
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        settings = crawler.settings
+        data_dir = settings.get("PINGO_DATA_DIR")
+        if not data_dir:
+            raise NotConfigured("PINGO_DATA_DIR is not set: no inbox to store images in")
+        return cls(data_dir, crawler=crawler, data_dir=data_dir,
+                   db_url=settings.get("PINGO_DB_URL"),
+                   min_side=settings.getint("PINGO_MIN_IMAGE_SIDE", 16),
+                   max_pixels=settings.getint("PINGO_MAX_IMAGE_PIXELS", 40_000_000),
+                   writers=settings.getint("PINGO_INBOX_WRITERS", 4))
+
+    def open_spider(self) -> None:
+        from twisted.python.threadpool import ThreadPool
+
+        from storage import Store
+
+        super().open_spider()
+        self.store = Store.open(self.data_dir, self.db_url, repair=False)
+        # Writes run off the reactor. Several threads, because most of a write is fsync
+        # (which releases the GIL); SQLite itself queues the short transactions.
+        self._db = ThreadPool(minthreads=1, maxthreads=self.writers, name="pingo-inbox-writer")
+        self._db.start()
+
+    def close_spider(self) -> None:
+        if self._db is not None:
+            self._db.stop()
+        if self.store is not None:
+            self.store.close()
+
+    async def _in_db_thread(self, fn, *args, **kwargs):
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThreadPool
+
+        return await maybe_deferred_to_future(
+            deferToThreadPool(reactor, self._db, fn, *args, **kwargs))
+
+    # ---- FilesPipeline hooks -----------------------------------------------------------------
+
+    def get_media_requests(self, item, info):
+        from scrapy import Request
+        from scrapy.http.request import NO_CALLBACK
+
+        return [Request(item["image_url"], callback=NO_CALLBACK, priority=10,
+                        meta={"pingo_class": item["keyword_class"]})]
+
+    def media_to_download(self, request, info, *, item=None):
+        return None  # always download: the spider already skipped URLs fetched before
+
+    async def media_downloaded(self, response, request, info, *, item=None):
+        if response.status != 200:
+            raise ImageRefused(f"http_{response.status}")
+        if not response.body:
+            raise ImageRefused("empty")
+        ctype = response.headers.get(b"Content-Type", b"").decode("latin-1")
+        status, image_id = await self._in_db_thread(self._keep, response.body, ctype, item)
+        self.inc_stats(status)
+        now = time.time()  # the window in which images arrived (benchmarks use it)
+        self.crawler.stats.min_value("pingo/first_image_at", now)
+        self.crawler.stats.max_value("pingo/last_image_at", now)
+        return {"url": request.url, "path": "", "checksum": None, "status": status,
+                "image_id": image_id}
+
+    def media_failed(self, failure, request, info):
+        if isinstance(failure.value, ImageRefused):
+            raise failure.value
+        reason = failure_reason(failure.value)
+        raise ImageRefused(reason, str(failure.value)[:200])
+
+    def _keep(self, body: bytes, content_type: str, item: dict) -> tuple[str, int]:
+        from storage.errors import DuplicateImageError
+
+        ext, width, height = check_image(body, content_type, self.min_side, self.max_pixels)
+        try:
+            image_id = self.store.add_image(
+                body, keyword_class=item["keyword_class"], source=item["source"], ext=ext,
+                source_url=item["image_url"], page_url=item.get("page_url"),
+                query=item.get("query"), width=width, height=height)
+        except DuplicateImageError as dup:
+            return "duplicate", dup.existing_id
+        return "stored", image_id
+
+    def item_completed(self, results, item, info):
+        (ok, value), = results
+        if ok:
+            item["outcome"], item["image_id"] = value["status"], value["image_id"]
+        else:
+            exc = value.value
+            item["outcome"] = "refused"
+            item["reason"] = exc.reason if isinstance(exc, ImageRefused) else failure_reason(exc)
+            item["image_id"] = None
+            logger.debug("refused %s (%s): %s", item["image_url"], item["keyword_class"], exc)
+        return item
+
+    async def process_item(self, item) -> Any:
+        item = await super().process_item(item)
+        stats = self.crawler.stats
+        cls = item["keyword_class"]
+        if item["outcome"] == "refused":
+            stats.inc_value(f"pingo/{cls}/refused")
+            stats.inc_value(f"pingo/{cls}/refused/{item['reason']}")
+            stats.inc_value(f"pingo/refused/{item['reason']}")
+        else:
+            stats.inc_value(f"pingo/{cls}/{item['outcome']}")
+        refund = getattr(self.crawler.spider, "refund", None)
+        if item["outcome"] != "stored" and refund:
+            refund(cls)  # the class still lacks this image: the spider finds another
+        outcome = item.get("reason") or item["outcome"]
+        await self._in_db_thread(self.store.record_url, item["image_url"], outcome,
+                                 item["image_id"])
+        return item

@@ -1,0 +1,267 @@
+"""A pool of headless browsers that render pages on worker threads, never on the reactor.
+
+``render(job)`` returns a Deferred. Each of at most ``size`` threads takes an idle browser
+(or starts one), loads the page, waits, runs the script, scrolls until enough results are
+there, and hands back the HTML. A browser is recycled after ``pages_per_browser`` pages. A
+browser that crashes, or hangs past its deadline (a watchdog on the reactor kills its
+processes, which unblocks the worker), is replaced and the page retried up to ``retries``
+times; then the render fails with RenderFailed. Counters go to Scrapy stats under selenium/.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from crawler.browser import Browser, BrowserSpec
+from crawler.errors import BrowserError, CrawlError
+from crawler.selenium_request import Scroll
+
+logger = logging.getLogger(__name__)
+
+# How the page's own HTTP status is read (Chromium 109+); None where unsupported.
+STATUS_JS = ("const e = performance.getEntriesByType('navigation')[0];"
+             "return e && e.responseStatus ? e.responseStatus : null;")
+
+
+class RenderFailed(CrawlError):
+    """A page could not be rendered, even by fresh browsers."""
+
+
+@dataclass
+class RenderJob:
+    url: str
+    wait_time: float | None = None
+    wait_until: Any = None  # expected condition callable, or a CSS selector
+    script: str | None = None
+    screenshot: bool = False
+    scroll: Scroll | None = None
+
+
+@dataclass
+class Rendered:
+    url: str
+    body: bytes
+    status: int
+    scrolls: int = 0
+    scroll_count: int | None = None
+    screenshot: bytes | None = None
+    seconds: float = 0.0
+    attempts: int = 1
+
+
+@dataclass
+class _Lease:
+    browser: Browser
+    deadline: float
+    killed: bool = field(default=False)
+
+
+class BrowserPool:
+    def __init__(self, spec: BrowserSpec, size: int = 2, pages_per_browser: int = 50,
+                 retries: int = 2, deadline: float | None = None,
+                 stat: Callable[[str, int], None] | None = None,
+                 factory: Callable[[BrowserSpec], Browser] = Browser.start):
+        self.spec = spec
+        self.size = size
+        self.pages_per_browser = pages_per_browser
+        self.retries = retries
+        # Past this, a render is presumed hung: page load + waits + scrolling, with slack.
+        self.deadline = deadline or spec.page_load_timeout * 3 + 30
+        self._stat = stat or (lambda key, n=1: None)
+        self._factory = factory
+        self._idle: queue.SimpleQueue[Browser] = queue.SimpleQueue()
+        self._all: set[Browser] = set()
+        self._leases: dict[int, _Lease] = {}  # thread id -> browser in use
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threadpool = None
+
+    # ---- Twisted side ------------------------------------------------------------------------
+
+    def start(self, prestart: bool = True) -> None:
+        from twisted.internet import reactor, task
+        from twisted.python.threadpool import ThreadPool
+
+        self._threadpool = ThreadPool(minthreads=0, maxthreads=self.size, name="pingo-browser")
+        self._threadpool.start()
+        # Even if the crawl is stopped uncleanly, no browser outlives this process.
+        atexit.register(self.kill_all)
+        if prestart:  # browsers start while the crawl sets up, not during the first renders
+            for _ in range(self.size):
+                self._threadpool.callInThread(self._prestart)
+        self._watchdog = task.LoopingCall(self.kill_hung)
+        self._watchdog.clock = reactor
+        self._watchdog.start(1.0, now=False)
+
+    def render(self, job: RenderJob):
+        """A Deferred firing with Rendered (or failing with RenderFailed)."""
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(reactor, self._threadpool, self.render_blocking, job)
+
+    def close(self) -> None:
+        """Stop the threads (waiting for renders in flight) and quit every browser."""
+        self._closed = True
+        if getattr(self, "_watchdog", None) and self._watchdog.running:
+            self._watchdog.stop()
+        if self._threadpool is not None:
+            self._threadpool.stop()
+        self.quit_all()
+
+    def quit_all(self) -> None:
+        with self._lock:
+            browsers, self._all = list(self._all), set()
+        for browser in browsers:
+            browser.quit()
+            self._stat("selenium/browser_quit", 1)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            browsers = list(self._all)
+        for browser in browsers:
+            browser.kill()
+
+    def kill_hung(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            hung = [lease for lease in self._leases.values()
+                    if now > lease.deadline and not lease.killed]
+            for lease in hung:
+                lease.killed = True
+        for lease in hung:
+            logger.warning("a browser hung for over %.0fs; killing it", self.deadline)
+            self._stat("selenium/browser_hung", 1)
+            lease.browser.kill()
+
+    # ---- worker side (any thread) ------------------------------------------------------------
+
+    def render_blocking(self, job: RenderJob) -> Rendered:
+        """Render on the calling thread (a pool worker, or the reactor in the baseline)."""
+        from selenium.common.exceptions import TimeoutException, WebDriverException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        last: Exception | None = None
+        for attempt in range(1, self.retries + 2):
+            if self._closed:
+                raise RenderFailed(f"{job.url}: the crawl is closing")
+            try:
+                browser = self._acquire()
+            except BrowserError as exc:
+                self._stat("selenium/browser_start_failed", 1)
+                last = exc
+                continue
+            lease = _Lease(browser, time.monotonic() + self.deadline)
+            with self._lock:
+                self._leases[threading.get_ident()] = lease
+            start = time.monotonic()
+            try:
+                result = self._render_once(browser.driver, job)
+            except TimeoutException as exc:
+                self._stat("selenium/page_timeout", 1)
+                last = exc
+                self._discard(browser)  # a page that will not load may have wedged it
+            except (WebDriverException, Urllib3Error, OSError) as exc:
+                self._stat("selenium/browser_crashed", 1)
+                logger.warning("browser failed rendering %s (%s); replacing it",
+                               job.url, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+                last = exc
+                self._discard(browser)
+            else:
+                result.seconds = time.monotonic() - start
+                result.attempts = attempt
+                browser.pages += 1
+                self._release(browser)
+                self._stat("selenium/page_count", 1)
+                return result
+            finally:
+                with self._lock:
+                    self._leases.pop(threading.get_ident(), None)
+            if attempt <= self.retries:
+                self._stat("selenium/retry_count", 1)
+        self._stat("selenium/render_failed", 1)
+        raise RenderFailed(f"{job.url}: not rendered after {self.retries + 1} attempts: "
+                           f"{type(last).__name__}: {str(last).strip()[:200]}")
+
+    def _prestart(self) -> None:
+        try:
+            self._idle.put(self._acquire(reuse=False))
+        except BrowserError as exc:
+            self._stat("selenium/browser_start_failed", 1)
+            logger.warning("%s", exc)
+
+    def _acquire(self, reuse: bool = True) -> Browser:
+        if reuse:
+            try:
+                return self._idle.get_nowait()
+            except queue.Empty:
+                pass
+        browser = self._factory(self.spec)
+        with self._lock:
+            self._all.add(browser)
+        self._stat("selenium/browser_started", 1)
+        return browser
+
+    def _release(self, browser: Browser) -> None:
+        if browser.pages >= self.pages_per_browser or self._closed:
+            self._stat("selenium/browser_recycled", 1)
+            self._discard(browser)
+        else:
+            self._idle.put(browser)
+
+    def _discard(self, browser: Browser) -> None:
+        with self._lock:
+            self._all.discard(browser)
+        browser.quit()
+
+    def _render_once(self, driver, job: RenderJob) -> Rendered:
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as EC
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        driver.get(job.url)
+        status = driver.execute_script(STATUS_JS) or 200
+        if job.wait_until is not None and status < 400:
+            condition = job.wait_until
+            if isinstance(condition, str):
+                condition = EC.presence_of_element_located((By.CSS_SELECTOR, condition))
+            try:
+                WebDriverWait(driver, job.wait_time or 10).until(condition)
+            except TimeoutException:
+                self._stat("selenium/wait_timeout", 1)  # e.g. no results: read what is there
+        if job.script:
+            driver.execute_script(job.script)
+        scrolls, count = 0, None
+        if job.scroll is not None and status < 400:
+            scrolls, count = self._scroll(driver, job.scroll)
+        shot = driver.get_screenshot_as_png() if job.screenshot else None
+        return Rendered(driver.current_url, driver.page_source.encode("utf-8"), int(status),
+                        scrolls, count, shot)
+
+    def _scroll(self, driver, spec: Scroll) -> tuple[int, int]:
+        """Scroll to the bottom until ``spec.want`` results exist or a scroll adds none."""
+        count_js = "return document.querySelectorAll(arguments[0]).length;"
+        count = driver.execute_script(count_js, spec.css)
+        scrolls = 0
+        while count < spec.want and scrolls < spec.max_scrolls:
+            driver.execute_script("window.scrollTo(0, document.body.scrollHeight);")
+            scrolls += 1
+            self._stat("selenium/scrolls", 1)
+            deadline = time.monotonic() + spec.pause
+            new = count
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                new = driver.execute_script(count_js, spec.css)
+                if new > count:
+                    break
+            if new <= count:
+                break  # scrolling added nothing: the end of the results
+            count = new
+        return scrolls, count

@@ -1,0 +1,65 @@
+"""Scrapy settings for a pingo crawl, built from the [crawl] config section."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "BOT_NAME": "pingo",
+    "ROBOTSTXT_OBEY": True,
+    "AUTOTHROTTLE_ENABLED": True,
+    "AUTOTHROTTLE_START_DELAY": 0.1,
+    "AUTOTHROTTLE_MAX_DELAY": 10.0,
+    "COOKIES_ENABLED": False,
+    "TELNETCONSOLE_ENABLED": False,
+    "RETRY_ENABLED": True,
+    "RETRY_HTTP_CODES": [500, 502, 503, 504, 522, 524, 408, 429],
+    "CLOSESPIDER_ERRORCOUNT": 50,
+    "MEDIA_ALLOW_REDIRECTS": True,
+    "DOWNLOADER_MIDDLEWARES": {"crawler.middleware.SeleniumMiddleware": 800},
+    "ITEM_PIPELINES": {"crawler.pipeline.InboxImagesPipeline": 300},
+    "LOG_LEVEL": "INFO",
+    "SELENIUM_DRIVER_NAME": "chrome",
+}
+
+
+def build_settings(config, data_dir: str, db_url: str | None,
+                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    crawl = config.crawl
+    settings = dict(DEFAULTS)
+    settings.update({
+        "USER_AGENT": crawl.user_agent,
+        "ROBOTSTXT_OBEY": crawl.obey_robots,
+        "CONCURRENT_REQUESTS": crawl.concurrency + crawl.max_drivers,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": crawl.concurrency + crawl.max_drivers,
+        "AUTOTHROTTLE_TARGET_CONCURRENCY": float(crawl.concurrency),
+        "DOWNLOAD_DELAY": crawl.download_delay,
+        "AUTOTHROTTLE_START_DELAY": max(crawl.download_delay, 0.1),
+        "DOWNLOAD_TIMEOUT": crawl.download_timeout,
+        "DOWNLOAD_MAXSIZE": crawl.max_image_bytes,
+        "DOWNLOAD_WARNSIZE": 0,
+        "RETRY_TIMES": crawl.retries,
+        "CLOSESPIDER_TIMEOUT": crawl.max_seconds,
+        "SELENIUM_MAX_DRIVERS": crawl.max_drivers,
+        "SELENIUM_PAGES_PER_BROWSER": crawl.pages_per_browser,
+        "SELENIUM_PAGE_LOAD_TIMEOUT": crawl.page_load_timeout,
+        "SELENIUM_RETRY_TIMES": crawl.retries,
+        "SELENIUM_COMMAND_EXECUTOR": crawl.selenium_remote_url,
+        "PINGO_DATA_DIR": str(data_dir),
+        "PINGO_DB_URL": db_url,
+        "PINGO_MIN_IMAGE_SIDE": crawl.min_image_side,
+        "PINGO_MAX_IMAGE_PIXELS": crawl.max_image_pixels,
+    })
+    if crawl.redis_url:
+        # Several crawlers share one request queue and dupefilter (pip install scrapy-redis).
+        settings.update({
+            "SCHEDULER": "scrapy_redis.scheduler.Scheduler",
+            "DUPEFILTER_CLASS": "scrapy_redis.dupefilter.RFPDupeFilter",
+            "SCHEDULER_PERSIST": True,
+            "REDIS_URL": crawl.redis_url,
+        })
+    settings.update(overrides or {})
+    return settings

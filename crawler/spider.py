@@ -1,0 +1,178 @@
+"""ImageSearchSpider: for each class below target, search its keywords on each source.
+
+The plan (class -> how many images it lacks, its keywords) comes from ``crawler.run``, which
+asked storage. Per class the spider works through (source, keyword) pairs one at a time:
+render the results page (scrolling until enough results exist), take the full-size image URLs
+the profile finds, skip URLs fetched before (storage remembers them) or already taken in this
+crawl, and yield items until the class has as many candidates as it lacks. Only then, or when
+a page runs dry, does it render the next query, so no page is rendered needlessly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import scrapy
+
+from crawler.selenium_request import Scroll, SeleniumRequest
+from crawler.sources import SourceProfile
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassPlan:
+    name: str
+    lacking: int
+    keywords: list[str] = field(default_factory=list)
+
+
+class ImageSearchSpider(scrapy.Spider):
+    name = "pingo_images"
+
+    def __init__(self, plan: list[ClassPlan], sources: list[SourceProfile], demo_url: str = "",
+                 per_query_limit: int = 200, render_wait: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.plan = {p.name: p for p in plan}
+        self.sources = {s.name: s for s in sources}
+        self.demo_url = demo_url
+        self.per_query_limit = per_query_limit
+        self.render_wait = render_wait
+        self.budget = {p.name: p.lacking for p in plan}
+        self.queries = {p.name: deque((s.name, kw) for s in sources for kw in p.keywords)
+                        for p in plan}
+        self.taken: set[str] = set()
+        # Fresh results not taken yet (the class had enough then); used when downloads fail.
+        self.leftovers = {p.name: deque() for p in plan}
+        self.store = None
+
+    @classmethod
+    def from_crawler(cls, crawler, *args, **kwargs):
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        crawler.signals.connect(spider.on_closed, signal=scrapy.signals.spider_closed)
+        crawler.signals.connect(spider.on_idle, signal=scrapy.signals.spider_idle)
+        return spider
+
+    def _open_store(self):
+        if self.store is None:
+            from storage import Store
+            settings = self.crawler.settings
+            self.store = Store.open(settings.get("PINGO_DATA_DIR"), settings.get("PINGO_DB_URL"),
+                                    repair=False)
+        return self.store
+
+    def on_closed(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    async def start(self):
+        for name in self.plan:
+            request = self.next_query(name)
+            if request is not None:
+                yield request
+
+    def next_query(self, class_name: str, want: int | None = None):
+        """The next results page to render for this class, or None when none are left."""
+        if self.budget[class_name] <= 0 or not self.queries[class_name]:
+            return None
+        source_name, keyword = self.queries[class_name].popleft()
+        return self.results_request(class_name, source_name, keyword, want)
+
+    def results_request(self, class_name: str, source_name: str, keyword: str,
+                        want: int | None = None) -> SeleniumRequest:
+        source = self.sources[source_name]
+        lacking = self.budget[class_name]
+        want = want or min(self.per_query_limit, max(2 * lacking, lacking + 20))
+        self.crawler.stats.inc_value(f"pingo/source/{source_name}/queries")
+        return SeleniumRequest(
+            url=source.results_url(keyword, self.demo_url), callback=self.parse_results,
+            errback=self.results_failed, dont_filter=True,
+            wait_time=self.render_wait, wait_until=source.wait_css or source.result_css,
+            scroll=Scroll(source.result_css, want, source.max_scrolls, source.scroll_pause)
+            if source.scroll else None,
+            cb_kwargs={"class_name": class_name, "source_name": source_name, "keyword": keyword,
+                       "want": want},
+            meta={"handle_httpstatus_all": True})
+
+    def parse_results(self, response, class_name: str, source_name: str, keyword: str,
+                      want: int):
+        stats = self.crawler.stats
+        if response.status >= 400:
+            logger.warning("%s answered %d for %r", source_name, response.status, keyword)
+            stats.inc_value(f"pingo/source/{source_name}/page_errors")
+            yield from self._continue(class_name)
+            return
+        found = list(self.sources[source_name].extract(response))[:self.per_query_limit]
+        stats.inc_value(f"pingo/source/{source_name}/results", len(found))
+        fresh = [(u, p) for u, p in dict(found).items() if u not in self.taken]
+        seen = self._open_store().seen_urls([u for u, _ in fresh]) if fresh else set()
+        stats.inc_value(f"pingo/{class_name}/already_seen", len(seen))
+        new = 0
+        for url, page in fresh:
+            if url in seen:
+                continue
+            item = {"image_url": url, "page_url": page or response.url, "source": source_name,
+                    "query": keyword, "keyword_class": class_name}
+            if self.budget[class_name] <= 0:
+                self.leftovers[class_name].append(item)
+                continue
+            new += 1
+            yield self._take(item)
+        logger.info("%s %r: %d results, %d new for %s (%d still lacking)", source_name, keyword,
+                    len(found), new, class_name, self.budget[class_name])
+        if (self.budget[class_name] > 0 and len(found) >= want and want < self.per_query_limit):
+            # The page may hold more than was scrolled into view: ask for more of the same.
+            more = min(self.per_query_limit, want * 2 + self.budget[class_name])
+            yield self.results_request(class_name, source_name, keyword, more)
+            return
+        yield from self._continue(class_name)
+
+    def _take(self, item: dict) -> dict:
+        self.taken.add(item["image_url"])
+        self.budget[item["keyword_class"]] -= 1
+        self.crawler.stats.inc_value(f"pingo/{item['keyword_class']}/found")
+        return item
+
+    def refund(self, class_name: str) -> None:
+        """A download of this class was refused or a duplicate: look for one more."""
+        self.budget[class_name] += 1
+
+    def on_idle(self) -> None:
+        """Nothing in flight: top up classes whose downloads failed, then let the crawl end."""
+        from scrapy.exceptions import DontCloseSpider
+
+        scheduled = False
+        for name, lacking in self.budget.items():
+            if lacking <= 0:
+                continue
+            if self.leftovers[name]:
+                request = scrapy.Request("data:,", callback=self.emit_leftovers,
+                                         cb_kwargs={"class_name": name}, dont_filter=True)
+            else:
+                request = self.next_query(name)
+            if request is not None:
+                self.crawler.engine.crawl(request)
+                scheduled = True
+        if scheduled:
+            raise DontCloseSpider
+
+    def emit_leftovers(self, response, class_name: str):
+        queue = self.leftovers[class_name]
+        while queue and self.budget[class_name] > 0:
+            item = queue.popleft()
+            if item["image_url"] not in self.taken:
+                yield self._take(item)
+
+    def _continue(self, class_name: str):
+        request = self.next_query(class_name)
+        if request is not None:
+            yield request
+
+    def results_failed(self, failure):
+        request = failure.request
+        kw = request.cb_kwargs
+        self.crawler.stats.inc_value(f"pingo/source/{kw['source_name']}/page_errors")
+        logger.error("could not render %s: %s", request.url, failure.value)
+        yield from self._continue(kw["class_name"])

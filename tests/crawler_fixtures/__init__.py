@@ -1,0 +1,1 @@
+"""Shared helpers for the crawler tests: saved result pages and small utilities."""
