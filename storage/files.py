@@ -80,6 +80,7 @@ def write_temp(final: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}~{HOST}~{os.getpid()}~",
                                suffix=PART_SUFFIX)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; images and models are meant to be shared
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -1,0 +1,193 @@
+"""What the trainer learns from: the labelled images, their split, and the tf.data pipeline.
+
+Images come from the store (accepted rows, i.e. ``dataset/<class>/``) or from any folder laid
+out as ``<root>/<class>/<image>``. The pipeline decodes and resizes each file once (as the
+factory does when it classifies: trainer.pixels), caches the small uint8 result in memory,
+then shuffles, batches, augments (training only, after the cache so every epoch sees new
+variants) and prefetches, all with AUTOTUNE parallelism.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from trainer.errors import NotEnoughDataError
+from trainer.split import SPLITS, assign_split, group_key
+
+logger = logging.getLogger(__name__)
+
+# How a file becomes model input (trainer.pixels); the factory prepares images the same way.
+RESIZE = {"library": "pillow", "method": "bilinear", "exif_transpose": True,
+          "alpha": "composited over white", "jpeg_draft": True, "keep_aspect": False}
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str        # absolute file path
+    label: str
+    sha256: str      # of the file's bytes
+    group: str       # split key (perceptual hash or content hash)
+    split: str       # train / val / test
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """Every usable image with its split, and the class order of the model's outputs."""
+
+    classes: list[str]
+    items: list[Item]
+
+    def split(self, name: str) -> list[Item]:
+        return [i for i in self.items if i.split == name]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """split -> class -> images."""
+        out = {s: {c: 0 for c in self.classes} for s in SPLITS}
+        for i in self.items:
+            out[i.split][i.label] += 1
+        return out
+
+    def manifest(self) -> dict:
+        """The content hashes per split: enough to rebuild exactly this dataset."""
+        splits = {s: sorted(f"{i.label}/{i.sha256}" for i in self.items if i.split == s)
+                  for s in SPLITS}
+        return {"classes": self.classes, "counts": self.counts(), "splits": splits}
+
+    def manifest_hash(self) -> str:
+        return manifest_hash(self.classes, ((i.sha256, i.label, i.group) for i in self.items))
+
+
+def manifest_hash(classes: Sequence[str], rows: Iterable[tuple[str, str, str]]) -> str:
+    """One hash over the classes and (sha256, label, group) of every image, order-free."""
+    body = json.dumps({"classes": list(classes), "images": sorted(map(list, rows))},
+                      separators=(",", ":"))
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def plan_from_store(store, classes: Sequence[str], val_fraction: float,
+                    test_fraction: float) -> DatasetPlan:
+    """Accepted images whose label is one of ``classes`` (files under dataset/<class>/)."""
+    wanted = set(classes)
+    items, skipped, missing = [], Counter(), 0
+    for row in store.iter_images(status="accepted"):
+        if row["label"] not in wanted:
+            skipped[row["label"]] += 1
+            continue
+        path = store.abspath(row["path"])
+        if not path.is_file():
+            missing += 1
+            continue
+        key = group_key(row["sha256"], row["phash"], row["hash_method"])
+        items.append(Item(str(path), row["label"], row["sha256"], key,
+                          assign_split(key, val_fraction, test_fraction)))
+    if skipped:
+        logger.warning("ignoring accepted images of classes not in the config: %s",
+                       dict(skipped))
+    if missing:
+        logger.warning("%d accepted images have no file on disk; run any pingo command to "
+                       "repair the store", missing)
+    return DatasetPlan(sorted(classes), items)
+
+
+def plan_from_folder(root: str | Path, val_fraction: float, test_fraction: float,
+                     classes: Sequence[str] | None = None) -> DatasetPlan:
+    """A ``<root>/<class>/<image>`` folder (the image_dataset_from_directory layout)."""
+    root = Path(root)
+    if classes is None:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir()
+                         and not p.name.startswith("."))
+    items = []
+    for label in classes:
+        for path in sorted((root / label).iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            key = group_key(sha)
+            items.append(Item(str(path.resolve()), label, sha, key,
+                              assign_split(key, val_fraction, test_fraction)))
+    return DatasetPlan(sorted(classes), items)
+
+
+def check_enough(plan: DatasetPlan) -> None:
+    """Refuse to train when a class has no training image or a split is empty."""
+    if len(plan.classes) < 2:
+        raise NotEnoughDataError(f"need at least 2 classes to train, have {plan.classes}")
+    counts = plan.counts()
+    empty = [c for c, n in counts["train"].items() if n == 0]
+    if empty:
+        raise NotEnoughDataError(f"no training images for class(es) {', '.join(empty)}; "
+                                 f"images per split: {counts}")
+    for split in ("val", "test"):
+        if sum(counts[split].values()) == 0:
+            raise NotEnoughDataError(
+                f"the {split} split is empty ({len(plan.items)} images in all): add images "
+                f"or raise train.{split}_fraction")
+
+
+# ---- tf.data ------------------------------------------------------------------------------
+
+def decode_resize(path, image_size: int):
+    """File path tensor -> uint8 (image_size, image_size, 3), exactly as the factory sees it
+    (trainer.pixels: Pillow, EXIF orientation, alpha over white, bilinear resize)."""
+    import tensorflow as tf
+
+    from trainer.pixels import load_pixels
+    image = tf.numpy_function(load_pixels, [path, image_size], tf.uint8, stateful=False)
+    image.set_shape((image_size, image_size, 3))
+    return image
+
+
+def augmenter(seed: int):
+    """Random flip, rotation, zoom and contrast; applied to training batches only."""
+    import keras
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.1, fill_mode="nearest", seed=seed + 1),
+        keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 2),
+        keras.layers.RandomContrast(0.1, seed=seed + 3),
+    ], name="augment")
+
+
+def make_dataset(items: Sequence[Item], classes: Sequence[str], image_size: int,
+                 batch_size: int, *, training: bool, augment: bool = True, seed: int = 0,
+                 cache: bool = True):
+    """(float32 0..255 images, int labels) batches; undecodable files are dropped, logged."""
+    import tensorflow as tf
+    autotune = tf.data.AUTOTUNE
+    index = {c: i for i, c in enumerate(classes)}
+    ds = tf.data.Dataset.from_tensor_slices(
+        ([i.path for i in items], [index[i.label] for i in items]))
+    ds = ds.map(lambda p, y: (decode_resize(p, image_size), y), num_parallel_calls=autotune,
+                deterministic=True)
+    ds = ds.ignore_errors(log_warning=True)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(max(len(items), 1), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if training and augment:
+        aug = augmenter(seed)
+        ds = ds.map(lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y),
+                    num_parallel_calls=autotune)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune)
+    options = tf.data.Options()
+    # Several workers: each takes every n-th element (the files are one tensor, not shards).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(autotune)
+
+
+def class_weights(plan: DatasetPlan) -> dict[int, float] | None:
+    """Inverse-frequency weights over the training split, or None when balanced (<10% off)."""
+    counts = plan.counts()["train"]
+    n = [counts[c] for c in plan.classes]
+    if min(n) == 0 or max(n) <= 1.1 * min(n):
+        return None
+    total = sum(n)
+    return {i: total / (len(n) * k) for i, k in enumerate(n)}

@@ -1,0 +1,102 @@
+"""Fitting one model: datasets, compile, callbacks (early stop, best checkpoint, LR plateau)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pingo.config import TrainConfig
+from trainer import data
+from trainer.devices import Placement
+from trainer.models import build_model
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.weights.h5"
+
+
+@dataclass
+class FitOutcome:
+    model: Any                         # float32 Keras model with the best weights
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int                    # 1-based epoch whose weights were kept
+    seconds: float
+    class_weights: dict[int, float] | None
+
+
+def _epoch_logger():
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        """One INFO line per epoch, for logs where no progress bar is drawn."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            logger.info("epoch %d: %s", epoch + 1, ", ".join(
+                f"{k} {float(v):.4g}" for k, v in sorted(logs.items())))
+    return EpochLog()
+
+
+def fit(plan: data.DatasetPlan, tc: TrainConfig, placement: Placement, folder: Path,
+        progress: bool = False) -> FitOutcome:
+    import keras
+    keras.utils.set_random_seed(tc.seed)
+    k = len(plan.classes)
+    batch = tc.batch_size * placement.replicas
+    train_ds = data.make_dataset(plan.split("train"), plan.classes, tc.image_size, batch,
+                                 training=True, augment=tc.augment, seed=tc.seed)
+    val_ds = data.make_dataset(plan.split("val"), plan.classes, tc.image_size, batch,
+                               training=False)
+    previous_policy = keras.mixed_precision.global_policy()
+    if placement.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with placement.strategy.scope():
+            model = build_model(tc.arch, tc.image_size, k, tc.weights_path)
+            model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    checkpoint = folder / CHECKPOINT
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience),
+        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                          patience=max(2, tc.patience // 3), min_lr=1e-6),
+        _epoch_logger(),
+    ]
+    weights = data.class_weights(plan)
+    if weights:
+        logger.info("classes are unbalanced: class weights %s",
+                    {plan.classes[i]: round(w, 3) for i, w in weights.items()})
+    started = time.time()
+    with warnings.catch_warnings():
+        # Dropping undecodable files leaves the epoch length unknown; Keras then warns at the
+        # end of every epoch that the data "ran out", which is expected here.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        history = model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs,
+                            class_weight=weights, callbacks=callbacks, shuffle=False,
+                            verbose=1 if progress else 0).history
+    seconds = time.time() - started
+    history = {key: [float(v) for v in values] for key, values in history.items()}
+    val_loss = history.get("val_loss", [])
+    best_epoch = 1 + min(range(len(val_loss)), key=val_loss.__getitem__) if val_loss else 0
+    if checkpoint.exists():
+        model.load_weights(str(checkpoint))
+    else:  # val_loss was never finite: keep the last weights, and say so
+        logger.warning("no best checkpoint was written (val_loss not finite); keeping the "
+                       "last epoch's weights")
+        best_epoch = len(history.get("loss", []))
+
+    # The registry model is always float32, whatever policy trained it, so it runs anywhere.
+    export = build_model(tc.arch, tc.image_size, k)
+    export.set_weights(model.get_weights())
+    return FitOutcome(export, history, len(history.get("loss", [])), best_epoch, seconds,
+                      weights)

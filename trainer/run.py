@@ -1,0 +1,130 @@
+"""The library entry points: ``should_train`` (the gate) and ``train`` (one full run).
+
+A run reads the accepted images, splits them by content hash, trains with early stopping, a
+best checkpoint and a plateau schedule, writes a complete registry entry, evaluates the saved
+model.keras as Keras will load it, and promotes it only if it is at least as good as the
+current model on the same test split. models/CURRENT is written last and only on success, so
+a failed or interrupted run never changes the model in service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pingo.config import Config, TrainConfig
+from pingo.errors import ConfigError
+from trainer import data, entry, gate
+from trainer.errors import TrainerError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    trained: bool
+    reason: str                          # why it did not train, or the promotion decision
+    version: str | None = None
+    promoted: bool = False
+    path: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"trained": self.trained, "reason": self.reason, "version": self.version,
+                "promoted": self.promoted, "path": str(self.path) if self.path else None,
+                "metrics": self.metrics}
+
+
+def effective_train_config(base: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
+    """``base`` with one run's overrides, checked like the config file (None values ignored)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in list(overrides.items()):
+        if key not in fields:
+            raise ConfigError(f"train.{key}: unknown setting; allowed: {', '.join(fields)}")
+        expected = _plain_type(hints[key])
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = overrides[key] = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"train.{key}: got {value!r}; allowed is a {expected.__name__}")
+        check = fields[key].metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"train.{key}: got {value!r}; allowed is {problem}")
+    return dataclasses.replace(base, **overrides)
+
+
+def _plain_type(hint) -> type:
+    """int for int, str for ``str | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def should_train(config: Config, store) -> tuple[bool, str]:
+    """True when every class has reached its target and the dataset changed since the last
+    model (any model trained, promoted or not); the reason says which condition decided."""
+    return gate.should_train(config, store)
+
+
+def train(config: Config, store, force: bool = False, overrides: dict[str, Any] | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train, register and maybe promote one model; ``force`` skips the should_train gate."""
+    tc = effective_train_config(config.train, overrides)
+    if tc.weights_path and not Path(tc.weights_path).is_absolute():
+        tc = dataclasses.replace(tc, weights_path=str(config.base_dir / tc.weights_path))
+    if tc.weights_path and not Path(tc.weights_path).is_file():
+        raise TrainerError(f"train.weights_path: no weights file at {tc.weights_path}")
+    if not force:
+        ok, reason = should_train(config, store)
+        if not ok:
+            logger.info("not training: %s", reason)
+            return TrainResult(False, reason)
+    plan = data.plan_from_store(store, list(config.classes), tc.val_fraction, tc.test_fraction)
+    data.check_enough(plan)
+
+    from trainer.devices import choose_placement
+    from trainer.fit import fit
+    placement = choose_placement()
+    if not placement.is_chief:
+        return _train_as_worker(plan, tc, placement, progress)
+    version, folder = store.registry.new_version()
+    logger.info("training %s: %s at %d px on %s; images per split %s", version, tc.arch,
+                tc.image_size, placement.description,
+                {s: sum(c.values()) for s, c in plan.counts().items()})
+    started = time.time()
+    try:
+        outcome = fit(plan, tc, placement, folder, progress=progress)
+        written = entry.write_entry(folder, version, plan, tc, placement, outcome,
+                                    started=started)
+        decision = gate.promotion_decision(store, config, tc, plan, written)
+        entry.finish_entry(folder, written, decision)
+    except BaseException as exc:
+        entry.mark_failed(folder, exc)
+        logger.error("training %s failed (%s); models/CURRENT is unchanged", version,
+                     type(exc).__name__)
+        raise
+    gate.register(store, version, written, decision, plan.manifest_hash())
+    logger.info("%s: test accuracy %.4f, loss %.4f; %s", version, written.test["accuracy"],
+                written.test["loss"], decision.reason)
+    return TrainResult(True, decision.reason, version, decision.promoted, folder,
+                       entry.summary(written, decision))
+
+
+def _train_as_worker(plan, tc: TrainConfig, placement, progress: bool) -> TrainResult:
+    """A non-chief worker of a multi-worker run: trains in step with the chief (every worker
+    must run every step and save), but writes nothing to the registry."""
+    import tempfile
+
+    from trainer.entry import save_model
+    from trainer.fit import fit
+    with tempfile.TemporaryDirectory(prefix="pingo-worker-") as scratch:
+        outcome = fit(plan, tc, placement, Path(scratch), progress=progress)
+        save_model(outcome.model, Path(scratch) / "model.keras")
+    return TrainResult(True, f"trained as a worker on {placement.description}; the chief "
+                       "writes the registry entry")
