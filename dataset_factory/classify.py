@@ -1,0 +1,124 @@
+"""Batch classification with the promoted model from the registry.
+
+Registry contract (shared with the trainer): models/vNNNN/model.keras (Keras 3; input float32
+RGB (N, size, size, 3) in 0..255, rescaling inside the model; output softmax per class),
+classes.json (class names in output order), config.json (at least "image_size", "arch").
+
+Images are fed through tf.data: a parallel map decodes with Pillow (every format the
+validator accepted, EXIF orientation applied, JPEGs in draft mode), resizes to the model's
+input, batches and prefetches, so decoding overlaps inference and each batch is one call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dataset_factory.errors import InvalidImage, ModelLoadError
+from pingo.config import check_safe_name
+from pingo.errors import PingoError
+from dataset_factory.validate import Limits, decode
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+
+
+def load_image_array(path: str | bytes, size: int) -> np.ndarray:
+    """float32 (size, size, 3) in 0..255; a file that fails now gives zeros (it passed validation)."""
+    if isinstance(path, bytes):
+        path = path.decode()
+    try:
+        image = decode(path, Limits(min_size=1, max_aspect=1e9), draft_size=size).image
+    except InvalidImage as exc:
+        logger.warning("could not re-read %s for classification: %s", path, exc)
+        return np.zeros((size, size, 3), np.float32)
+    from PIL import Image
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+
+
+class Classifier:
+    """The promoted model, loaded once."""
+
+    def __init__(self, model_dir: Path, version: str):
+        self.version = version
+        self.model_dir = Path(model_dir)
+        try:
+            self.classes: list[str] = json.loads((self.model_dir / "classes.json").read_text("utf-8"))
+            config = json.loads((self.model_dir / "config.json").read_text("utf-8"))
+            self.image_size = int(config["image_size"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"model {version}: classes.json/config.json unusable: {exc}") from None
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
+            raise ModelLoadError(f"model {version}: classes.json must be a list of class names")
+        for name in self.classes:  # they become folder names under review/ and dataset/
+            try:
+                check_safe_name(name)
+            except PingoError as exc:
+                raise ModelLoadError(f"model {version}: classes.json: {exc}") from None
+        try:
+            import keras
+            self.model = keras.models.load_model(self.model_dir / "model.keras", safe_mode=True)
+        except Exception as exc:
+            raise ModelLoadError(f"model {version}: cannot load model.keras: {exc}") from None
+        outputs = self.model.output_shape[-1]
+        if outputs != len(self.classes):
+            raise ModelLoadError(f"model {version}: {outputs} outputs but {len(self.classes)} "
+                                 "names in classes.json")
+        logger.info("loaded model %s (%d classes, %dpx)", version, len(self.classes),
+                    self.image_size)
+
+    @classmethod
+    def from_registry(cls, registry) -> "Classifier | None":
+        """The promoted model, or None when nothing is promoted yet."""
+        version = registry.current()
+        if version is None:
+            return None
+        return cls(registry.path(version), version)
+
+    def dataset(self, paths: Sequence[str], batch_size: int):
+        import tensorflow as tf
+        size = self.image_size
+
+        def load(path):
+            image = tf.numpy_function(lambda p: load_image_array(p, size), [path], tf.float32,
+                                      stateful=False)
+            image.set_shape((size, size, 3))
+            return image
+
+        return (tf.data.Dataset.from_tensor_slices(list(paths))
+                .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .batch(batch_size)
+                .prefetch(tf.data.AUTOTUNE))
+
+    def predict_probs(self, paths: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(len(paths), n_classes) softmax probabilities, in the order of ``paths``."""
+        if not paths:
+            return np.zeros((0, len(self.classes)), np.float32)
+        out = []
+        forward = self._forward()
+        for batch in self.dataset(paths, batch_size):
+            out.append(np.asarray(forward(batch)))
+        return np.concatenate(out)
+
+    def _forward(self):
+        """The model's inference as one compiled graph (traced once per batch shape)."""
+        if getattr(self, "_compiled", None) is None:
+            import tensorflow as tf
+            self._compiled = tf.function(lambda x: self.model(x, training=False),
+                                         reduce_retracing=True)
+        return self._compiled
+
+    def predict(self, paths: Sequence[str], batch_size: int = 64) -> list[Prediction]:
+        probs = self.predict_probs(paths, batch_size)
+        best = probs.argmax(axis=1)
+        return [Prediction(self.classes[int(i)], float(probs[n, i])) for n, i in enumerate(best)]

@@ -1,0 +1,51 @@
+"""A person's decisions on review/ images: accept (optionally relabelled) or reject.
+
+A decision is recorded with label source ``human``; the factory never lets a model or a
+duplicate override it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pingo.config import check_safe_name
+from dataset_factory.errors import ReviewError
+
+logger = logging.getLogger(__name__)
+
+
+def list_review(store, class_name: str | None = None) -> list[dict]:
+    """Review images (optionally of one best-guess class), oldest first."""
+    return list(store.iter_images(status="review", class_name=class_name))
+
+
+def _review_row(store, image_id: int) -> dict:
+    from storage.errors import ImageNotFoundError
+    try:
+        row = store.get_image(image_id)
+    except ImageNotFoundError as exc:
+        raise ReviewError(str(exc)) from None
+    if row["status"] != "review":
+        raise ReviewError(f"image {image_id} is {row['status']}, not in review")
+    return row
+
+
+def accept(store, config, image_id: int, label: str | None = None) -> str:
+    """Accept into dataset/<label>/ (default: the model's best guess); returns the label."""
+    row = _review_row(store, image_id)
+    label = label or row["label"] or row["keyword_class"]
+    check_safe_name(label, "label")
+    if config.classes and label not in config.classes:
+        raise ReviewError(f"label {label!r} is not a class in the config "
+                          f"({', '.join(sorted(config.classes))})")
+    store.move(image_id, "accepted", label=label, label_source="human", reason=None)
+    logger.info("image %d accepted as %s by a person", image_id, label)
+    return label
+
+
+def reject(store, image_id: int, reason: str = "human_rejected") -> None:
+    """Reject into rejected/<reason>/."""
+    _review_row(store, image_id)
+    check_safe_name(reason, "reject reason")
+    store.move(image_id, "rejected", reason=reason, label_source="human")
+    logger.info("image %d rejected by a person (%s)", image_id, reason)
