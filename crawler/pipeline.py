@@ -9,6 +9,12 @@ counted, not errors. DB and file work runs on a few worker threads, not on the r
 
 Outcomes, in stats as pingo/<class>/<outcome> and pingo/refused/<reason>: stored, duplicate,
 refused: http_<code>, timeout, too_large, too_small, not_image, corrupt, robots, network, empty.
+
+Distributed crawls (crawl.redis_url): the image was already fetched by a request through the
+shared queue (crawler.shared_spider), so the item arrives with a ``fetched`` entry and is
+checked and stored without downloading again. Each store is charged against the class's
+shared budget first (``over_budget`` when it is spent: not stored, URL not recorded, so a
+later crawl may still take it), and the request is then marked finished in Redis.
 """
 
 from __future__ import annotations
@@ -87,8 +93,9 @@ class InboxImagesPipeline(FilesPipeline):
     PINGO_INBOX_WRITERS (threads storing images, default 4)."""
 
     def __init__(self, store_uri, *, crawler, data_dir: str, db_url: str | None,
-                 min_side: int, max_pixels: int, writers: int = 4):
+                 min_side: int, max_pixels: int, writers: int = 4, frontier=None):
         super().__init__(store_uri, crawler=crawler)
+        self.frontier = frontier  # the shared budget of a distributed crawl, else None
         self.writers = writers
         self.data_dir = data_dir
         self.db_url = db_url
@@ -103,11 +110,15 @@ class InboxImagesPipeline(FilesPipeline):
         data_dir = settings.get("PINGO_DATA_DIR")
         if not data_dir:
             raise NotConfigured("PINGO_DATA_DIR is not set: no inbox to store images in")
+        frontier = None
+        if settings.get("REDIS_URL"):
+            from crawler.distributed import SharedFrontier
+            frontier = SharedFrontier.from_crawler(crawler)
         return cls(data_dir, crawler=crawler, data_dir=data_dir,
                    db_url=settings.get("PINGO_DB_URL"),
                    min_side=settings.getint("PINGO_MIN_IMAGE_SIDE", 16),
                    max_pixels=settings.getint("PINGO_MAX_IMAGE_PIXELS", 40_000_000),
-                   writers=settings.getint("PINGO_INBOX_WRITERS", 4))
+                   writers=settings.getint("PINGO_INBOX_WRITERS", 4), frontier=frontier)
 
     def open_spider(self) -> None:
         from twisted.python.threadpool import ThreadPool
@@ -154,9 +165,7 @@ class InboxImagesPipeline(FilesPipeline):
         ctype = response.headers.get(b"Content-Type", b"").decode("latin-1")
         status, image_id = await self._in_db_thread(self._keep, response.body, ctype, item)
         self.inc_stats(status)
-        now = time.time()  # the window in which images arrived (benchmarks use it)
-        self.crawler.stats.min_value("pingo/first_image_at", now)
-        self.crawler.stats.max_value("pingo/last_image_at", now)
+        self._mark_arrival()
         return {"url": request.url, "path": "", "checksum": None, "status": status,
                 "image_id": image_id}
 
@@ -166,18 +175,53 @@ class InboxImagesPipeline(FilesPipeline):
         reason = failure_reason(failure.value)
         raise ImageRefused(reason, str(failure.value)[:200])
 
-    def _keep(self, body: bytes, content_type: str, item: dict) -> tuple[str, int]:
+    def _mark_arrival(self) -> None:
+        now = time.time()  # the window in which images arrived (benchmarks use it)
+        self.crawler.stats.min_value("pingo/first_image_at", now)
+        self.crawler.stats.max_value("pingo/last_image_at", now)
+
+    def _keep(self, body: bytes, content_type: str, item: dict,
+              inflight: str | None = None) -> tuple[str, int | None]:
         from storage.errors import DuplicateImageError
 
         ext, width, height = check_image(body, content_type, self.min_side, self.max_pixels)
+        cls = item["keyword_class"]
+        # Several crawlers share the budget: take one image of it before storing, atomically.
+        if self.frontier is not None and not self.frontier.charge(cls, inflight):
+            return "over_budget", None
         try:
             image_id = self.store.add_image(
-                body, keyword_class=item["keyword_class"], source=item["source"], ext=ext,
+                body, keyword_class=cls, source=item["source"], ext=ext,
                 source_url=item["image_url"], page_url=item.get("page_url"),
                 query=item.get("query"), width=width, height=height)
         except DuplicateImageError as dup:
+            if self.frontier is not None:
+                self.frontier.refund(cls, inflight)
             return "duplicate", dup.existing_id
+        except BaseException:
+            if self.frontier is not None:
+                self.frontier.refund(cls, inflight)
+            raise
         return "stored", image_id
+
+    async def _keep_fetched(self, item: dict, fetched: dict) -> None:
+        """A distributed crawl's image, fetched through the shared queue: check and store."""
+        item["outcome"], item["image_id"] = "refused", None
+        if "error" in fetched:
+            item["reason"] = failure_reason(fetched["error"])
+        elif fetched["status"] != 200:
+            item["reason"] = f"http_{fetched['status']}"
+        elif not fetched["body"]:
+            item["reason"] = "empty"
+        else:
+            try:
+                item["outcome"], item["image_id"] = await self._in_db_thread(
+                    self._keep, fetched["body"], fetched["content_type"], item,
+                    fetched.get("inflight"))
+            except ImageRefused as exc:
+                item["reason"] = exc.reason
+            else:
+                self._mark_arrival()
 
     def item_completed(self, results, item, info):
         (ok, value), = results
@@ -192,7 +236,11 @@ class InboxImagesPipeline(FilesPipeline):
         return item
 
     async def process_item(self, item) -> Any:
-        item = await super().process_item(item)
+        fetched = item.pop("fetched", None)
+        if fetched is None:
+            item = await super().process_item(item)
+        else:
+            await self._keep_fetched(item, fetched)
         stats = self.crawler.stats
         cls = item["keyword_class"]
         if item["outcome"] == "refused":
@@ -205,6 +253,12 @@ class InboxImagesPipeline(FilesPipeline):
         if item["outcome"] != "stored" and refund:
             refund(cls)  # the class still lacks this image: the spider finds another
         outcome = item.get("reason") or item["outcome"]
-        await self._in_db_thread(self.store.record_url, item["image_url"], outcome,
-                                 item["image_id"])
+        if outcome != "over_budget":  # not kept for lack of budget: a later crawl may take it
+            await self._in_db_thread(self.store.record_url, item["image_url"], outcome,
+                                     item["image_id"])
+        if fetched is not None:
+            self.frontier.finish(fetched.get("inflight"), cls)
+            top_up = getattr(self.crawler.spider, "top_up", None)
+            if item["outcome"] != "stored" and top_up:
+                top_up(cls)  # the class needs one more candidate now
         return item

@@ -83,6 +83,9 @@ def crawl(config, store=None, classes: list[str] | None = None,
     from crawler.settings import build_settings
     scrapy_settings = build_settings(config, data_dir, db_url, settings)
     _check_browser(scrapy_settings)
+    if scrapy_settings.get("REDIS_URL"):
+        from crawler.distributed import check_redis
+        check_redis(scrapy_settings["REDIS_URL"])
     payload = {
         "plan": plan, "sources": profiles, "demo_url": demo_url or config.crawl.demo_url,
         "per_query_limit": config.crawl.per_query_limit,
@@ -151,7 +154,10 @@ def run_here(payload: dict[str, Any]) -> dict[str, Any]:
 
     process = CrawlerProcess({**payload["settings"], "LOG_INSTALL_ROOT_HANDLER": False})
     _quiet_noisy_loggers(payload.get("log_level"))  # Scrapy just reset its loggers' levels
-    crawler = process.create_crawler(ImageSearchSpider)
+    spider_cls = ImageSearchSpider
+    if payload["settings"].get("REDIS_URL"):
+        from crawler.shared_spider import SharedImageSearchSpider as spider_cls
+    crawler = process.create_crawler(spider_cls)
     process.crawl(crawler, plan=payload["plan"], sources=payload["sources"],
                   demo_url=payload["demo_url"], per_query_limit=payload["per_query_limit"])
     parent = os.getppid()
@@ -170,7 +176,8 @@ def run_here(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _quiet_noisy_loggers(level: int | None) -> None:
     level = logging.WARNING if level is None else max(level, logging.WARNING)
-    for noisy in ("scrapy", "selenium", "PIL", "twisted", "filelock", "scrapy_selenium"):
+    for noisy in ("scrapy", "selenium", "PIL", "twisted", "filelock", "scrapy_selenium",
+                  "scrapy_redis"):
         logging.getLogger(noisy).setLevel(level)
     # Selenium's HTTP client retries a browser that is gone; the pool reports that itself.
     logging.getLogger("urllib3").setLevel(max(level, logging.ERROR))

@@ -54,12 +54,23 @@ def build_settings(config, data_dir: str, db_url: str | None,
         "PINGO_MAX_IMAGE_PIXELS": crawl.max_image_pixels,
     })
     if crawl.redis_url:
-        # Several crawlers share one request queue and dupefilter (pip install scrapy-redis).
+        # Several crawlers share one frontier: scrapy-redis's queue and dupefilter, through
+        # pingo's scheduler (rounds, shared budgets, work taken back from dead workers).
+        from crawler.distributed import default_key_prefix
         settings.update({
-            "SCHEDULER": "scrapy_redis.scheduler.Scheduler",
-            "DUPEFILTER_CLASS": "scrapy_redis.dupefilter.RFPDupeFilter",
-            "SCHEDULER_PERSIST": True,
+            "SCHEDULER": "crawler.redis_scheduler.SharedScheduler",
             "REDIS_URL": crawl.redis_url,
+            "PINGO_REDIS_PREFIX": crawl.redis_key_prefix or default_key_prefix(
+                _db_identity(db_url, data_dir)),
+            "PINGO_IDLE_TIMEOUT": crawl.idle_timeout,
         })
     settings.update(overrides or {})
     return settings
+
+
+def _db_identity(db_url: str | None, data_dir: str) -> str:
+    """The metadata DB's URL without its password: the same for every worker of a project."""
+    if not db_url:
+        return str(data_dir)
+    from sqlalchemy.engine import make_url
+    return make_url(db_url).render_as_string(hide_password=True)

@@ -73,17 +73,35 @@ class ImageSearchSpider(scrapy.Spider):
             if request is not None:
                 yield request
 
+    def lacking(self, class_name: str) -> int:
+        """How many more candidates this class needs."""
+        return self.budget[class_name]
+
+    def can_take(self, class_name: str) -> bool:
+        return self.budget[class_name] > 0
+
+    def still_lacking(self, class_name: str, lacked: int, taken: int) -> int:
+        """After a results page: how many the class lacked before it, minus what it gave."""
+        return self.budget[class_name]
+
+    def pop_query(self, class_name: str) -> tuple[str, str] | None:
+        queue = self.queries[class_name]
+        return queue.popleft() if queue else None
+
     def next_query(self, class_name: str, want: int | None = None):
         """The next results page to render for this class, or None when none are left."""
-        if self.budget[class_name] <= 0 or not self.queries[class_name]:
+        if self.lacking(class_name) <= 0:
             return None
-        source_name, keyword = self.queries[class_name].popleft()
+        query = self.pop_query(class_name)
+        if query is None:
+            return None
+        source_name, keyword = query
         return self.results_request(class_name, source_name, keyword, want)
 
     def results_request(self, class_name: str, source_name: str, keyword: str,
                         want: int | None = None) -> SeleniumRequest:
         source = self.sources[source_name]
-        lacking = self.budget[class_name]
+        lacking = max(self.lacking(class_name), 0)
         want = want or min(self.per_query_limit, max(2 * lacking, lacking + 20))
         self.crawler.stats.inc_value(f"pingo/source/{source_name}/queries")
         return SeleniumRequest(
@@ -99,6 +117,7 @@ class ImageSearchSpider(scrapy.Spider):
     def parse_results(self, response, class_name: str, source_name: str, keyword: str,
                       want: int):
         stats = self.crawler.stats
+        lacked = self.lacking(class_name)
         if response.status >= 400:
             logger.warning("%s answered %d for %r", source_name, response.status, keyword)
             stats.inc_value(f"pingo/source/{source_name}/page_errors")
@@ -115,16 +134,17 @@ class ImageSearchSpider(scrapy.Spider):
                 continue
             item = {"image_url": url, "page_url": page or response.url, "source": source_name,
                     "query": keyword, "keyword_class": class_name}
-            if self.budget[class_name] <= 0:
+            if not self.can_take(class_name):
                 self.leftovers[class_name].append(item)
                 continue
             new += 1
             yield self._take(item)
+        still = self.still_lacking(class_name, lacked, new)
         logger.info("%s %r: %d results, %d new for %s (%d still lacking)", source_name, keyword,
-                    len(found), new, class_name, self.budget[class_name])
-        if (self.budget[class_name] > 0 and len(found) >= want and want < self.per_query_limit):
+                    len(found), new, class_name, max(still, 0))
+        if still > 0 and len(found) >= want and want < self.per_query_limit:
             # The page may hold more than was scrolled into view: ask for more of the same.
-            more = min(self.per_query_limit, want * 2 + self.budget[class_name])
+            more = min(self.per_query_limit, want * 2 + still)
             yield self.results_request(class_name, source_name, keyword, more)
             return
         yield from self._continue(class_name)

@@ -78,6 +78,11 @@ class CrawlSummary:
         for s, v in self.sources.items():
             lines.append(f"source {s}: {v['queries']} queries, {v['results']} results"
                          + (f", {v['page_errors']} page errors" if v["page_errors"] else ""))
+        started = self.stats.get("pingo/redis/started_round")
+        if started is not None:  # a distributed crawl (crawl.redis_url)
+            lines.append("shared crawl round: " + (
+                "started by this crawler" if started else
+                "joined; its budget came from the crawler that started it"))
         for s in self.empty_sources:
             lines.append(f"WARNING: source {s!r} found no results for any keyword: its markup "
                          f"may have changed (see docs/crawler.md, 'Fixing a profile')")

@@ -65,6 +65,13 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def _as_job(ctx: Context, job: str, work):
+    """Run ``work(store)`` as a recorded job under the job lock, like the scheduler does: a
+    second job never overlaps it (it stops with "busy", exit status 75)."""
+    from scheduler.jobs import run_job
+    return run_job(ctx.config, job, lambda config, store: work(store))
+
+
 @click.group(cls=PingoGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="FILE", envvar="PINGO_CONFIG",
               help="Config file (default: ./pingo.toml, or $PINGO_CONFIG).")
@@ -90,13 +97,18 @@ def init(ctx: Context, force):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--history", is_flag=True, help="Also show how each class grew per day.")
 @pass_ctx
-def stats(ctx: Context, as_json):
+def stats(ctx: Context, as_json, history):
     """Per class: accepted, review, target; inbox and rejected totals."""
     with ctx.store() as store:
         result = store.stats(ctx.config.targets)
+        grown = store.count_history() if history else None
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+        out = result.as_json()
+        if history:
+            out["history"] = grown
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
     width = max([len("class"), *map(len, result.classes)])
     click.echo(f"{'class':<{width}}  accepted  review  target  of target")
@@ -110,6 +122,12 @@ def stats(ctx: Context, as_json):
     click.echo(f"inbox: {result.inbox}")
     rejected = ", ".join(f"{r} {n}" for r, n in result.rejected.items()) or "none"
     click.echo(f"rejected: {sum(result.rejected.values())} ({rejected})")
+    if history:
+        names = sorted(result.classes)
+        click.echo("\naccepted per day: " + "  ".join(names))
+        for day, counts in grown.items():
+            click.echo(day + "  " + "  ".join(
+                f"{counts.get(n, {}).get('accepted', 0):>{len(n)}}" for n in names))
 
 
 @cli.command()
@@ -143,6 +161,293 @@ def import_(ctx: Context, folder):
         click.echo(f"{name}: {result.added[name]} added, {result.duplicates[name]} already stored")
     click.echo(f"imported {result.total_added} images into the inbox"
                + (f"; {len(result.skipped)} files skipped (see log)" if result.skipped else ""))
+
+
+def _log_to_file(data_dir: Path) -> None:
+    """The scheduler's own log: data/logs/pingo.log, rotated at 5 MB, 5 kept."""
+    from logging.handlers import RotatingFileHandler
+
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handler = RotatingFileHandler(data_dir / "logs" / "pingo.log", maxBytes=5_000_000,
+                                  backupCount=5, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+@cli.command()
+@pass_ctx
+def demo(ctx: Context):
+    """The whole loop once against the local demo site: crawl, factory, train, crawl, factory."""
+    from scheduler.demo import run_demo
+
+    run_demo(ctx.config, echo=click.echo)
+
+
+@cli.command()
+@pass_ctx
+def report(ctx: Context):
+    """Write data/reports/index.html (progress, yield, models, contact sheets); print its path."""
+    from pingo.report import build_report
+
+    with ctx.store() as store:
+        click.echo(build_report(ctx.config, store))
+
+
+@cli.command()
+@click.option("--run-now", is_flag=True, help="Run crawl -> factory -> train once at start.")
+@pass_ctx
+def schedule(ctx: Context, run_now):
+    """Run the loop unattended: crawl+factory on crawl.schedule, train on train.schedule."""
+    from scheduler.service import Service
+
+    config = ctx.config
+    ctx.store().close()  # create the layout, repair leftovers before the first job
+    _log_to_file(config.data_dir)
+    click.echo(f"pingo scheduler: crawl '{config.crawl.schedule}', train "
+               f"'{config.train.schedule}' (UTC); logs in {config.data_dir / 'logs'}; "
+               "Ctrl-C or SIGTERM stops after the current job")
+    Service(config).start(run_now=run_now)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--limit", default=10, show_default=True, help="How many recent runs.")
+@pass_ctx
+def status(ctx: Context, as_json, limit):
+    """The last runs and when each job fires next."""
+    from scheduler.service import status as service_status
+
+    with ctx.store() as store:
+        store.fail_stale_runs()
+        result = service_status(ctx.config, store, limit)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for run in result["runs"]:
+        took = f" -> {run['finished'][11:19]}" if run["finished"] else ""
+        line = f"{run['started'][:19].replace('T', ' ')}{took}  {run['job']:<8} {run['status']}"
+        if run["error"]:
+            line += f"  ({run['error']})"
+        click.echo(line)
+    if not result["runs"]:
+        click.echo("no runs yet")
+    for job, when in result["next"].items():
+        click.echo(f"next {job}: {when}")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Train even if no class changed or some are "
+              "below target.")
+@click.option("--epochs", type=int, help="Most epochs (early stopping may end sooner).")
+@click.option("--image-size", type=int, metavar="PX", help="Train at PX x PX pixels.")
+@click.option("--batch-size", type=int, metavar="N")
+@click.option("--arch", metavar="NAME", help="small_cnn (default), seed_cnn or mobilenet_v2.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def train(ctx: Context, force, epochs, image_size, batch_size, arch, as_json):
+    """Train a model on dataset/<class>/ and promote it if it beats the current one."""
+    from trainer.run import train as run_train
+
+    overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size,
+                 "arch": arch}
+    result = _as_job(ctx, "train", lambda store: run_train(
+        ctx.config, store, force=force, overrides=overrides, progress=sys.stderr.isatty()))
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+    elif not result.trained:
+        click.echo(f"not training: {result.reason} (use --force to train anyway)")
+    else:
+        m = result.metrics
+        click.echo(f"{result.version}: test accuracy {m['test_accuracy']:.4f}, loss "
+                   f"{m['test_loss']:.4f} on {m['test_images']} images; {result.reason}")
+        click.echo(f"registry entry: {result.path}")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def models(click_ctx, as_json):
+    """List model versions; `models promote V` and `models rollback` change the one in service."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from trainer.versions import list_models
+
+    ctx = click_ctx.find_object(Context)
+    with ctx.store() as store:
+        rows = list_models(store)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows:
+        click.echo("no models yet: run `pingo train`")
+        return
+    click.echo("   version  state       test acc  loss    arch       px   note")
+    for r in rows:
+        acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        loss = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
+        click.echo(f"{'*' if r['current'] else ' '}  {r['version']:<7}  {r['state']:<10}  "
+                   f"{acc:>8}  {loss:<6}  {r['arch'] or '-':<9}  {r['image_size'] or '-':>3}  "
+                   f"{r['note'] or ''}")
+    click.echo("* = in service (models/CURRENT)")
+
+
+@models.command("promote")
+@click.argument("version")
+@pass_ctx
+def models_promote(ctx: Context, version):
+    """Put VERSION in service (it must be complete and load in Keras safe mode)."""
+    from trainer.versions import promote
+
+    with ctx.store() as store:
+        promote(store, ctx.config, version)
+    click.echo(f"promoted {version}")
+
+
+@models.command("rollback")
+@pass_ctx
+def models_rollback(ctx: Context):
+    """Put the previous usable model back in service."""
+    from trainer.versions import rollback
+
+    with ctx.store() as store:
+        old, new = rollback(store, ctx.config)
+    click.echo(f"rolled back from {old} to {new}")
+
+
+@cli.command()
+@click.option("--class", "classes", multiple=True, metavar="C",
+              help="Crawl class C only (repeatable). Default: every class below target.")
+@click.option("--source", "sources", multiple=True, metavar="S",
+              help="Search source S only (repeatable). Default: crawl.sources.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="Take at most N new images per class.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_ctx
+def crawl(ctx: Context, classes, sources, limit, as_json):
+    """Search the keywords of classes below target; download images into the inbox.
+
+    With crawl.redis_url set, every `pingo crawl` started with the same config (on any
+    machine) shares one frontier and one per-class budget; each exits when the shared queue
+    has been empty for crawl.idle_timeout seconds.
+    """
+    from crawler.run import crawl as run_crawl
+
+    with ctx.store() as store:
+        summary = run_crawl(ctx.config, store, classes=list(classes) or None,
+                            sources=list(sources) or None, limit=limit)
+    if as_json:
+        click.echo(json.dumps(summary.as_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(summary.format())
+
+
+@cli.command("demo-site")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of <class>/ subfolders to serve (default: generated shapes).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--page-delay", type=click.FloatRange(min=0), default=0.0,
+              help="Seconds before each result page answers (a slow engine).")
+@click.option("--faults", is_flag=True, help="Start every result list with broken images.")
+def demo_site(images, port, host, page_delay, faults):
+    """Serve a folder of class subfolders as a JavaScript image search engine."""
+    from crawler.demo_site import make_server
+
+    server = make_server(images, port, host, page_delay=page_delay, faults=faults)
+    click.echo(f"demo search site at {server.url}/search?q=... "
+               f"({', '.join(server.site.index)}); Ctrl-C stops it")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Process at most N inbox images.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_ctx
+def factory(ctx: Context, limit, as_json):
+    """Validate, dedupe and sort the inbox into dataset/, review/ and rejected/.
+
+    Several `pingo factory` processes (on one machine, or on several sharing data_dir and a
+    PostgreSQL storage.db_url) may run at once: each claims its own inbox images.
+    """
+    from tqdm import tqdm
+
+    from dataset_factory.run import process_inbox
+
+    with ctx.store() as store:
+        total = sum(store.inbox_counts().values())
+        with tqdm(total=min(total, limit or total), unit="img", disable=None,
+                  desc="factory") as bar:
+            summary = process_inbox(ctx.config, store, progress=bar.update, limit=limit)
+    if as_json:
+        click.echo(json.dumps(summary.as_json(), indent=2, sort_keys=True))
+        return
+    click.echo(f"model: {summary.model_version or 'none yet (labels from keywords)'}")
+    names = sorted(summary.classes)
+    width = max([len("class"), *map(len, names)])
+    click.echo(f"{'class':<{width}}  accepted  review  rejected  of which duplicates")
+    for name in names:
+        t = summary.totals(name)
+        click.echo(f"{name:<{width}}  {t['accepted']:>8}  {t['review']:>6}  {t['rejected']:>8}  "
+                   f"{t['duplicates']:>19}")
+    reasons = ", ".join(f"{r} {n}" for r, n in summary.rejected.items()) or "none"
+    click.echo(f"worker {summary.worker} processed {summary.processed}; rejected: {reasons}; "
+               f"{summary.replaced} kept images replaced by a larger copy; "
+               f"{summary.index_size} images in the near-duplicate index")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--class", "class_name", metavar="C", help="Only images whose best guess is C.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per image.")
+@click.pass_context
+def review(click_ctx, class_name, as_json):
+    """List review images; `review accept ID [--label C]`, `review reject ID` decide them."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from dataset_factory.review import list_review
+
+    ctx = click_ctx.find_object(Context)
+    with ctx.store() as store:
+        rows = list_review(store, class_name)
+        for row in rows:
+            if as_json:
+                click.echo(json.dumps(row, ensure_ascii=False))
+                continue
+            conf = f"{row['confidence']:.2f}" if row["confidence"] is not None else "-"
+            click.echo(f"{row['id']:>7}  guess {row['label']:<12} keyword {row['keyword_class']:<12} "
+                       f"conf {conf:>4}  {row['reason'] or '':<14} {store.abspath(row['path'])}")
+    if not rows and not as_json:
+        click.echo("nothing to review")
+
+
+@review.command("accept")
+@click.argument("image_ids", type=int, nargs=-1, required=True)
+@click.option("--label", metavar="C", help="File under class C instead of the best guess.")
+@pass_ctx
+def review_accept(ctx: Context, image_ids, label):
+    """Accept IMAGE_IDS into dataset/ (label source: human)."""
+    from dataset_factory.review import accept
+
+    with ctx.store() as store:
+        for image_id in image_ids:
+            click.echo(f"{image_id}: accepted as {accept(store, ctx.config, image_id, label)}")
+
+
+@review.command("reject")
+@click.argument("image_ids", type=int, nargs=-1, required=True)
+@click.option("--reason", default="human_rejected", show_default=True,
+              help="Folder name under rejected/.")
+@pass_ctx
+def review_reject(ctx: Context, image_ids, reason):
+    """Reject IMAGE_IDS into rejected/<reason>/ (label source: human)."""
+    from dataset_factory.review import reject
+
+    with ctx.store() as store:
+        for image_id in image_ids:
+            reject(store, image_id, reason)
+            click.echo(f"{image_id}: rejected ({reason})")
 
 
 def main() -> None:

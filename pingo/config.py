@@ -68,6 +68,18 @@ def cron(v: str) -> str | None:
     return None
 
 
+def redis_address(v: str | None) -> str | None:
+    if v is None or re.match(r"^(redis|rediss|unix)://\S+$", v):
+        return None
+    return "a redis://, rediss:// or unix:// URL"
+
+
+def redis_key_name(v: str | None) -> str | None:
+    if v is None or re.match(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,79}$", v):
+        return None
+    return "1-80 letters, digits, '_', '.', ':' or '-'"
+
+
 def http_url(v: str | None) -> str | None:
     if v is None or re.match(r"^https?://[^\s/]+", v):
         return None
@@ -109,8 +121,31 @@ class CrawlConfig:
     download_delay: float = setting(0.0, check=at_least(0), doc="seconds between requests to a host")
     max_drivers: int = setting(2, check=at_least(1), doc="headless browsers rendering pages")
     page_load_timeout: float = setting(30.0, check=at_least(1))
-    redis_url: str | None = setting(None, doc="shared frontier for several crawlers")
+    redis_url: str | None = setting(None, check=redis_address, doc="shared frontier for several "
+                                    "crawlers, e.g. redis://host:6379/0 (scrapy-redis)")
+    redis_key_prefix: str | None = setting(None, check=redis_key_name, doc="namespace of this "
+                                           "project's Redis keys; default derived from the DB")
+    idle_timeout: float = setting(30.0, check=at_least(1), doc="with redis_url: a crawler exits "
+                                  "after the shared queue has been empty this many seconds")
     selenium_remote_url: str | None = setting(None, check=http_url, doc="Selenium Grid URL")
+    pages_per_browser: int = setting(50, check=at_least(1),
+                                     doc="result pages a browser renders before it is recycled")
+    download_timeout: float = setting(20.0, check=at_least(1), doc="seconds per image download")
+    retries: int = setting(2, check=at_least(0), doc="retries of a failed download or render")
+    max_image_bytes: int = setting(8 * 1024 * 1024, check=at_least(1024),
+                                   doc="larger downloads are refused (too_large)")
+    min_image_side: int = setting(16, check=at_least(1),
+                                  doc="images narrower or lower than this are refused (too_small)")
+    max_image_pixels: int = setting(40_000_000, check=at_least(1),
+                                    doc="images with more pixels are refused (too_large)")
+    obey_robots: bool = setting(True, doc="honour robots.txt")
+    user_agent: str = setting("pingo/0.1 (+https://github.com/pingo/pingo; image dataset crawler)",
+                              check=non_empty)
+    max_seconds: float = setting(3600.0, check=at_least(1), doc="a crawl stops after this long")
+    # Checked by the crawler's own profile rules (imported only when a config has profiles).
+    profiles: dict = setting(default_factory=dict, check=lambda v: __import__(
+        "crawler.sources", fromlist=["check_profiles"]).check_profiles(v),
+        doc="[crawl.profiles.<name>] tables: add or fix search sources")
 
 
 @dataclass(frozen=True)
@@ -119,8 +154,23 @@ class FactoryConfig:
     max_distance: int = setting(6, check=between(0, 64), doc="Hamming bits for near duplicates")
     confidence: float = setting(0.90, check=between(0, 1), doc="auto-accept threshold")
     min_size: int = setting(32, check=at_least(1), doc="smallest accepted width/height, pixels")
-    batch_size: int = setting(64, check=at_least(1))
+    batch_size: int = setting(128, check=at_least(1), doc="images per classification batch")
     workers: int = setting(0, check=at_least(0), doc="hashing processes; 0 = one per core")
+    max_aspect: float = setting(8.0, check=at_least(1), doc="longest/shortest side allowed")
+    max_pixels: int = setting(64_000_000, check=at_least(1),
+                              doc="larger images are refused as decompression bombs")
+    decode_timeout: float = setting(30.0, check=at_least(0.01),
+                                    doc="seconds one image may take to decode and hash")
+    hard_duplicates: bool = setting(True, doc="also catch crops, borders, captions, flips")
+    hard_distance: int = setting(14, check=between(0, 64),
+                                 doc="Hamming bits between views before verification")
+    verify_threshold: float = setting(0.86, check=between(-1, 1),
+                                      doc="pixel correlation a hard duplicate must reach")
+    chunk_size: int = setting(256, check=at_least(1),
+                              doc="inbox images a factory worker claims and files at a time")
+    claim_lease: float = setting(120.0, check=at_least(1),
+                                 doc="seconds a killed factory worker's inbox rows wait before "
+                                     "another worker takes them (renewed while alive)")
 
 
 @dataclass(frozen=True)
@@ -128,11 +178,22 @@ class TrainConfig:
     image_size: int = setting(128, check=between(8, 1024))
     epochs: int = setting(100, check=at_least(1))
     batch_size: int = setting(32, check=at_least(1))
-    arch: str = setting("small_cnn", check=non_empty, doc="model architecture name")
+    arch: str = setting("small_cnn", check=one_of("small_cnn", "seed_cnn", "mobilenet_v2"),
+                        doc="model architecture (trainer.models.ARCHS)")
+    weights_path: str | None = setting(None, check=non_empty, doc="local weights file for a "
+                                       "keras.applications backbone (never downloaded)")
     schedule: str = setting("0 2 * * *", check=cron)
     promote_margin: float = setting(0.0, check=between(-1, 1),
                                     doc="new test accuracy must be >= current + margin")
     seed: int = setting(1337)
+    learning_rate: float = setting(1e-3, check=between(0, 1), doc="Adam's initial step size")
+    patience: int = setting(10, check=at_least(1),
+                            doc="epochs without a better val_loss before stopping early")
+    val_fraction: float = setting(0.15, check=between(0.01, 0.5),
+                                  doc="share of images (by content hash) kept for validation")
+    test_fraction: float = setting(0.15, check=between(0.01, 0.5),
+                                   doc="share of images (by content hash) held out for testing")
+    augment: bool = setting(True, doc="random flip/rotation/zoom/contrast on training batches")
 
 
 @dataclass(frozen=True)

@@ -49,19 +49,25 @@ def as_counts(result: Any) -> dict | None:
     """A stage's summary as JSON-safe counts for the runs table."""
     if result is None:
         return None
-    if dataclasses.is_dataclass(result):
+    if hasattr(result, "as_json"):
+        result = result.as_json()
+    elif dataclasses.is_dataclass(result):
         result = dataclasses.asdict(result)
-    elif hasattr(result, "as_counts"):
-        result = result.as_counts()
     if not isinstance(result, dict):
         result = {"result": result}
     return json.loads(json.dumps(result, default=str))
 
 
+def shares_lock(config: Config, job: str) -> bool:
+    """Whether ``job`` may run beside others of its kind: crawl workers that share a Redis
+    frontier do; everything else runs alone."""
+    return job == "crawl" and bool(config.crawl.redis_url)
+
+
 def run_job(config: Config, job: str, stage: Stage | None = None, *, wait: float = 0.0) -> Any:
     """Run one stage under the job lock and record it in `runs`; re-raise its failure."""
     stage = stage or STAGES[job]
-    with JobLock(config.data_dir).hold(job, wait=wait):
+    with JobLock(config.data_dir).hold(job, wait=wait, shared=shares_lock(config, job)):
         with Store.from_config(config) as store:
             store.fail_stale_runs()
             run_id = store.start_run(job)

@@ -35,8 +35,13 @@ class JobLock:
             return "another pingo process"
 
     @contextmanager
-    def hold(self, job: str, wait: float = 0.0, poll: float = 0.5) -> Iterator[None]:
-        """Hold the lock for ``job``; wait up to ``wait`` seconds, then raise BusyError."""
+    def hold(self, job: str, wait: float = 0.0, poll: float = 0.5,
+             shared: bool = False) -> Iterator[None]:
+        """Hold the lock for ``job``; wait up to ``wait`` seconds, then raise BusyError.
+
+        ``shared``: jobs built to run side by side (distributed crawl and factory workers)
+        hold it together, and still exclude every exclusive job such as training.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -44,7 +49,7 @@ class JobLock:
             announced = False
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:

@@ -143,6 +143,10 @@ def stored_version(conn: Connection) -> int | None:
 
 def migrate(conn: Connection) -> int:
     """Create or upgrade the schema inside ``conn``'s transaction; return the version."""
+    if conn.dialect.name == "postgresql":
+        # Several workers may open a fresh database at once: one creates, the others wait.
+        # (SQLite needs nothing: every transaction there is BEGIN IMMEDIATE.)
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7310415)")
     version = stored_version(conn)
     if version is None:
         metadata.create_all(conn)

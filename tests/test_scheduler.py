@@ -65,6 +65,9 @@ def test_second_job_does_not_overlap_and_says_who_is_busy(project, run_cli):
             run_job(project.config, "train", lambda c, s: None)
         result = run_cli("status")
         assert "crawl" in result.stdout and "running" in result.stdout
+        manual = run_cli("train", "--force")  # `make train` during a scheduled crawl
+        assert manual.exit_code == 75
+        assert "busy: crawl (pid" in manual.stderr and "train not started" in manual.stderr
     finally:
         holder.kill()
         holder.wait()
@@ -171,11 +174,14 @@ def test_sigterm_lets_the_current_job_finish_and_exits_0(project, tmp_path):
     assert (run["job"], run["status"]) == ("crawl", "succeeded")
 
 
-def test_lock_file_survives_nothing_after_holder_exit(tmp_path):
+def test_shared_holders_run_together_and_exclude_exclusive_jobs(tmp_path):
     lock = JobLock(tmp_path)
-    with lock.hold("crawl"):
+    with lock.hold("crawl", shared=True), JobLock(tmp_path).hold("crawl", shared=True):
         with pytest.raises(BusyError):
             with JobLock(tmp_path).hold("train"):
                 pass
-    with JobLock(tmp_path).hold("train"):
+    with lock.hold("train"):
+        with pytest.raises(BusyError):
+            with JobLock(tmp_path).hold("crawl", shared=True):
+                pass
         assert "train" in lock.holder()

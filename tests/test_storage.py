@@ -309,3 +309,20 @@ def test_claims_split_the_inbox_and_expire(store):
     store.release_claims("worker-b")
     assert [r["id"] for r in store.claim_inbox("worker-c", 5, lease_seconds=0)] == ids[3:]
     assert [r["id"] for r in store.claim_inbox("worker-d", 5)] == ids[3:]  # c's lease expired
+
+
+OPEN_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from storage import Store
+    Store.open({data!r}, {url!r}).close()
+""")
+
+
+def test_workers_opening_a_fresh_postgresql_database_together(tmp_path, pg_url):
+    """Four processes create the schema at once: one creates it, the others wait and use it."""
+    script = OPEN_SCRIPT.format(repo=str(REPO), data=str(tmp_path / "data"), url=pg_url)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
