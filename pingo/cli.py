@@ -332,9 +332,9 @@ def crawl(ctx: Context, classes, sources, limit, as_json):
     """
     from crawler.run import crawl as run_crawl
 
-    with ctx.store() as store:
-        summary = run_crawl(ctx.config, store, classes=list(classes) or None,
-                            sources=list(sources) or None, limit=limit)
+    summary = _as_job(ctx, "crawl", lambda store: run_crawl(
+        ctx.config, store, classes=list(classes) or None, sources=list(sources) or None,
+        limit=limit))
     if as_json:
         click.echo(json.dumps(summary.as_json(), indent=2, sort_keys=True))
     else:
