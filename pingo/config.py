@@ -377,15 +377,15 @@ data_dir = "data"              # DB, inbox/, dataset/, review/, rejected/, model
 # The starter classes match the local demo search site, so `make demo` works offline.
 [classes.circle]
 keywords = ["circle"]
-target = 60
+target = 100
 
 [classes.square]
 keywords = ["square"]
-target = 60
+target = 100
 
 [classes.triangle]
 keywords = ["triangle"]
-target = 60
+target = 100
 # confidence = 0.95            # per-class override of factory.confidence
 
 [crawl]

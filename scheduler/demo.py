@@ -19,8 +19,11 @@ from scheduler.jobs import factory_stage, run_job
 
 logger = logging.getLogger(__name__)
 
-# Small enough for a few minutes on 2 cores; `pingo train` uses the config's full settings.
-DEMO_TRAIN = {"image_size": 48, "epochs": 12, "batch_size": 32}
+# 1-2 minutes of training on 2 cores; `pingo train` uses the config's full settings.
+# Round 1 has ~35 training images a class: small batches give enough steps per epoch; the
+# epoch cap bounds the time (early stopping may end it sooner; the best epoch is kept).
+DEMO_TRAIN = {"image_size": 48, "epochs": 100, "batch_size": 8, "patience": 25,
+              "arch": "small_cnn", "augment": True}
 
 
 def _site_answers(url: str) -> bool:
@@ -75,8 +78,8 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
         echo("[2/6] factory: validate, dedupe, label by keyword (no model yet)")
         echo(_factory_line(run_job(config, "factory", factory_stage)))
 
-        echo(f"[3/6] train a small model ({DEMO_TRAIN['image_size']} px, "
-             f"up to {DEMO_TRAIN['epochs']} epochs)")
+        echo(f"[3/6] train a small model ({DEMO_TRAIN['image_size']} px, up to "
+             f"{DEMO_TRAIN['epochs']} epochs, early stopping; 1-2 minutes on 2 cores)")
         result = run_job(config, "train",
                          lambda c, s: train(c, s, force=True, overrides=DEMO_TRAIN))
         accuracy = model_accuracy(result.metrics)
