@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dataset_factory.analyse import Analyser, Analysis, Job
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.validate import DRAFT_SIZE, Limits, decode
@@ -99,6 +101,7 @@ class Deduper:
         self.verify_threshold = verify_threshold
         self.lookup = lookup  # image id -> Kept
         self._thumbs: dict[int, list] = {}
+        self._scores: dict[tuple[int, int], float | None] = {}  # (new id, kept id) -> score
 
     def find_copy(self, a: Analysis) -> tuple[int, str, float | None] | None:
         """(kept id, "near"/"hard", score) of the kept image ``a`` copies, or None.
@@ -114,17 +117,70 @@ class Deduper:
         if near and near[0][1] == 0:
             return near[0][0], "near", None
         near_ids = [i for i, _ in near]
-        candidates = list(dict.fromkeys(
-            near_ids[:MAX_VERIFY]
-            + self.index.view_candidates(a.views + a.mirror_views, self.hard_distance)))
-        for kept_id in candidates[:2 * MAX_VERIFY]:
-            thumbs = self._kept_thumbs(kept_id)
-            if not thumbs:
-                continue
-            score = similarity(a.thumbs, thumbs)
-            if score >= self.verify_threshold:
+        for kept_id in self._candidates(a, near_ids):
+            score = self._score(a, kept_id)
+            if score is not None and score >= self.verify_threshold:
                 return kept_id, "near" if kept_id in near_ids else "hard", score
         return None
+
+    def _candidates(self, a: Analysis, near_ids: list[int]) -> list[int]:
+        return list(dict.fromkeys(
+            near_ids[:MAX_VERIFY]
+            + self.index.view_candidates(a.views + a.mirror_views, self.hard_distance)
+        ))[:2 * MAX_VERIFY]
+
+    def unverified(self, a: Analysis) -> int:
+        """How many verifications ``check(a)`` would still have to run (0: scores known)."""
+        if not (a.ok and self.hard and a.thumbs):
+            return 0
+        near = self.index.near(a.phash, self.max_distance)
+        if near and near[0][1] == 0:
+            return 0
+        todo = 0
+        for kept_id in self._candidates(a, [i for i, _ in near]):
+            score = self._scores.get((a.image_id, kept_id))
+            if score is None:
+                todo += self._thumbs.get(kept_id) != []
+            elif score >= self.verify_threshold and not todo:
+                return 0
+        return todo
+
+    def _score(self, a: Analysis, kept_id: int) -> float | None:
+        """Verifier score of the pair (remembered: it depends only on the two images)."""
+        key = (a.image_id, kept_id)
+        if key not in self._scores:
+            thumbs = self._kept_thumbs(kept_id)
+            if not thumbs:  # unreadable now; not remembered, the file may have moved
+                return None
+            self._scores[key] = similarity(a.thumbs, thumbs)
+        return self._scores[key]
+
+    def prefetch(self, analyses: list[Analysis]) -> None:
+        """Verify a chunk against its candidates now, so that ``check`` mostly reuses the scores.
+
+        Called outside the factory lock: the costly verification runs in parallel across
+        workers. Each image is also verified against the chunk's images before it (as if all
+        were kept), so copies inside a chunk need no work under the lock either. Decisions
+        are the same as without it: only scores are remembered.
+        """
+        if not self.hard:
+            return
+        present = set(self.index.main.ids[np.isin(self.index.main.ids,
+                                                  [a.image_id for a in analyses])].tolist())
+        added = []
+        try:
+            for a in analyses:
+                if not a.ok or a.image_id in present:
+                    continue
+                if a.thumbs:
+                    self.find_copy(a)
+                self.index.add(a.image_id, a.phash, a.views)
+                added.append(a.image_id)
+        finally:
+            self.index.remove(added)
+
+    def clear_scores(self) -> None:
+        self._scores.clear()
 
     def _kept_thumbs(self, kept_id: int) -> list:
         if kept_id not in self._thumbs:
@@ -137,9 +193,18 @@ class Deduper:
                 self._thumbs[kept_id] = []
         return self._thumbs[kept_id]
 
+    def forget(self, image_ids=None) -> None:
+        """Images whose rows changed: retry reading those that could not be read (their file
+        may have moved; a file's content never changes). All cached thumbnails if None."""
+        if image_ids is None:
+            self._thumbs.clear()
+        for image_id in image_ids or ():
+            if self._thumbs.get(image_id) == []:
+                del self._thumbs[image_id]
+
     def remember(self, image_id: int, a: Analysis) -> None:
         self.index.add(image_id, a.phash, a.views)
-        self._thumbs.pop(image_id, None)  # re-read from its file when needed as a kept image
+        self.forget([image_id])  # thumbnails read while it was a candidate stay valid
 
     def check(self, a: Analysis, new: Kept) -> Verdict:
         """Decide for a new, valid image; keeps the index up to date with the decision."""

@@ -1,30 +1,41 @@
 """process_inbox: the factory's one entry point (CLI `pingo factory`, `pingo demo`, scheduler).
 
-Inbox rows are taken in id order, in chunks. For each chunk: hash and decode-check in the
-worker pool, decide duplicates one image at a time against the index (which grows as images
-are kept, so copies inside one chunk are caught too), classify the survivors in batches,
-then apply every decision of the chunk with one ``store.move_many`` and save the index.
+Inbox rows are taken in id order, in chunks leased with ``store.claim_inbox``, so any number of
+workers (processes, on one machine or several sharing data_dir and a PostgreSQL DB) can run
+process_inbox at once and never take the same image. For each chunk: hash and decode-check in
+the worker pool and classify the valid images in batches (in parallel across workers); then,
+under the shared factory lock, bring the near-duplicate index up to date with what other
+workers kept, decide duplicates one image at a time against it (it grows as images are kept,
+so copies inside one chunk are caught too), apply every decision of the chunk with one
+``store.move_many`` and save the index.
 
 Crash safety comes from that order: nothing leaves the inbox before its chunk's moves are
-recorded, storage finishes or rolls back half-done moves on the next open, and the index is
-reconciled with the DB on load. Rerunning after kill -9 redoes at most one chunk.
+recorded, storage finishes or rolls back half-done moves on the next open, the index is
+reconciled with the DB on load and synced from it before every chunk, and a killed worker's
+leases expire so another takes its rows. Rerunning after kill -9 redoes at most one chunk.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dataset_factory.analyse import Analyser, Analysis, Job, Settings
 from dataset_factory.classify import Classifier
-from dataset_factory.dedupe import Deduper, Kept, index_path, open_index
+from dataset_factory.dedupe import Deduper, Kept
+from dataset_factory.shared import LOCK, Claims, SharedIndex, worker_id
 from dataset_factory.validate import Limits
+
+# A chunk goes back to verifying outside the lock (at most DEFER times) when more than this
+# many verifications (~10 ms each) would otherwise run under it.
+DEFER = 2
+DEFER_VERIFICATIONS = 8
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 256
 
 
 @dataclass
@@ -36,6 +47,15 @@ class FactorySummary:
     replaced: int = 0          # kept images demoted because a better copy arrived
     model_version: str | None = None
     index_size: int = 0
+    worker: str | None = None  # host:pid:random, the claim owner
+    lock_wait: float = 0.0     # seconds spent waiting for the factory lock (other workers)
+    lock_held: float = 0.0     # seconds spent deciding and filing chunks under it
+    deferred: int = 0          # times a chunk left the lock to verify new candidates first
+
+    def merge(self, other: "FactorySummary") -> None:
+        for name, c in other.classes.items():
+            self.classes[name].update(c)
+        self.replaced += other.replaced
 
     def count(self, keyword_class: str, outcome: str) -> None:
         self.classes[keyword_class][outcome] += 1
@@ -55,8 +75,10 @@ class FactorySummary:
                 "duplicates": c["rejected:duplicate"]}
 
     def as_json(self) -> dict[str, Any]:
-        return {"processed": self.processed, "replaced": self.replaced,
+        return {"processed": self.processed, "replaced": self.replaced, "worker": self.worker,
                 "model_version": self.model_version, "index_size": self.index_size,
+                "lock_wait_s": round(self.lock_wait, 3), "lock_held_s": round(self.lock_held, 3),
+                "deferred": self.deferred,
                 "classes": {k: self.totals(k) for k in sorted(self.classes)},
                 "rejected": dict(sorted(self.rejected.items()))}
 
@@ -69,49 +91,119 @@ def settings_from(config) -> Settings:
 
 
 def process_inbox(config, store, progress: Callable[[int], None] | None = None, *,
-                  limit: int | None = None, chunk_size: int = CHUNK) -> FactorySummary:
-    """Validate, dedupe, classify and file every inbox image (at most ``limit``)."""
+                  limit: int | None = None, chunk_size: int | None = None,
+                  lease_seconds: float | None = None, worker: str | None = None
+                  ) -> FactorySummary:
+    """Validate, dedupe, classify and file inbox images (at most ``limit``) until none is left.
+
+    Safe to run in several processes at once: each claims its own chunks of ``chunk_size``
+    (default ``factory.chunk_size``). When only rows leased to other workers are left, it
+    waits for them to be filed, or for a dead worker's lease (``lease_seconds``, default
+    ``factory.claim_lease``) to run out and takes them over, so a run ends with an empty inbox.
+    """
     f = config.factory
-    summary = FactorySummary()
-    rows = []
-    for row in store.iter_images(status="inbox"):
-        rows.append(row)
-        if limit is not None and len(rows) >= limit:
-            break
-    settings = settings_from(config)
-    with Analyser(settings, f.workers) as analyser:
-        index = open_index(store, analyser, f.hash, f.hard_duplicates)
-        summary.index_size = len(index)
-        if not rows:
-            return summary
+    lease = f.claim_lease if lease_seconds is None else lease_seconds
+    chunk_size = chunk_size or f.chunk_size
+    summary = FactorySummary(worker=worker or worker_id())
+    with Analyser(settings_from(config), f.workers) as analyser, \
+            Claims(store, summary.worker, lease) as claims:
+        shared = SharedIndex(store, analyser, f.hash, f.hard_duplicates)
+        with store.exclusive(LOCK):
+            shared.sync()
+        summary.index_size = len(shared.index)
         model = LazyModel(store.registry)
         summary.model_version = store.registry.current()
         kept_cache: dict[int, Kept] = {}
 
         def lookup(image_id: int) -> Kept:
             if image_id not in kept_cache:
-                r = store.get_image(image_id)
-                kept_cache[image_id] = Kept(image_id, r["width"] or 0, r["height"] or 0,
-                                            r["label_source"] == "human",
-                                            str(store.abspath(r["path"])) if r["path"] else None)
+                kept_cache[image_id] = _kept(store, store.get_image(image_id))
             return kept_cache[image_id]
 
-        deduper = Deduper(index, max_distance=f.max_distance, hard=f.hard_duplicates,
+        deduper = Deduper(shared.index, max_distance=f.max_distance, hard=f.hard_duplicates,
                           hard_distance=f.hard_distance, verify_threshold=f.verify_threshold,
                           lookup=lookup)
-        for start in range(0, len(rows), chunk_size):
-            chunk = rows[start:start + chunk_size]
+        taken = 0
+        while limit is None or taken < limit:
+            chunk = claims.take(chunk_size if limit is None else min(chunk_size, limit - taken))
+            if not chunk:
+                if claims.wait_for_others():  # rows leased to a worker that may have died
+                    continue
+                break
+            taken += len(chunk)
             jobs = [Job(r["id"], str(store.abspath(r["path"]))) for r in chunk]
             analyses = list(analyser.run(jobs, progress))
-            moves = _decide(config, store, chunk, analyses, deduper, kept_cache, model,
-                            summary)
-            store.move_many(moves)
-            index.save(index_path(store.data_dir, f.hash, f.hard_duplicates),
-                       source_count=len(index))
-            summary.processed += len(chunk)
-        summary.index_size = len(index)
+            predicted = _predict(config, store, chunk, analyses, model)
+            for attempt in range(DEFER + 1):
+                # verification against the index as other workers left it, in parallel
+                _refresh(shared, kept_cache, deduper, locked=False)
+                deduper.prefetch(analyses)
+                asked = time.perf_counter()
+                with store.exclusive(LOCK):
+                    got = time.perf_counter()
+                    done = _file_chunk(config, store, claims, shared, deduper, kept_cache,
+                                       chunk, analyses, predicted, summary,
+                                       may_defer=attempt < DEFER)
+                summary.lock_wait += got - asked
+                summary.lock_held += time.perf_counter() - got
+                if done is not None:
+                    break
+                summary.deferred += 1
+            deduper.clear_scores()
+            summary.processed += done
+        summary.index_size = len(shared.index)
     logger.info("factory: %s", summary.as_json())
     return summary
+
+
+def _file_chunk(config, store, claims: Claims, shared: SharedIndex, deduper: Deduper,
+                kept_cache: dict[int, Kept], chunk, analyses, predicted, summary, *,
+                may_defer: bool = False) -> int | None:
+    """Under the factory lock: decide and move the rows of ``chunk`` this worker still holds.
+
+    With ``may_defer``, returns None (nothing done) when other workers kept so many
+    candidates since the prefetch that verifying them would hold the lock for long: the
+    caller verifies them outside the lock and comes back.
+
+    A row whose lease ran out and that another worker took is left to it. A half-done move
+    left by a dead worker (storage refuses to move that image) is finished by a repair, and
+    the chunk decided again from a fully reconciled index.
+    """
+    from storage import MoveConflictError
+
+    for attempt in range(2):
+        held = claims.hold([r["id"] for r in chunk])
+        mine = [r for r in chunk if r["id"] in held]
+        if len(mine) < len(chunk):
+            logger.warning("%d images of this chunk were taken over by another worker",
+                           len(chunk) - len(mine))
+        _refresh(shared, kept_cache, deduper, locked=True)
+        if not mine:
+            return 0
+        if may_defer and sum(deduper.unverified(a) for a in analyses
+                             if a.image_id in held) > DEFER_VERIFICATIONS:
+            return None
+        counts = FactorySummary()
+        moves = _decide(config, store, mine, [a for a in analyses if a.image_id in held],
+                        deduper, kept_cache, predicted, counts)
+        try:
+            moved = store.move_many(moves)
+        except MoveConflictError as exc:
+            shared.invalidate()  # this attempt's decisions were applied in memory only
+            if attempt:
+                claims.stuck.update(r["id"] for r in mine)
+                logger.warning("leaving %d images for later: %s", len(mine), exc)
+                return 0
+            logger.warning("%s; repairing and deciding the chunk again", exc)
+            store.repair()
+            continue
+        for image_id, path in moved.items():  # kept images are re-read from their new place
+            if image_id in kept_cache:
+                kept_cache[image_id].path = str(store.abspath(path))
+        shared.save()
+        summary.merge(counts)
+        return len(mine)
+    return 0
 
 
 class LazyModel:
@@ -129,15 +221,51 @@ class LazyModel:
         return self._classifier
 
 
+def _kept(store, row: dict) -> Kept:
+    return Kept(row["id"], row["width"] or 0, row["height"] or 0, row["label_source"] == "human",
+                str(store.abspath(row["path"])) if row["path"] else None)
+
+
+def _refresh(shared: SharedIndex, kept_cache: dict[int, Kept], deduper: Deduper, *,
+             locked: bool) -> None:
+    """Sync the index; update what is cached about kept images whose rows changed."""
+    changed = shared.sync(locked)
+    if changed is None:
+        kept_cache.clear()
+        deduper.forget()
+        return
+    for r in changed:
+        if r["id"] in kept_cache:  # e.g. filed by another worker, or a person relabelled it
+            kept_cache[r["id"]] = _kept(store=shared.store, row=r)
+    deduper.forget([r["id"] for r in changed])
+
+
+def _predict(config, store, chunk, analyses: list[Analysis], model: "LazyModel"):
+    """(classifier, {image id: Prediction}) for every valid image the model should label.
+
+    Runs before the factory lock, so workers classify in parallel; images that turn out to be
+    duplicates were classified for nothing, which costs less than serialising the model.
+    """
+    rows = {r["id"]: r for r in chunk}
+    need = [a.image_id for a in analyses
+            if a.ok and rows[a.image_id]["label_source"] != "human"]
+    classifier = model.get() if need and model.registry.current() else None
+    by_model = [i for i in need
+                if classifier is not None and rows[i]["keyword_class"] in classifier.classes]
+    predictions = dict(zip(by_model, classifier.predict(
+        [str(store.abspath(rows[i]["path"])) for i in by_model],
+        config.factory.batch_size))) if by_model else {}
+    return classifier, predictions
+
+
 def _decide(config, store, chunk, analyses: list[Analysis], deduper: Deduper,
-            kept_cache: dict[int, Kept], model: LazyModel,
-            summary: FactorySummary) -> list:
+            kept_cache: dict[int, Kept], predicted, summary: FactorySummary) -> list:
     from storage import Move
 
     rows = {r["id"]: r for r in chunk}
     plans: dict[int, tuple[str, dict]] = {}   # image id -> (status, changes)
     survivors: list[int] = []
-    demoted: list[tuple[int, int]] = []       # (kept id from an earlier run, replaced by)
+    demoted: list[tuple[int, int]] = []       # (kept id from an earlier chunk, replaced by)
     for a in analyses:
         row = rows[a.image_id]
         if not a.ok:
@@ -166,7 +294,7 @@ def _decide(config, store, chunk, analyses: list[Analysis], deduper: Deduper,
                 demoted.append((old, a.image_id))
             kept_cache.pop(old, None)
 
-    _label(config, store, rows, survivors, plans, model)
+    _label(config, rows, survivors, plans, *predicted)
     moves = []
     for image_id, (status, changes) in plans.items():
         moves.append(Move(image_id, status, changes))
@@ -179,15 +307,8 @@ def _decide(config, store, chunk, analyses: list[Analysis], deduper: Deduper,
     return moves
 
 
-def _label(config, store, rows, survivors: list[int], plans, model: LazyModel) -> None:
+def _label(config, rows, survivors: list[int], plans, classifier, predictions) -> None:
     """Turn each survivor's "keep" plan into accepted or review, with its label source."""
-    need = [i for i in survivors if rows[i]["label_source"] != "human"]
-    classifier = model.get() if need and model.registry.current() else None
-    by_model = [i for i in need
-                if classifier is not None and rows[i]["keyword_class"] in classifier.classes]
-    predictions = dict(zip(by_model, classifier.predict(
-        [str(store.abspath(rows[i]["path"])) for i in by_model],
-        config.factory.batch_size))) if by_model else {}
     for image_id in survivors:
         row, base = rows[image_id], plans[image_id][1]
         if row["label_source"] == "human":

@@ -376,11 +376,13 @@ def factory(ctx: Context, limit, as_json):
 
     from dataset_factory.run import process_inbox
 
-    with ctx.store() as store:
+    def work(store):
         total = sum(store.inbox_counts().values())
         with tqdm(total=min(total, limit or total), unit="img", disable=None,
                   desc="factory") as bar:
-            summary = process_inbox(ctx.config, store, progress=bar.update, limit=limit)
+            return process_inbox(ctx.config, store, progress=bar.update, limit=limit)
+
+    summary = _as_job(ctx, "factory", work)
     if as_json:
         click.echo(json.dumps(summary.as_json(), indent=2, sort_keys=True))
         return

@@ -59,9 +59,9 @@ def as_counts(result: Any) -> dict | None:
 
 
 def shares_lock(config: Config, job: str) -> bool:
-    """Whether ``job`` may run beside others of its kind: crawl workers that share a Redis
-    frontier do; everything else runs alone."""
-    return job == "crawl" and bool(config.crawl.redis_url)
+    """Whether ``job`` may run beside others of its kind: factory workers (they claim inbox
+    rows) and crawl workers that share a Redis frontier do; everything else runs alone."""
+    return job == "factory" or (job == "crawl" and bool(config.crawl.redis_url))
 
 
 def run_job(config: Config, job: str, stage: Stage | None = None, *, wait: float = 0.0) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -408,6 +409,64 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(update(images).where(images.c.claimed_by == worker)
                          .values(claimed_by=None, claim_expires=None))
+
+    def renew_claims(self, worker: str, lease_seconds: float,
+                     ids: Iterable[int] | None = None) -> set[int]:
+        """Extend ``worker``'s leases (only on ``ids`` if given); return the ids it still holds.
+
+        An id is held while its image is in the inbox and claimed by ``worker``: one whose
+        lease expired and that another worker took, or that was filed meanwhile, is not.
+        """
+        from datetime import timedelta
+        cond = (images.c.claimed_by == worker) & (images.c.status == "inbox")
+        if ids is not None:
+            ids = list(ids)
+            if not ids:
+                return set()
+            cond = cond & images.c.id.in_(ids)
+        with self.engine.begin() as conn:
+            conn.execute(update(images).where(cond).values(
+                claim_expires=utcnow() + timedelta(seconds=lease_seconds)))
+            return set(conn.execute(select(images.c.id).where(cond)).scalars())
+
+    def claim_holders(self) -> set[str]:
+        """Workers holding unexpired leases on inbox images."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(
+                select(images.c.claimed_by).distinct().where(images.c.status == "inbox")
+                .where(images.c.claimed_by.is_not(None))
+                .where(images.c.claim_expires >= utcnow())).scalars())
+
+    def changed_since(self, since: datetime) -> list[dict[str, Any]]:
+        """Images that left the inbox or changed at or after ``since`` (naive UTC), in id order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(images).where(images.c.updated_at >= since)
+                                .where(images.c.status != "inbox").order_by(images.c.id)).all()
+        return [_image_dict(r) for r in rows]
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the lock ``name`` against every process using this DB and data_dir.
+
+        PostgreSQL: a transaction-level advisory lock (several machines; freed when the
+        transaction ends or the holder's connection dies). SQLite: flock on
+        data_dir/.<name>.lock (one machine; freed when the holder dies). Not re-entrant.
+        """
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"lock name {name!r}: letters, digits, - and _ only")
+        if self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            with self.engine.begin() as conn:
+                conn.execute(select(func.pg_advisory_xact_lock(key)))
+                yield
+            return
+        import fcntl
+        with open(self.data_dir / f".{name}.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # ---- URLs the crawler has seen -----------------------------------------------------------
 
