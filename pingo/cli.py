@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class PingoGroup(click.Group):
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    if not verbose:  # TensorFlow's C++ start-up chatter (oneDNN, CPU features) says nothing useful
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     root = logging.getLogger()
     if not any(getattr(h, "_pingo", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
