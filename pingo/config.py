@@ -396,7 +396,10 @@ per_query_limit = 200          # most results taken from one query
 concurrency = 16               # parallel image downloads
 download_delay = 0.0           # seconds between requests to one host
 max_drivers = 2                # headless browsers rendering result pages
+obey_robots = true             # honour robots.txt
+max_image_bytes = 8388608      # larger downloads are refused (too_large)
 # redis_url = "redis://127.0.0.1:6379/0"            # share one frontier between machines
+# idle_timeout = 30                                 # a shared crawler exits after this idle time
 # selenium_remote_url = "http://127.0.0.1:4444"     # browsers from a Selenium Grid
 
 [factory]
@@ -404,11 +407,14 @@ hash = "phash"                 # phash, dhash, whash or ahash
 max_distance = 6               # Hamming bits: closer hashes are near duplicates
 confidence = 0.90              # top-1 confidence needed to auto-accept; else review/
 min_size = 32                  # smallest width/height kept, pixels
+hard_duplicates = true         # also catch crops, borders, captions and mirror flips
 
 [train]
 image_size = 128               # pixels; the model sees image_size x image_size
 epochs = 100                   # upper bound; early stopping usually ends sooner
 batch_size = 32
+arch = "small_cnn"             # small_cnn, seed_cnn, or mobilenet_v2 with train.weights_path
+patience = 10                  # epochs without a better val_loss before stopping early
 schedule = "0 2 * * *"         # cron: nightly retrain (runs only when every class is at target)
 promote_margin = 0.0           # a new model is promoted if test accuracy >= current + margin
 
