@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -18,7 +17,8 @@ from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import FAULTS, make_server
 from crawler.errors import UnknownCrawlClassError, UnknownSourceError
 from crawler.run import crawl
-from crawler_fixtures.helpers import browser_pids_under, crawl_toml, kill_all
+from crawler_fixtures.helpers import (assert_inbox_consistent, browser_pids_under,
+                                      crawl_toml, inbox_rows, kill_all)
 
 pytestmark = pytest.mark.browser
 
@@ -34,24 +34,6 @@ def images(tmp_path_factory):
 def site(images):
     with make_server(images).start() as server:
         yield server
-
-
-def inbox_rows(project):
-    with project.store() as store:
-        return list(store.iter_images(status="inbox"))
-
-
-def assert_inbox_consistent(project):
-    """Every row has its file with exactly its bytes; no stray files; no URL twice."""
-    rows = inbox_rows(project)
-    inbox = project.data_dir / "inbox"
-    assert sorted(p.name for p in inbox.iterdir()) == sorted(Path(r["path"]).name for r in rows)
-    for r in rows:
-        data = (project.data_dir / r["path"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == r["sha256"]
-    urls = [r["source_url"] for r in rows]
-    assert len(urls) == len(set(urls))
-    return rows
 
 
 def test_crawls_only_classes_below_target_each_about_what_it_lacks(project, site, images):

@@ -3,7 +3,6 @@ real SQLite, the real demo site and headless Chromium; browsers from a remote ch
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import pytest
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import make_server
 from crawler.run import crawl
-from crawler_fixtures.helpers import crawl_toml
+from crawler_fixtures.helpers import assert_inbox_consistent, crawl_toml, inbox_rows
 
 REDIS_URL = os.environ.get("PINGO_TEST_REDIS", "redis://127.0.0.1:6379/9")
 
@@ -63,22 +62,16 @@ def distributed_toml(url: str, classes: dict[str, int], prefix: str, **crawl_set
     return crawl_toml(url, classes, **settings)
 
 
-def inbox_rows(project) -> list[dict]:
-    with project.store() as store:
-        return list(store.iter_images(status="inbox"))
-
-
-def assert_each_image_once(project) -> list[dict]:
-    """Every row has its file with its bytes; no URL and no content stored twice."""
-    rows = inbox_rows(project)
-    inbox = project.data_dir / "inbox"
-    assert sorted(p.name for p in inbox.iterdir()) == sorted(Path(r["path"]).name for r in rows)
-    for r in rows:
-        data = (project.data_dir / r["path"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == r["sha256"]
-    assert len({r["source_url"] for r in rows}) == len(rows)
-    assert len({r["sha256"] for r in rows}) == len(rows)
-    return rows
+def crawl_side_by_side(config, n: int = 2) -> list:
+    """Run ``n`` crawls at once in this process (each starts its own Scrapy child)."""
+    summaries = []
+    workers = [threading.Thread(target=lambda: summaries.append(crawl(config)))
+               for _ in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return summaries
 
 
 # ---- the shared frontier itself (Redis only) ---------------------------------------------
@@ -211,17 +204,9 @@ def test_two_crawlers_share_the_work_and_fetch_each_image_once(project, images, 
     targets = {"circle": 15, "square": 15, "triangle": 15}
     with make_server(images, image_delay=0.2).start() as site:
         project.write(distributed_toml(site.url, targets, redis_prefix) + storage_toml)
-        with project.store():  # schema first: two processes creating it at once race (storage)
-            pass
-        summaries = []
-        workers = [threading.Thread(target=lambda: summaries.append(crawl(project.config)))
-                   for _ in range(2)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        summaries = crawl_side_by_side(project.config)
         fetched = Counter(p for p in site.site.requests if p.startswith("/image/"))
-    rows = assert_each_image_once(project)
+    rows = assert_inbox_consistent(project)
     assert Counter(r["keyword_class"] for r in rows) == targets  # none over, none short
     assert fetched and max(fetched.values()) == 1  # no image fetched twice, by anyone
     assert sum(fetched.values()) == len(rows) == 45
@@ -239,15 +224,9 @@ def test_refused_downloads_are_made_up_once_across_crawlers(project, images, red
     with make_server(images, faults=True).start() as broken:
         project.write(distributed_toml(broken.url, targets, redis_prefix, download_timeout=2.0,
                                        retries=0, max_image_bytes=1_000_000, max_drivers=1))
-        summaries = []
-        workers = [threading.Thread(target=lambda: summaries.append(crawl(project.config)))
-                   for _ in range(2)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        summaries = crawl_side_by_side(project.config)
         fetched = Counter(p for p in broken.site.requests if p.startswith(("/image/", "/fault/")))
-    rows = assert_each_image_once(project)
+    rows = assert_inbox_consistent(project)
     assert Counter(r["keyword_class"] for r in rows) == targets  # refusals were made up for
     assert not any("/fault/" in r["source_url"] for r in rows)
     # Both classes' result lists start with the same broken URLs: each was fetched by one
@@ -268,14 +247,8 @@ def test_refused_downloads_are_made_up_once_across_crawlers(project, images, red
 def test_crawlers_stop_when_the_sources_run_dry(project, images, redis_prefix):
     with make_server(images).start() as site:  # 40 circles: 20 short of the target
         project.write(distributed_toml(site.url, {"circle": 60}, redis_prefix))
-        summaries = []
-        workers = [threading.Thread(target=lambda: summaries.append(crawl(project.config)))
-                   for _ in range(2)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    assert len(assert_each_image_once(project)) == 40
+        summaries = crawl_side_by_side(project.config)
+    assert len(assert_inbox_consistent(project)) == 40
     assert [s.finish_reason for s in summaries] == ["finished", "finished"]
     assert list(frontier(redis_prefix).server.scan_iter(match=f"{redis_prefix}:*")) == []
 
@@ -307,7 +280,7 @@ def test_killing_a_crawler_mid_round_the_other_takes_over(project, images, redis
         charged = shared.server.hlen(f"{redis_prefix}:charged:{doomed_id}")  # being stored
         at_kill = len(inbox_rows(project))
         other.join()
-        after_survivor = Counter(r["keyword_class"] for r in assert_each_image_once(project))
+        after_survivor = Counter(r["keyword_class"] for r in assert_inbox_consistent(project))
         assert all(after_survivor[c] <= t for c, t in targets.items())  # never overfilled
         assert len(inbox_rows(project)) > at_kill  # the survivor went on after the kill
         # ... and took back what the killed one held (its leave() only removes itself).
@@ -317,7 +290,7 @@ def test_killing_a_crawler_mid_round_the_other_takes_over(project, images, redis
         # A crawler started afterwards completes whatever the killed one left undone.
         crawl(project.config)
         fetched = Counter(p for p in site.site.requests if p.startswith("/image/"))
-    rows = assert_each_image_once(project)
+    rows = assert_inbox_consistent(project)
     assert Counter(r["keyword_class"] for r in rows) == targets
     # Only requests the killed crawler held can have been fetched a second time.
     assert sum(n - 1 for n in fetched.values()) <= held

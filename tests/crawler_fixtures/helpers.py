@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from pathlib import Path
@@ -58,3 +59,21 @@ def kill_all(pids: list[int]) -> int:
         except ProcessLookupError:
             pass
     return killed
+
+
+def inbox_rows(project) -> list[dict]:
+    with project.store() as store:
+        return list(store.iter_images(status="inbox"))
+
+
+def assert_inbox_consistent(project) -> list[dict]:
+    """Every row has its file with exactly its bytes; no stray files; no URL stored twice."""
+    rows = inbox_rows(project)
+    inbox = project.data_dir / "inbox"
+    assert sorted(p.name for p in inbox.iterdir()) == sorted(Path(r["path"]).name for r in rows)
+    for r in rows:
+        data = (project.data_dir / r["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == r["sha256"]
+    urls = [r["source_url"] for r in rows]
+    assert len(urls) == len(set(urls))
+    return rows
