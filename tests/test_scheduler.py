@@ -146,7 +146,8 @@ def wait_for(predicate, timeout=60.0):
 def test_service_runs_crawl_factory_train_in_order_and_repeats(project, tmp_path):
     proc, log = start_service(project, tmp_path)
     try:
-        assert wait_for(lambda: log.exists() and log.read_text().count("crawl end") >= 3)
+        # the run-now chain plus two ticks, each ending with its factory
+        assert wait_for(lambda: log.exists() and log.read_text().count("factory end") >= 3)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
