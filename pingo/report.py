@@ -146,8 +146,7 @@ def build_report(config: Config, store: Store) -> Path:
     section += ("<table><tr><th>version</th><th>created (UTC)</th><th>test accuracy</th>"
                 "<th>note</th></tr>" + ("".join(rows) or '<tr><td colspan="4">no model yet'
                                         '</td></tr>') + "</table>")
-    latest = store.registry.versions()[-1:] if store.registry.versions() else []
-    for version in latest:
+    for version in store.registry.versions()[-1:]:  # the latest, if any
         plots = sorted(store.registry.path(version).glob("*.png"))
         for plot in plots:
             shutil.copy2(plot, assets / f"{version}_{plot.name}")

@@ -33,7 +33,8 @@ class ModelRegistry:
     def new_version(self) -> tuple[str, Path]:
         """Reserve the next version folder (mkdir is exclusive, so two trainers never clash)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        n = int(self.versions()[-1][1:]) + 1 if self.versions() else 1
+        existing = self.versions()
+        n = int(existing[-1][1:]) + 1 if existing else 1
         while True:
             version = f"v{n:04d}"
             try:

@@ -399,10 +399,13 @@ class Store:
             query = query.with_for_update(skip_locked=True)
         with self.engine.begin() as conn:
             ids = list(conn.execute(query).scalars())
-            if ids:
-                conn.execute(update(images).where(images.c.id.in_(ids)).values(
-                    claimed_by=worker, claim_expires=now + timedelta(seconds=lease_seconds)))
-        return [self.get_image(i) for i in ids]
+            if not ids:
+                return []
+            conn.execute(update(images).where(images.c.id.in_(ids)).values(
+                claimed_by=worker, claim_expires=now + timedelta(seconds=lease_seconds)))
+            rows = conn.execute(select(images).where(images.c.id.in_(ids))
+                                .order_by(images.c.id)).all()
+        return [_image_dict(r) for r in rows]
 
     def release_claims(self, worker: str) -> None:
         """Give back whatever ``worker`` still holds (its images stay in the inbox)."""

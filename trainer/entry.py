@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import logging
-import os
 import platform
 import time
 import traceback
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pingo.config import TrainConfig
-from storage.files import atomic_write, fsync_dir
+from storage.files import atomic_write, replace
 from trainer import data
 from trainer.errors import ModelLoadError
 from trainer.evaluate import metrics as compute_metrics
@@ -74,8 +73,7 @@ def save_model(model, path: Path) -> None:
     """Save atomically: Keras writes a temp .keras beside it, then one rename."""
     tmp = path.with_name(f".{path.stem}.partial.keras")
     model.save(str(tmp))
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    replace(tmp, path)
 
 
 def load_entry_model(folder: Path) -> LoadedModel:
