@@ -326,3 +326,40 @@ def test_workers_opening_a_fresh_postgresql_database_together(tmp_path, pg_url):
                               text=True) for _ in range(4)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+
+
+ROUNDS_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from storage import Store
+    print("ready", flush=True)
+    for data_dir in sys.stdin:
+        try:
+            Store.open(data_dir.strip()).close()
+            print("ok", flush=True)
+        except Exception as exc:
+            print(repr(exc).replace("\\n", " "), flush=True)
+""")
+
+
+def test_workers_opening_a_fresh_sqlite_database_together(tmp_path):
+    """Four processes open each of 25 new SQLite databases at the same moment.
+
+    The first open switches the file to WAL; SQLite refuses a racing switch at once, without
+    waiting on the busy timeout. Before storage retried it, about one round in ten failed.
+    """
+    script = ROUNDS_SCRIPT.format(repo=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 4
+        for n in range(25):
+            for p in procs:  # the same fresh folder to all four, as close together as pipes go
+                p.stdin.write(f"{tmp_path / str(n)}\n")
+                p.stdin.flush()
+            answers = [p.stdout.readline().strip() for p in procs]
+            assert answers == ["ok"] * 4, f"round {n}: {answers}"
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
