@@ -3,7 +3,7 @@
 A new DB gets every table at SCHEMA_VERSION. An older DB is brought up step by step by
 MIGRATIONS[v] (v = the version it reaches), each an additive change in one transaction, so
 rows survive upgrades. To add a column: add it to the table below, bump SCHEMA_VERSION and add
-``MIGRATIONS[new] = add_column("images", "column_name")``.
+``MIGRATIONS[new] = add_column("images", "column_name")`` (``add_indexes`` for indexes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from storage.errors import SchemaVersionError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -60,6 +60,9 @@ images = Table(
     Index("ix_images_status_label", "status", "label"),
     Index("ix_images_status_keyword", "status", "keyword_class"),
     Index("ix_images_phash", "phash"),
+    # v2: repointing a replaced image's duplicates, and factory workers' changed_since().
+    Index("ix_images_duplicate_of", "duplicate_of"),
+    Index("ix_images_updated_at", "updated_at"),
 )
 
 # Every URL the crawler has fetched, whatever came of it, so no URL is fetched twice.
@@ -130,8 +133,19 @@ def add_column(table: str, column: str) -> Callable[[Connection], None]:
     return step
 
 
+def add_indexes(table: str, *names: str) -> Callable[[Connection], None]:
+    """A migration step that creates the named indexes (as declared above) on ``table``."""
+    def step(conn: Connection) -> None:
+        declared = {ix.name: ix for ix in metadata.tables[table].indexes}
+        for name in names:
+            declared[name].create(conn, checkfirst=True)
+    return step
+
+
 # version reached -> step. Steps only add; data already there is never rewritten.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: add_indexes("images", "ix_images_duplicate_of", "ix_images_updated_at"),
+}
 
 
 def stored_version(conn: Connection) -> int | None:

@@ -231,9 +231,31 @@ class Store:
             # Another process (a repair) already did this rename.
 
     def _apply(self, conn, image_id: int, changes: dict[str, Any], now: datetime) -> None:
+        if changes.get("duplicate_of") is not None:
+            changes = {**changes, "duplicate_of": self._flatten_duplicates(
+                conn, image_id, changes["duplicate_of"], now)}
         conn.execute(update(images).where(images.c.id == image_id)
                      .values(**changes, updated_at=now))
         conn.execute(delete(pending_moves).where(pending_moves.c.image_id == image_id))
+
+    def _flatten_duplicates(self, conn, image_id: int, kept: int, now: datetime) -> int:
+        """Keep every ``duplicate_of`` pointing at an image that is itself kept.
+
+        When ``image_id`` becomes a duplicate of ``kept`` (a larger copy replaced it), the
+        images that were duplicates of ``image_id`` now point at ``kept``; and if ``kept`` was
+        itself replaced earlier in the same batch, follow it. Returns the final kept id.
+        """
+        seen = {image_id}
+        while True:
+            nxt = conn.execute(select(images.c.duplicate_of)
+                               .where(images.c.id == kept)).scalar()
+            if nxt is None or nxt in seen:
+                break
+            seen.add(kept)
+            kept = nxt
+        conn.execute(update(images).where(images.c.duplicate_of == image_id)
+                     .where(images.c.id != kept).values(duplicate_of=kept, updated_at=now))
+        return kept
 
     def update_image(self, image_id: int, **changes: Any) -> None:
         """Change columns that do not move the file (e.g. phash, width, height)."""

@@ -87,13 +87,22 @@ def test_planted_easy_copies_found_and_distinct_photos_kept(project, sign_digits
         process_inbox(config, store)
         for oid in orig_ids[:6] + orig_ids[7:]:
             assert store.get_image(oid)["status"] == "accepted"  # distinct photos: not merged
-        for cid, oid in copy_of.items():
+        for cid, oid in copy_of.items():  # (after the first run)
             row = store.get_image(cid)
             assert (row["status"], row["reason"], row["duplicate_of"]) == \
                 ("rejected", "duplicate", oid), row
         assert store.get_image(upscaled)["status"] == "accepted"
         replaced = store.get_image(orig_ids[6])
         assert (replaced["status"], replaced["duplicate_of"]) == ("rejected", upscaled)
+        # A larger copy arriving in a later run replaces a kept original that already has
+        # copies: they are repointed at the replacement, so no one has to follow chains.
+        larger = add(store, jpeg_of(originals[0], lambda im: im.resize((180, 180))))
+        process_inbox(config, store)
+        assert (store.get_image(orig_ids[0])["duplicate_of"], store.get_image(larger)["status"]) \
+            == (larger, "accepted")
+        copies_of_first = [cid for cid, oid in copy_of.items() if oid == orig_ids[0]]
+        assert [store.get_image(cid)["duplicate_of"] for cid in copies_of_first] == \
+            [larger] * len(EASY)
         assert_consistent(store)
 
 

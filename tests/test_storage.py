@@ -264,6 +264,42 @@ def test_newer_schema_is_refused(tmp_path):
         Store.open(data_dir)
 
 
+def test_duplicates_of_a_replaced_image_point_at_its_replacement(store):
+    a, b, c, d, e, f, g = [store.add_image(png_bytes((i, 2, 2)), keyword_class="cat",
+                                           source="demo", ext="png") for i in range(7)]
+    store.move(b, "rejected", reason="duplicate", duplicate_of=a)
+    store.move(a, "rejected", reason="duplicate", duplicate_of=c)  # c replaces a
+    assert store.get_image(b)["duplicate_of"] == c
+    # in one batch, in either order: e -> d and d -> f leave e pointing at f
+    store.move_many([Move(e, "rejected", {"reason": "duplicate", "duplicate_of": d}),
+                     Move(d, "rejected", {"reason": "duplicate", "duplicate_of": f})])
+    assert (store.get_image(e)["duplicate_of"], store.get_image(d)["duplicate_of"]) == (f, f)
+    store.move_many([Move(f, "rejected", {"reason": "duplicate", "duplicate_of": g}),
+                     Move(d, "rejected", {"reason": "duplicate", "duplicate_of": f})])
+    assert {store.get_image(i)["duplicate_of"] for i in (d, e, f)} == {g}
+    assert_consistent(store)
+
+
+def test_a_version_1_database_gains_the_v2_indexes_and_keeps_its_rows(tmp_path):
+    data_dir = tmp_path / "data"
+    with Store.open(data_dir) as store:
+        image_id = store.add_image(png_bytes(), keyword_class="cat", source="demo", ext="png")
+    con = sqlite3.connect(data_dir / "pingo.db")  # what a v1 pingo left behind
+    con.execute("DROP INDEX ix_images_duplicate_of")
+    con.execute("DROP INDEX ix_images_updated_at")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with Store.open(data_dir) as store:
+        assert store.get_image(image_id)["keyword_class"] == "cat"
+    con = sqlite3.connect(data_dir / "pingo.db")
+    indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    version = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    con.close()
+    assert {"ix_images_duplicate_of", "ix_images_updated_at"} <= indexes
+    assert version == str(schema.SCHEMA_VERSION) == "2"
+
+
 MIGRATION_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
