@@ -9,6 +9,8 @@ counted, not errors. DB and file work runs on a few worker threads, not on the r
 
 Outcomes, in stats as pingo/<class>/<outcome> and pingo/refused/<reason>: stored, duplicate,
 refused: http_<code>, timeout, too_large, too_small, not_image, corrupt, robots, network, empty.
+A passing failure (timeout, network, 408, 429, 5xx: ``passing_failure``) is fetched again by a
+later crawl, after ``crawl.retry_failed_after`` hours, up to ``crawl.max_url_attempts`` tries.
 
 Distributed crawls (crawl.redis_url): the image was already fetched by a request through the
 shared queue (crawler.shared_spider), so the item arrives with a ``fetched`` entry and is
@@ -72,6 +74,16 @@ def check_image(body: bytes, content_type: str, min_side: int, max_pixels: int) 
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRefused("corrupt", str(exc)[:120]) from None
     return PIL_EXT.get(fmt, (fmt or "bin").lower()), width, height
+
+
+def passing_failure(outcome: str) -> bool:
+    """A refusal worth trying again in a later crawl: the server or the network may recover.
+
+    A 404, a corrupt or non-image body, robots.txt or a size limit will not change.
+    """
+    if outcome in ("timeout", "network", "http_408", "http_429"):
+        return True
+    return outcome.startswith("http_5") and len(outcome) == 8
 
 
 def failure_reason(exc: BaseException) -> str:

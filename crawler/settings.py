@@ -52,6 +52,8 @@ def build_settings(config, data_dir: str, db_url: str | None,
         "PINGO_DB_URL": db_url,
         "PINGO_MIN_IMAGE_SIDE": crawl.min_image_side,
         "PINGO_MAX_IMAGE_PIXELS": crawl.max_image_pixels,
+        "PINGO_URL_RETRY_AFTER": crawl.retry_failed_after * 3600,  # seconds
+        "PINGO_URL_MAX_ATTEMPTS": crawl.max_url_attempts,
     })
     if crawl.redis_url:
         # Several crawlers share one frontier: scrapy-redis's queue and dupefilter, through

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import scrapy
 
@@ -62,6 +63,18 @@ class ImageSearchSpider(scrapy.Spider):
             self.store = Store.open(settings.get("PINGO_DATA_DIR"), settings.get("PINGO_DB_URL"),
                                     repair=False)
         return self.store
+
+    @cached_property
+    def url_retry(self):
+        """Which URLs fetched before are due again (passing failures, after a pause)."""
+        from datetime import timedelta
+
+        from crawler.pipeline import passing_failure
+        from storage import UrlRetry
+        settings = self.crawler.settings
+        return UrlRetry(passing_failure,
+                        timedelta(seconds=settings.getfloat("PINGO_URL_RETRY_AFTER", 86400.0)),
+                        settings.getint("PINGO_URL_MAX_ATTEMPTS", 3))
 
     def on_closed(self) -> None:
         if self.store is not None:
@@ -126,7 +139,8 @@ class ImageSearchSpider(scrapy.Spider):
         found = list(self.sources[source_name].extract(response))[:self.per_query_limit]
         stats.inc_value(f"pingo/source/{source_name}/results", len(found))
         fresh = [(u, p) for u, p in dict(found).items() if u not in self.taken]
-        seen = self._open_store().seen_urls([u for u, _ in fresh]) if fresh else set()
+        seen = self._open_store().seen_urls([u for u, _ in fresh], self.url_retry) \
+            if fresh else set()
         stats.inc_value(f"pingo/{class_name}/already_seen", len(seen))
         new = 0
         for url, page in fresh:

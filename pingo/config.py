@@ -132,6 +132,11 @@ class CrawlConfig:
                                      doc="result pages a browser renders before it is recycled")
     download_timeout: float = setting(20.0, check=at_least(1), doc="seconds per image download")
     retries: int = setting(2, check=at_least(0), doc="retries of a failed download or render")
+    retry_failed_after: float = setting(24.0, check=at_least(0),
+                                        doc="hours before a later crawl tries again a URL that "
+                                            "timed out or got a 5xx/429 (others never)")
+    max_url_attempts: int = setting(3, check=at_least(1),
+                                    doc="crawls that may try one such URL; 1 = never again")
     max_image_bytes: int = setting(8 * 1024 * 1024, check=at_least(1024),
                                    doc="larger downloads are refused (too_large)")
     min_image_side: int = setting(16, check=at_least(1),

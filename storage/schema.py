@@ -74,6 +74,9 @@ urls = Table(
     Column("outcome", String(64), nullable=False),  # "image", "duplicate", or a refusal reason
     Column("image_id", Integer, ForeignKey("images.id")),
     Column("created_at", DateTime, nullable=False),
+    # v2: a URL that failed for a passing reason (timeout, 5xx) is tried again later.
+    Column("attempts", Integer),                 # NULL in rows from v1: one attempt
+    Column("last_tried", DateTime),              # NULL in rows from v1: created_at
 )
 
 runs = Table(
@@ -142,9 +145,18 @@ def add_indexes(table: str, *names: str) -> Callable[[Connection], None]:
     return step
 
 
+def all_of(*steps: Callable[[Connection], None]) -> Callable[[Connection], None]:
+    """One migration step made of several, run in order in the same transaction."""
+    def step(conn: Connection) -> None:
+        for one in steps:
+            one(conn)
+    return step
+
+
 # version reached -> step. Steps only add; data already there is never rewritten.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    2: add_indexes("images", "ix_images_duplicate_of", "ix_images_updated_at"),
+    2: all_of(add_indexes("images", "ix_images_duplicate_of", "ix_images_updated_at"),
+              add_column("urls", "attempts"), add_column("urls", "last_tried")),
 }
 
 

@@ -19,9 +19,9 @@ import hashlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -68,6 +68,21 @@ class Move:
         extra = set(self.changes) - MOVABLE
         if extra:
             raise ValueError(f"a move cannot change {sorted(extra)}")
+
+
+@dataclass(frozen=True)
+class UrlRetry:
+    """When a URL that failed is worth fetching again: a passing failure, after a pause."""
+    outcomes: Callable[[str], bool]   # is this recorded outcome a passing one?
+    after: timedelta
+    max_attempts: int
+
+    def due(self, row, now: datetime) -> bool:
+        if row.image_id is not None or not self.outcomes(row.outcome):
+            return False
+        if (row.attempts or 1) >= self.max_attempts:
+            return False
+        return (row.last_tried or row.created_at) + self.after <= now
 
 
 @dataclass
@@ -495,24 +510,40 @@ class Store:
 
     # ---- URLs the crawler has seen -----------------------------------------------------------
 
-    def seen_urls(self, candidates: Iterable[str]) -> set[str]:
+    def seen_urls(self, candidates: Iterable[str], retry: UrlRetry | None = None) -> set[str]:
+        """The candidates fetched before, less the failures ``retry`` says are due again."""
         shas = {_url_sha(u): u for u in candidates}
         seen: set[str] = set()
         keys = list(shas)
+        now = utcnow()
+        cols = (urls.c.url_sha, urls.c.outcome, urls.c.image_id, urls.c.attempts,
+                urls.c.last_tried, urls.c.created_at)
         with self.engine.connect() as conn:
             for i in range(0, len(keys), 500):
-                for (sha,) in conn.execute(select(urls.c.url_sha)
-                                           .where(urls.c.url_sha.in_(keys[i:i + 500]))):
-                    seen.add(shas[sha])
+                for row in conn.execute(select(*cols).where(urls.c.url_sha.in_(keys[i:i + 500]))):
+                    if retry is None or not retry.due(row, now):
+                        seen.add(shas[row.url_sha])
         return seen
 
     def record_url(self, url: str, outcome: str, image_id: int | None = None) -> bool:
-        """Remember a fetched URL; False when it was already recorded."""
+        """Remember a fetched URL and what came of it; False when it was already recorded.
+
+        Fetching a recorded URL again (a retry of a passing failure) counts one more attempt
+        and keeps the newest outcome, unless the URL already gave an image: that is kept.
+        """
+        now = utcnow()
+        sha = _url_sha(url)
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(urls).values(url_sha=_url_sha(url), url=url, outcome=outcome,
-                                                 image_id=image_id, created_at=utcnow()))
+                conn.execute(insert(urls).values(url_sha=sha, url=url, outcome=outcome,
+                                                 image_id=image_id, created_at=now,
+                                                 attempts=1, last_tried=now))
         except IntegrityError:
+            with self.engine.begin() as conn:
+                conn.execute(update(urls).where(urls.c.url_sha == sha)
+                             .where(urls.c.image_id.is_(None))
+                             .values(outcome=outcome, image_id=image_id, last_tried=now,
+                                     attempts=func.coalesce(urls.c.attempts, 1) + 1))
             return False
         return True
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -83,18 +84,39 @@ def test_more_wanted_later_takes_new_urls_only(project, site):
 
 
 def test_broken_images_end_as_counted_refusals(project, images):
+    def toml(target: int, **retry) -> str:
+        return crawl_toml(broken.url, {"circle": target}, download_timeout=2.0, retries=0,
+                          max_image_bytes=1_000_000, min_image_side=16, **retry)
+
+    def fetches() -> Counter:
+        return Counter(p.rsplit("/", 1)[-1] for p in broken.site.requests
+                       if p.startswith("/fault/"))
+
     with make_server(images, faults=True).start() as broken:
-        project.write(crawl_toml(broken.url, {"circle": 6}, download_timeout=2.0, retries=0,
-                                 max_image_bytes=1_000_000, min_image_side=16))
+        project.write(toml(6))
         summary = crawl(project.config)
-    circle = summary.classes["circle"]
-    assert circle.refused == {reason: 1 for reason in FAULTS.values()}
-    assert circle.downloaded == 6  # the refusals were made up from further results
-    rows = assert_inbox_consistent(project)
-    assert len(rows) == 6 and not any("/fault/" in r["source_url"] for r in rows)
-    with project.store() as store:  # refused URLs are remembered, never fetched again
-        fault_urls = [f"{broken.url}/fault/{n}.png" for n in FAULTS if n != "private"]
-        assert store.seen_urls(fault_urls) == set(fault_urls)
+        circle = summary.classes["circle"]
+        assert circle.refused == {reason: 1 for reason in FAULTS.values()}
+        assert circle.downloaded == 6  # the refusals were made up from further results
+        rows = assert_inbox_consistent(project)
+        assert len(rows) == 6 and not any("/fault/" in r["source_url"] for r in rows)
+        with project.store() as store:  # refused URLs are remembered
+            fault_urls = [f"{broken.url}/fault/{n}.png" for n in FAULTS if n != "private"]
+            assert store.seen_urls(fault_urls) == set(fault_urls)
+        first = fetches()
+
+        # More wanted, the day after: the passing failures (a 5xx, a timeout) are tried once
+        # more; a 404, a corrupt or non-image body, a size limit are not.
+        project.write(toml(8, retry_failed_after=0, max_url_attempts=2))
+        again = crawl(project.config).classes["circle"]
+        assert again.refused == {"http_500": 1, "timeout": 1} and again.downloaded == 2
+        assert fetches() - first == Counter({"500.png": 1, "slow.png": 1})
+        # ...and after max_url_attempts tries, never again.
+        second = fetches()
+        project.write(toml(10, retry_failed_after=0, max_url_attempts=2))
+        third = crawl(project.config).classes["circle"]
+        assert third.refused == {} and third.downloaded == 2 and fetches() == second
+    assert len(assert_inbox_consistent(project)) == 10
 
 
 def test_identical_bytes_are_counted_as_duplicates(project, tmp_path, images):

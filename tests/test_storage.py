@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from conftest import png_bytes
 from pingo.errors import UnsafeNameError
 from storage import (DuplicateImageError, ImageNotFoundError, Move, SchemaVersionError, Store,
-                     StorageError)
+                     StorageError, UrlRetry)
 from storage import schema
 from storage.files import STATUS_DIRS, atomic_write
 
@@ -117,6 +118,36 @@ def test_stats_counts_per_class_inbox_and_rejections(store):
         "rejected": {"duplicate": 1, "undecodable": 1},
     }
     assert store.inbox_counts() == {"cat": 1}
+
+
+def test_passing_failures_are_due_again_after_the_pause_up_to_max_attempts(store):
+    from crawler.pipeline import passing_failure
+    from storage.store import utcnow
+    urls = {o: f"http://a/{o}.jpg" for o in ("timeout", "http_503", "http_404", "not_image")}
+    for outcome, url in urls.items():
+        assert store.record_url(url, outcome)
+    store.record_url("http://a/ok.jpg", "stored", store.add_image(
+        png_bytes((3, 3, 3)), keyword_class="cat", source="demo", ext="png"))
+    everything = [*urls.values(), "http://a/ok.jpg"]
+    a_day = UrlRetry(passing_failure, timedelta(hours=24), max_attempts=2)
+    assert store.seen_urls(everything, a_day) == set(everything)  # too soon for any
+    now = UrlRetry(passing_failure, timedelta(0), max_attempts=2)
+    passing = {urls["timeout"], urls["http_503"]}
+    assert store.seen_urls(everything, now) == set(everything) - passing
+    # the second attempt: one recovers and gives an image, one fails again
+    image_id = store.add_image(png_bytes((4, 4, 4)), keyword_class="cat", source="demo", ext="png")
+    assert not store.record_url(urls["timeout"], "stored", image_id)  # recorded before
+    assert not store.record_url(urls["http_503"], "http_503")
+    assert store.seen_urls(everything, now) == set(everything)  # one gave an image; 2 attempts
+    assert store.seen_urls(everything, UrlRetry(passing_failure, timedelta(0), 3)) == \
+        set(everything) - {urls["http_503"]}
+    store.record_url(urls["timeout"], "timeout")  # a stale retry never undoes an image
+    with store.engine.connect() as conn:
+        rows = {r.url: r for r in conn.execute(select(schema.urls))}
+    assert (rows[urls["timeout"]].outcome, rows[urls["timeout"]].image_id) == ("stored", image_id)
+    assert rows[urls["http_503"]].attempts == 2
+    assert rows[urls["http_503"]].last_tried >= rows[urls["http_503"]].created_at
+    assert rows[urls["http_503"]].last_tried <= utcnow()
 
 
 def test_seen_urls_and_runs(store):
@@ -280,18 +311,26 @@ def test_duplicates_of_a_replaced_image_point_at_its_replacement(store):
     assert_consistent(store)
 
 
-def test_a_version_1_database_gains_the_v2_indexes_and_keeps_its_rows(tmp_path):
+def test_a_version_1_database_is_upgraded_to_v2_and_keeps_its_rows(tmp_path):
     data_dir = tmp_path / "data"
     with Store.open(data_dir) as store:
         image_id = store.add_image(png_bytes(), keyword_class="cat", source="demo", ext="png")
+        store.record_url("http://a/slow.jpg", "timeout")
     con = sqlite3.connect(data_dir / "pingo.db")  # what a v1 pingo left behind
     con.execute("DROP INDEX ix_images_duplicate_of")
     con.execute("DROP INDEX ix_images_updated_at")
+    con.execute("ALTER TABLE urls DROP COLUMN attempts")
+    con.execute("ALTER TABLE urls DROP COLUMN last_tried")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()
     with Store.open(data_dir) as store:
         assert store.get_image(image_id)["keyword_class"] == "cat"
+        # the v1 row (no attempts, no last_tried) reads as one attempt at its creation time
+        retry = UrlRetry(lambda outcome: True, timedelta(0), max_attempts=2)
+        assert store.seen_urls(["http://a/slow.jpg"], retry) == set()
+        store.record_url("http://a/slow.jpg", "timeout")
+        assert store.seen_urls(["http://a/slow.jpg"], retry) == {"http://a/slow.jpg"}
     con = sqlite3.connect(data_dir / "pingo.db")
     indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     version = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
