@@ -134,7 +134,7 @@ def test_the_budget_holds_across_workers(redis_prefix):
 def test_a_dead_workers_requests_go_back_to_the_queue(redis_prefix):
     from crawler.spider import ClassPlan
 
-    dying = frontier(redis_prefix, worker_ttl=0.5)
+    dying = frontier(redis_prefix, worker_ttl=2.0)  # long enough to stay alive on a busy box
     dying.join([ClassPlan("cat", 5, ["cat"])], {})
     survivor = frontier(redis_prefix)
     survivor.join([], {})
@@ -143,7 +143,7 @@ def test_a_dead_workers_requests_go_back_to_the_queue(redis_prefix):
     first, second = dying.pop(), dying.pop()
     assert dying.charge("cat", second[0])  # being stored when it died
     assert survivor.reap() == (0, 0)  # still alive
-    time.sleep(0.8)  # no heartbeat: its alive key expires
+    time.sleep(2.5)  # no heartbeat: its alive key expires
     assert survivor.others_busy()
     assert survivor.reap() == (1, 1)
     # The uncharged request is back; the charged one left `open` (it may have been stored).
