@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from conftest import png_bytes
 from pingo.errors import UnsafeNameError
@@ -311,30 +311,29 @@ def test_duplicates_of_a_replaced_image_point_at_its_replacement(store):
     assert_consistent(store)
 
 
-def test_a_version_1_database_is_upgraded_to_v2_and_keeps_its_rows(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_version_1_database_is_upgraded_to_v2_and_keeps_its_rows(request, tmp_path, backend):
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     data_dir = tmp_path / "data"
-    with Store.open(data_dir) as store:
+    with Store.open(data_dir, url) as store:
         image_id = store.add_image(png_bytes(), keyword_class="cat", source="demo", ext="png")
         store.record_url("http://a/slow.jpg", "timeout")
-    con = sqlite3.connect(data_dir / "pingo.db")  # what a v1 pingo left behind
-    con.execute("DROP INDEX ix_images_duplicate_of")
-    con.execute("DROP INDEX ix_images_updated_at")
-    con.execute("ALTER TABLE urls DROP COLUMN attempts")
-    con.execute("ALTER TABLE urls DROP COLUMN last_tried")
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
-    with Store.open(data_dir) as store:
+        with store.engine.begin() as conn:  # what a v1 pingo left behind
+            for ddl in ("DROP INDEX ix_images_duplicate_of", "DROP INDEX ix_images_updated_at",
+                        "ALTER TABLE urls DROP COLUMN attempts",
+                        "ALTER TABLE urls DROP COLUMN last_tried",
+                        "UPDATE meta SET value = '1' WHERE key = 'schema_version'"):
+                conn.exec_driver_sql(ddl)
+    with Store.open(data_dir, url) as store:
         assert store.get_image(image_id)["keyword_class"] == "cat"
         # the v1 row (no attempts, no last_tried) reads as one attempt at its creation time
         retry = UrlRetry(lambda outcome: True, timedelta(0), max_attempts=2)
         assert store.seen_urls(["http://a/slow.jpg"], retry) == set()
         store.record_url("http://a/slow.jpg", "timeout")
         assert store.seen_urls(["http://a/slow.jpg"], retry) == {"http://a/slow.jpg"}
-    con = sqlite3.connect(data_dir / "pingo.db")
-    indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    version = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    con.close()
+        with store.engine.connect() as conn:
+            indexes = {ix["name"] for ix in inspect(conn).get_indexes("images")}
+            version = conn.execute(select(schema.meta.c.value)).scalar()
     assert {"ix_images_duplicate_of", "ix_images_updated_at"} <= indexes
     assert version == str(schema.SCHEMA_VERSION) == "2"
 
