@@ -29,6 +29,11 @@ STATUS_JS = ("const e = performance.getEntriesByType('navigation')[0];"
              "return e && e.responseStatus ? e.responseStatus : null;")
 
 
+WARM_UP_PAGE = "data:text/html,<title>warm-up</title><p>pingo</p><script>1</script>"
+# Polling for the results every 0.05 s instead of Selenium's default 0.5 s saves ~0.4 s a page.
+WAIT_POLL_SECONDS = 0.05
+
+
 class RenderFailed(CrawlError):
     """A page could not be rendered, even by fresh browsers."""
 
@@ -190,8 +195,16 @@ class BrowserPool:
                            f"{type(last).__name__}: {str(last).strip()[:200]}")
 
     def _prestart(self) -> None:
+        from selenium.common.exceptions import WebDriverException
         try:
-            self._idle.put(self._acquire(reuse=False))
+            browser = self._acquire(reuse=False)
+            try:
+                # A fresh browser's first page costs ~1 s more than later ones (renderer and
+                # script engine start): pay that now, before the crawl's first result page.
+                browser.driver.get(WARM_UP_PAGE)
+            except WebDriverException as exc:
+                logger.debug("browser warm-up failed: %s", exc)
+            self._idle.put(browser)
         except BrowserError as exc:
             self._stat("selenium/browser_start_failed", 1)
             logger.warning("%s", exc)
@@ -233,7 +246,8 @@ class BrowserPool:
             if isinstance(condition, str):
                 condition = EC.presence_of_element_located((By.CSS_SELECTOR, condition))
             try:
-                WebDriverWait(driver, job.wait_time or 10).until(condition)
+                WebDriverWait(driver, job.wait_time or 10,
+                              poll_frequency=WAIT_POLL_SECONDS).until(condition)
             except TimeoutException:
                 self._stat("selenium/wait_timeout", 1)  # e.g. no results: read what is there
         if job.script:
