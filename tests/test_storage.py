@@ -385,35 +385,42 @@ def test_claims_split_the_inbox_and_expire(store):
     assert [r["id"] for r in store.claim_inbox("worker-d", 5)] == ids[3:]  # c's lease expired
 
 
-OPEN_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {repo!r})
-    from storage import Store
-    Store.open({data!r}, {url!r}).close()
-""")
-
-
-def test_workers_opening_a_fresh_postgresql_database_together(tmp_path, pg_url):
-    """Four processes create the schema at once: one creates it, the others wait and use it."""
-    script = OPEN_SCRIPT.format(repo=str(REPO), data=str(tmp_path / "data"), url=pg_url)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
-                              text=True) for _ in range(4)]
-    errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
-
-
-ROUNDS_SCRIPT = textwrap.dedent("""
+OPEN_TOGETHER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
     from storage import Store
     print("ready", flush=True)
     for data_dir in sys.stdin:
         try:
-            Store.open(data_dir.strip()).close()
+            Store.open(data_dir.strip(), {url!r}).close()
             print("ok", flush=True)
         except Exception as exc:
             print(repr(exc).replace("\\n", " "), flush=True)
 """)
+
+
+def open_together(data_dirs: list[Path], url: str | None = None, workers: int = 4) -> None:
+    """``workers`` processes open each of ``data_dirs`` (all on ``url``) at the same moment."""
+    script = OPEN_TOGETHER_SCRIPT.format(repo=str(REPO), url=url)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * workers
+        for n, data_dir in enumerate(data_dirs):
+            for p in procs:  # the same folder to every worker, as close together as pipes go
+                p.stdin.write(f"{data_dir}\n")
+                p.stdin.flush()
+            answers = [p.stdout.readline().strip() for p in procs]
+            assert answers == ["ok"] * workers, f"round {n}: {answers}"
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
+
+
+def test_workers_opening_a_fresh_postgresql_database_together(tmp_path, pg_url):
+    """Four processes create the schema at once: one creates it, the others wait and use it."""
+    open_together([tmp_path / "data"], pg_url)
 
 
 def test_workers_opening_a_fresh_sqlite_database_together(tmp_path):
@@ -422,18 +429,4 @@ def test_workers_opening_a_fresh_sqlite_database_together(tmp_path):
     The first open switches the file to WAL; SQLite refuses a racing switch at once, without
     waiting on the busy timeout. Before storage retried it, about one round in ten failed.
     """
-    script = ROUNDS_SCRIPT.format(repo=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    try:
-        assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 4
-        for n in range(25):
-            for p in procs:  # the same fresh folder to all four, as close together as pipes go
-                p.stdin.write(f"{tmp_path / str(n)}\n")
-                p.stdin.flush()
-            answers = [p.stdout.readline().strip() for p in procs]
-            assert answers == ["ok"] * 4, f"round {n}: {answers}"
-    finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(timeout=60)
+    open_together([tmp_path / str(n) for n in range(25)])
