@@ -130,7 +130,7 @@ def bench_index(sizes: list[int], queries: int) -> None:
                   f"{copy_ms:.1f} ms x 10k)")
             with tempfile.TemporaryDirectory() as tmp:
                 t = time.perf_counter()
-                index.save(Path(tmp) / "i.npz", source_count=n)
+                index.save(Path(tmp) / "i.npz")
                 save_ms = (time.perf_counter() - t) * 1000
                 t = time.perf_counter()
                 NearDuplicateIndex.load(Path(tmp) / "i.npz", "phash")

@@ -94,7 +94,7 @@ def _analyse_bounded(job: Job, settings: Settings) -> Analysis:
         if settings.hard:
             result.phash, result.views, result.mirror_views, found = all_hashes(
                 image, settings.method)
-            result.thumbs = view_thumbs(image, mirrored=True, found=found)
+            result.thumbs = view_thumbs(image, found)
         else:
             result.phash = hash_int(image, settings.method)
         return result

@@ -53,23 +53,33 @@ def open_index(store, analyser: Analyser, method: str, hard: bool) -> NearDuplic
     if gone:
         index.remove(gone)
     missing = [kept[i] for i in sorted(set(kept) - have)]
-    rehash = [r for r in missing
-              if hard or r["phash"] is None or r["hash_method"] != method]
+    add_kept_rows(index, store, analyser, missing, method, hard, write_back=True)
+    if gone or missing:
+        logger.info("near-duplicate index: %d added, %d dropped, %d kept images",
+                    len(missing), len(gone), len(index))
+        index.save(path)
+    return index
+
+
+def add_kept_rows(index: NearDuplicateIndex, store, analyser: Analyser, rows: list[dict],
+                  method: str, hard: bool, write_back: bool) -> None:
+    """Index kept images missing from ``index``, re-hashing those whose stored hash cannot
+    serve (every one with hard duplicates on: their view hashes are not in the DB).
+
+    ``write_back`` stores a changed hash in the DB; an image that no longer decodes is left out.
+    """
+    rehash = [r for r in rows if hard or r["phash"] is None or r["hash_method"] != method]
     analyses = {a.image_id: a for a in analyser.run(
         Job(r["id"], str(store.abspath(r["path"]))) for r in rehash)}
-    for row in missing:
+    for row in rows:
         a = analyses.get(row["id"])
         if a is not None and not a.ok:
             logger.warning("kept image %d no longer decodes (%s); not indexed", row["id"], a.reason)
             continue
-        if a is not None and (row["phash"] != a.phash or row["hash_method"] != method):
+        if write_back and a is not None and (row["phash"] != a.phash
+                                             or row["hash_method"] != method):
             store.update_image(row["id"], phash=a.phash, hash_method=method)
         index.add(row["id"], a.phash if a else row["phash"], a.views if a else ())
-    if gone or missing:
-        logger.info("near-duplicate index: %d added, %d dropped, %d kept images",
-                    len(missing), len(gone), len(index))
-        index.save(path, source_count=len(kept))
-    return index
 
 
 @dataclass

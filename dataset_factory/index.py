@@ -113,9 +113,6 @@ class NearDuplicateIndex:
     def __len__(self) -> int:
         return len(self.main)
 
-    def __contains__(self, image_id: int) -> bool:
-        return bool(np.any(self.main.ids == image_id))
-
     def add(self, image_id: int, main_hash: int, view_hashes: Iterable[int] = ()) -> None:
         self.main.extend([image_id], [main_hash])
         views = list(view_hashes)
@@ -145,10 +142,9 @@ class NearDuplicateIndex:
 
     # ---- persistence -------------------------------------------------------------------------
 
-    def save(self, path: Path, *, source_count: int) -> None:
+    def save(self, path: Path) -> None:
         buf = io.BytesIO()
         np.savez(buf, version=np.int64(FORMAT_VERSION), method=np.array(self.method),
-                 source_count=np.int64(source_count),
                  main_ids=self.main.ids, main_hashes=self.main.hashes,
                  view_ids=self.views.ids, view_hashes=self.views.hashes)
         atomic_write(path, buf.getvalue())

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_factory.analyse import Analyser, Job
-from dataset_factory.dedupe import KEPT, index_path, open_index
+from dataset_factory.analyse import Analyser
+from dataset_factory.dedupe import KEPT, add_kept_rows, index_path, open_index
 from dataset_factory.index import NearDuplicateIndex
 from storage import files
 
@@ -174,7 +174,7 @@ class SharedIndex:
 
     def save(self) -> None:
         """Write the sidecar (under the factory lock, after the chunk's moves)."""
-        self.index.save(self.path, source_count=len(self.index))
+        self.index.save(self.path)
         self._seen = _signature(self.path)
 
     def _replace(self, other: NearDuplicateIndex) -> None:
@@ -193,17 +193,8 @@ class SharedIndex:
         if gone:
             self.index.remove(gone)
         if missing:  # kept by a worker that died before saving the sidecar, or by a person
-            rehash = [r for r in missing if self.hard or r["phash"] is None
-                      or r["hash_method"] != self.method]
-            analyses = {a.image_id: a for a in self.analyser.run(
-                Job(r["id"], str(self.store.abspath(r["path"]))) for r in rehash)}
-            for r in missing:
-                a = analyses.get(r["id"])
-                if a is not None and not a.ok:
-                    logger.warning("kept image %d no longer decodes (%s); not indexed",
-                                   r["id"], a.reason)
-                    continue
-                self.index.add(r["id"], a.phash if a else r["phash"], a.views if a else ())
+            add_kept_rows(self.index, self.store, self.analyser, missing, self.method,
+                          self.hard, write_back=False)
         if gone or missing:
             logger.info("near-duplicate index synced: %d added, %d dropped", len(missing),
                         len(gone))

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from dataset_factory.hashing import trim_borders, views
+from dataset_factory.hashing import views
 
 logger = logging.getLogger(__name__)
 
@@ -36,26 +36,23 @@ ZOOMS = (0.9, 0.85)   # a 10% crop or a rotation's crop leaves the rest at this 
 TILTS = (-4, 4)       # degrees: a slight rotation
 
 
-def view_thumbs(image: Image.Image, mirrored: bool = False, found: dict | None = None
-                ) -> list[np.ndarray]:
-    """Thumbnails a query tries (``mirrored``: views and their mirrors interleaved, then tilts)."""
+def view_thumbs(image: Image.Image, found: dict[str, Image.Image]) -> list[np.ndarray]:
+    """Thumbnails a query tries: its views (``found``, from hashing.views) and their mirrors
+    interleaved, then slight tilts of its content."""
     out = []
-    for view in (found or views(image)).values():
-        out.append(thumb(view))
-        if mirrored:
-            out.append(thumb(ImageOps.mirror(view)))
-    if mirrored:
-        content = trim_borders(image) or image
-        for angle in TILTS:
-            out.append(thumb(_center(content.rotate(angle, Image.Resampling.BILINEAR), 0.88)))
+    for view in found.values():
+        out += [thumb(view), thumb(ImageOps.mirror(view))]
+    content = found.get("trim", image)  # views() keeps "trim" only where there were borders
+    for angle in TILTS:
+        out.append(thumb(_center(content.rotate(angle, Image.Resampling.BILINEAR), 0.88)))
     return out
 
 
 def kept_thumbs(image: Image.Image) -> list[np.ndarray]:
     """Thumbnails a kept image is compared with: its views plus central zooms of its content."""
-    content = trim_borders(image) or image
-    return ([thumb(v) for v in views(image).values()]
-            + [thumb(_center(content, z)) for z in ZOOMS])
+    found = views(image)
+    content = found.get("trim", image)
+    return [thumb(v) for v in found.values()] + [thumb(_center(content, z)) for z in ZOOMS]
 
 
 def _center(image: Image.Image, keep: float) -> Image.Image:

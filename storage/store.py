@@ -426,7 +426,6 @@ class Store:
         so the select-then-update is already atomic. A worker that dies simply lets its lease
         expire; another worker then takes the rows.
         """
-        from datetime import timedelta
         now = utcnow()
         query = (select(images.c.id).where(images.c.status == "inbox")
                  .where((images.c.claim_expires.is_(None)) | (images.c.claim_expires < now)
@@ -457,7 +456,6 @@ class Store:
         An id is held while its image is in the inbox and claimed by ``worker``: one whose
         lease expired and that another worker took, or that was filed meanwhile, is not.
         """
-        from datetime import timedelta
         cond = (images.c.claimed_by == worker) & (images.c.status == "inbox")
         if ids is not None:
             ids = list(ids)
