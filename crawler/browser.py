@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +71,6 @@ class Browser:
     profile_dir: Path | None = None
     driver_pid: int | None = None
     pages: int = 0
-    started: float = field(default_factory=time.monotonic)
     _pids: dict[int, str] = field(default_factory=dict)  # pid -> start time (pid reuse guard)
 
     @classmethod

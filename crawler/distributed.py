@@ -153,9 +153,18 @@ return {reaped, requeued}
 """
 
 
-def default_key_prefix(db_url: str) -> str:
-    """``pingo:<hash of the metadata DB>``: the same for every worker of one project."""
-    return "pingo:" + hashlib.sha1(db_url.encode()).hexdigest()[:12]
+def default_key_prefix(db_url: str | None, data_dir: str) -> str:
+    """``pingo:<hash of the metadata DB>``: the same for every worker of one project.
+
+    The DB is named by its URL without the password (or by the data folder for the default
+    SQLite), so workers given different credentials for one DB still share its keys.
+    """
+    if db_url:
+        from sqlalchemy.engine import make_url
+        identity = make_url(db_url).render_as_string(hide_password=True)
+    else:
+        identity = str(data_dir)
+    return "pingo:" + hashlib.sha1(identity.encode()).hexdigest()[:12]
 
 
 def redis_client(url: str):
@@ -215,7 +224,7 @@ class SharedFrontier:
             if not url:
                 raise NotConfigured("REDIS_URL is not set: not a distributed crawl")
             prefix = settings.get("PINGO_REDIS_PREFIX") or default_key_prefix(
-                settings.get("PINGO_DB_URL") or settings.get("PINGO_DATA_DIR") or "")
+                settings.get("PINGO_DB_URL"), settings.get("PINGO_DATA_DIR") or "")
             frontier = cls(redis_client(url), prefix,
                            worker_ttl=settings.getfloat("PINGO_REDIS_WORKER_TTL", 10.0),
                            idle_timeout=settings.getfloat("PINGO_IDLE_TIMEOUT", 30.0))
@@ -275,11 +284,16 @@ class SharedFrontier:
         pipe.set(self.alive_key, b"1", px=int(self.worker_ttl * 1000))
         pipe.execute()
 
+    def _reap(self, leaving: bool) -> tuple[int, int]:
+        """The reap script: dead workers' in-flight work back to the queue (and this
+        worker's own too, when ``leaving``)."""
+        return self._scripts["reap"](
+            keys=[self.workers_key, self.queue_key, self.open_key],
+            args=[self.prefix, REQUEUE_SCORE, self.worker_id, "1" if leaving else "0"])
+
     def reap(self) -> tuple[int, int]:
         """Take back the in-flight work of dead workers: (workers reaped, requests requeued)."""
-        reaped, requeued = self._scripts["reap"](
-            keys=[self.workers_key, self.queue_key, self.open_key],
-            args=[self.prefix, REQUEUE_SCORE, self.worker_id, "0"])
+        reaped, requeued = self._reap(leaving=False)
         if reaped:
             logger.warning("took back the work of %d crawler(s) that stopped answering: "
                            "%d requests requeued", reaped, requeued)
@@ -289,9 +303,7 @@ class SharedFrontier:
         """Unregister; requests still in flight here go back to the queue for the others.
         The last worker out deletes the round (the next crawl starts a new one anyway)."""
         with self.server.lock(f"{self.prefix}:lock", timeout=30, blocking_timeout=60):
-            _, requeued = self._scripts["reap"](
-                keys=[self.workers_key, self.queue_key, self.open_key],
-                args=[self.prefix, REQUEUE_SCORE, self.worker_id, "1"])
+            _, requeued = self._reap(leaving=True)
             self.server.delete(self.alive_key)
             if not self.server.scard(self.workers_key):
                 self.clear(keep_lock=True)

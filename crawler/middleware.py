@@ -66,6 +66,7 @@ class SeleniumMiddleware:
     async def spider_closed(self) -> None:
         from twisted.internet.threads import deferToThread
 
+        self.pool.stop_watchdog()  # here, on the reactor thread, not in pool.close's thread
         # Quitting browsers blocks; do it on a thread so the reactor can finish closing.
         await maybe_deferred_to_future(deferToThread(self.pool.close))
 

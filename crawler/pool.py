@@ -70,8 +70,7 @@ class _Lease:
 class BrowserPool:
     def __init__(self, spec: BrowserSpec, size: int = 2, pages_per_browser: int = 50,
                  retries: int = 2, deadline: float | None = None,
-                 stat: Callable[[str, int], None] | None = None,
-                 factory: Callable[[BrowserSpec], Browser] = Browser.start):
+                 stat: Callable[[str, int], None] | None = None):
         self.spec = spec
         self.size = size
         self.pages_per_browser = pages_per_browser
@@ -79,7 +78,6 @@ class BrowserPool:
         # Past this, a render is presumed hung: page load + waits + scrolling, with slack.
         self.deadline = deadline or spec.page_load_timeout * 3 + 30
         self._stat = stat or (lambda key, n=1: None)
-        self._factory = factory
         self._idle: queue.SimpleQueue[Browser] = queue.SimpleQueue()
         self._all: set[Browser] = set()
         self._leases: dict[int, _Lease] = {}  # thread id -> browser in use
@@ -111,11 +109,17 @@ class BrowserPool:
 
         return deferToThreadPool(reactor, self._threadpool, self.render_blocking, job)
 
-    def close(self) -> None:
-        """Stop the threads (waiting for renders in flight) and quit every browser."""
-        self._closed = True
+    def stop_watchdog(self) -> None:
+        """Stop the hung-render watchdog (on the reactor thread: its timer belongs there)."""
         if getattr(self, "_watchdog", None) and self._watchdog.running:
             self._watchdog.stop()
+
+    def close(self) -> None:
+        """Stop the threads (waiting for renders in flight) and quit every browser.
+
+        In a crawl the reactor stops the watchdog first; elsewhere no reactor is running."""
+        self._closed = True
+        self.stop_watchdog()
         if self._threadpool is not None:
             self._threadpool.stop()
         self.quit_all()
@@ -215,7 +219,7 @@ class BrowserPool:
                 return self._idle.get_nowait()
             except queue.Empty:
                 pass
-        browser = self._factory(self.spec)
+        browser = Browser.start(self.spec)
         with self._lock:
             self._all.add(browser)
         self._stat("selenium/browser_started", 1)

@@ -62,17 +62,8 @@ def build_settings(config, data_dir: str, db_url: str | None,
         settings.update({
             "SCHEDULER": "crawler.redis_scheduler.SharedScheduler",
             "REDIS_URL": crawl.redis_url,
-            "PINGO_REDIS_PREFIX": crawl.redis_key_prefix or default_key_prefix(
-                _db_identity(db_url, data_dir)),
+            "PINGO_REDIS_PREFIX": crawl.redis_key_prefix or default_key_prefix(db_url, data_dir),
             "PINGO_IDLE_TIMEOUT": crawl.idle_timeout,
         })
     settings.update(overrides or {})
     return settings
-
-
-def _db_identity(db_url: str | None, data_dir: str) -> str:
-    """The metadata DB's URL without its password: the same for every worker of a project."""
-    if not db_url:
-        return str(data_dir)
-    from sqlalchemy.engine import make_url
-    return make_url(db_url).render_as_string(hide_password=True)

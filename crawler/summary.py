@@ -67,12 +67,10 @@ class CrawlSummary:
             width = max(len("class"), *map(len, self.classes))
             lines.append(f"{'class':<{width}}  lacking  found  downloaded  duplicates  refused")
             for name, c in sorted(self.classes.items()):
-                refused = ", ".join(f"{r} {n}" for r, n in c.refused.items()) or "-"
+                refused = ", ".join(f"{r} {n}" for r, n in c.refused.items())
                 lines.append(f"{name:<{width}}  {c.lacking:>7}  {c.found:>5}  {c.downloaded:>10}"
-                             f"  {c.duplicates:>10}  {sum(c.refused.values())} ({refused})"
-                             if c.refused else
-                             f"{name:<{width}}  {c.lacking:>7}  {c.found:>5}  {c.downloaded:>10}"
-                             f"  {c.duplicates:>10}  0")
+                             f"  {c.duplicates:>10}  {sum(c.refused.values())}"
+                             + (f" ({refused})" if refused else ""))
         for name, why in sorted(self.skipped.items()):
             lines.append(f"{name}: not crawled ({why})")
         for s, v in self.sources.items():
