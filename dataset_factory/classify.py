@@ -33,17 +33,28 @@ class Prediction:
     confidence: float
 
 
+def decode_resized(path: str, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): the validator's decode (any accepted size or aspect, JPEGs in
+    draft mode at ``size``), then one bilinear resize (Pillow's, which antialiases).
+
+    The one way a file becomes model input, for classifying here and for training
+    (trainer.pixels); raises InvalidImage for a file that cannot be decoded.
+    """
+    from PIL import Image
+    image = decode(path, Limits(min_size=1, max_aspect=1e9), draft_size=size).image
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.uint8)
+
+
 def load_image_array(path: str | bytes, size: int) -> np.ndarray:
     """float32 (size, size, 3) in 0..255; a file that fails now gives zeros (it passed validation)."""
     if isinstance(path, bytes):
         path = path.decode()
     try:
-        image = decode(path, Limits(min_size=1, max_aspect=1e9), draft_size=size).image
+        pixels = decode_resized(path, size)
     except InvalidImage as exc:
         logger.warning("could not re-read %s for classification: %s", path, exc)
         return np.zeros((size, size, 3), np.float32)
-    from PIL import Image
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+    return pixels.astype(np.float32)
 
 
 class Classifier:

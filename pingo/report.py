@@ -9,6 +9,7 @@ of every class and of the review queue.
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import shutil
 from datetime import datetime, timezone
@@ -160,8 +161,8 @@ def build_report(config: Config, store: Store) -> Path:
     sheets = 0
     for status, title in (("accepted", "accepted"), ("review", "review queue")):
         for name in sorted(stats.classes):
-            paths = [store.abspath(r["path"]) for r in store.iter_images(status, name)
-                     if r["status"] == status and r["label"] == name][:SHEET_MAX]
+            rows = (r for r in store.iter_images(status, name) if r["label"] == name)
+            paths = [store.abspath(r["path"]) for r in itertools.islice(rows, SHEET_MAX)]
             if not paths:
                 continue
             sheets += 1

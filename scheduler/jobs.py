@@ -17,7 +17,6 @@ from storage import Store
 logger = logging.getLogger(__name__)
 
 Stage = Callable[[Config, Store], Any]
-JOBS = ("crawl", "factory", "train")
 
 
 def crawl_stage(config: Config, store: Store) -> Any:
