@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -105,7 +107,7 @@ def pg_url():
         admin.dispose()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sign_digits() -> Path:
     if not SIGN_DIGITS.is_dir():
         pytest.skip(f"shared dataset not found at {SIGN_DIGITS}")
@@ -138,3 +140,37 @@ def chromium():
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(condition, what: str, seconds: float = 90) -> None:
+    """Poll ``condition`` until it is true; fail the test naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory):
+    """One real training run per session: a project whose v0001 is trained and promoted."""
+    from storage import Store
+    from train_helpers import CONFIG, fill
+    from trainer.run import train
+    root = tmp_path_factory.mktemp("trained-template")
+    (root / "pingo.toml").write_text(CONFIG, encoding="utf-8")
+    config = load_config(root / "pingo.toml")
+    with Store.from_config(config) as store:
+        fill(store, 20)
+        result = train(config, store)
+    assert result.trained and result.version == "v0001"
+    return root, result
+
+
+@pytest.fixture
+def trained(trained_template, tmp_path):
+    """A fresh copy of the trained template for one test (a train_helpers.Trained)."""
+    from train_helpers import Trained
+    root, _ = trained_template
+    shutil.copytree(root, tmp_path / "project")
+    return Trained(tmp_path / "project")

@@ -13,10 +13,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import make_server
 from crawler.run import crawl
@@ -294,14 +294,6 @@ def test_killing_a_crawler_mid_round_the_other_takes_over(project, images, redis
     assert Counter(r["keyword_class"] for r in rows) == targets
     # Only requests the killed crawler held can have been fetched a second time.
     assert sum(n - 1 for n in fetched.values()) <= held
-
-
-def wait_for(condition, what: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import wait_for
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
 from storage import Store
@@ -106,11 +107,14 @@ def start_workers(project, tmp_path, n=2) -> list[subprocess.Popen]:
         procs.append(subprocess.Popen(
             [sys.executable, str(script), str(project.path), str(ready[-1]), str(go)],
             env=env, stdout=subprocess.PIPE, text=True, start_new_session=True))
-    deadline = time.time() + 60
-    while not all(r.exists() for r in ready):
-        assert time.time() < deadline, "workers did not start"
+
+    def started() -> bool:
+        if all(r.exists() for r in ready):
+            return True
         assert all(p.poll() is None for p in procs), "a worker died at start"
-        time.sleep(0.02)
+        return False
+
+    wait_for(started, "the workers start", 60)
     go.touch()
     return procs
 

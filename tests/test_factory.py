@@ -121,7 +121,6 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_kill_9_mid_run_then_rerun_accounts_for_every_image(project, sign_digits, tmp_path):
-    config = project.config
     files = sorted((sign_digits / "9").glob("*"))[:90]
     with project.store() as store:
         ids = [store.add_image(p.read_bytes(), keyword_class="cat", source="t", ext="jpg")

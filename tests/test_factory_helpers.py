@@ -84,20 +84,20 @@ def save_color_model(store, classes=("cat", "dog", "bird"), image_size=16) -> st
     return version
 
 
-def where(store) -> dict[int, tuple[str, str | None, str | None]]:
-    """image id -> (status, label, reason) for every row."""
-    return {r["id"]: (r["status"], r["label"], r["reason"]) for r in store.iter_images()}
-
-
 def assert_consistent(store) -> None:
-    """Every row has exactly one file at its path; no other image files exist."""
+    """Every row has exactly one file at its path, under its status's folder; no other image
+    files exist; no move is left pending."""
+    from storage.files import STATUS_DIRS
     rows = list(store.iter_images())
     on_disk = {p.relative_to(store.data_dir).as_posix()
-               for d in ("inbox", "dataset", "review", "rejected")
+               for d in STATUS_DIRS.values()
                for p in (store.data_dir / d).rglob("*") if p.is_file()}
     paths = [r["path"] for r in rows]
     assert len(set(paths)) == len(paths)
     assert set(paths) == on_disk, (set(paths) ^ on_disk)
+    for r in rows:
+        assert r["path"].startswith(STATUS_DIRS[r["status"]] + "/"), (r["id"], r["status"],
+                                                                      r["path"])
     from sqlalchemy import func, select
 
     from storage.schema import pending_moves

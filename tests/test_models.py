@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 
-from test_train import CONFIG, trained, trained_template  # noqa: F401 (fixtures)
+from train_helpers import CONFIG, Trained
 
 pytestmark = pytest.mark.slow
 
@@ -16,15 +17,25 @@ def current(t) -> str:
     return (t.entry().parent / "CURRENT").read_text().strip()
 
 
-@pytest.fixture
-def two_models(trained):  # noqa: F811
+@pytest.fixture(scope="module")
+def two_models_template(trained_template, tmp_path_factory):
     """v0001 promoted, v0002 trained but not promoted (its margin could not be met)."""
     from trainer.run import train
+    root = tmp_path_factory.mktemp("two-models-template") / "project"
+    shutil.copytree(trained_template[0], root)
+    trained = Trained(root)
     with trained.store() as store:
         result = train(trained.config, store, force=True,
                        overrides={"epochs": 1, "promote_margin": 1.0})
     assert result.version == "v0002" and not result.promoted
-    return trained
+    return root
+
+
+@pytest.fixture
+def two_models(two_models_template, tmp_path) -> Trained:
+    """A fresh copy of the two-model project for one test (tests change and break models)."""
+    shutil.copytree(two_models_template, tmp_path / "project")
+    return Trained(tmp_path / "project")
 
 
 def test_models_lists_every_version_with_its_state_and_the_one_in_service(two_models):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from scheduler.errors import BusyError
 from scheduler.jobs import run_job
 from scheduler.lock import JobLock
@@ -134,20 +135,12 @@ def start_service(project, tmp_path, crawl_seconds=0.0) -> tuple[subprocess.Pope
     return proc, log
 
 
-def wait_for(predicate, timeout=60.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_service_runs_crawl_factory_train_in_order_and_repeats(project, tmp_path):
     proc, log = start_service(project, tmp_path)
     try:
         # the run-now chain plus two ticks, each ending with its factory
-        assert wait_for(lambda: log.exists() and log.read_text().count("factory end") >= 3)
+        wait_for(lambda: log.exists() and log.read_text().count("factory end") >= 3,
+                 "three factory runs have ended", 60)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -164,7 +157,7 @@ def test_service_runs_crawl_factory_train_in_order_and_repeats(project, tmp_path
 
 def test_sigterm_lets_the_current_job_finish_and_exits_0(project, tmp_path):
     proc, log = start_service(project, tmp_path, crawl_seconds=3)
-    assert wait_for(lambda: log.exists() and "crawl start" in log.read_text())
+    wait_for(lambda: log.exists() and "crawl start" in log.read_text(), "a crawl starts", 60)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     text = log.read_text()

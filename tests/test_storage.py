@@ -17,7 +17,8 @@ from pingo.errors import UnsafeNameError
 from storage import (DuplicateImageError, ImageNotFoundError, Move, SchemaVersionError, Store,
                      StorageError, UrlRetry)
 from storage import schema
-from storage.files import STATUS_DIRS, atomic_write
+from storage.files import atomic_write
+from test_factory_helpers import assert_consistent
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,20 +29,6 @@ def store(request, tmp_path):
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
     with Store.open(tmp_path / "data", url) as s:
         yield s
-
-
-def image_files(data_dir: Path) -> list[Path]:
-    return sorted(p for d in STATUS_DIRS.values() for p in (data_dir / d).rglob("*")
-                  if p.is_file())
-
-
-def assert_consistent(store: Store) -> None:
-    """Every row's file exists where the row says, and no file lacks a row."""
-    rows = list(store.iter_images())
-    on_disk = {p.relative_to(store.data_dir).as_posix() for p in image_files(store.data_dir)}
-    assert sorted(r["path"] for r in rows) == sorted(on_disk)
-    for r in rows:
-        assert r["path"].startswith(STATUS_DIRS[r["status"]] + "/")
 
 
 def test_open_creates_layout_and_wal_db(tmp_path):

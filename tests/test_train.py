@@ -4,108 +4,21 @@ the training gate, the promotion gate, failures that must leave models/CURRENT a
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from pingo.config import load_config
-from storage import Store
+from conftest import wait_for
+from train_helpers import CLASSES, CONFIG, fill
 
 pytestmark = pytest.mark.slow
-
-CLASSES = ["blue", "green", "red"]  # sorted: the model's output order
-BASE = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
-CONFIG = """
-[classes.red]
-target = 20
-
-[classes.green]
-target = 20
-
-[classes.blue]
-target = 20
-
-[train]
-image_size = 32
-epochs = 6
-batch_size = 8
-arch = "seed_cnn"
-patience = 3
-"""
-
-
-def colour_png(label: str, i: int) -> bytes:
-    """A noisy 24x24 image whose dominant colour gives its class; unique per (label, i)."""
-    from PIL import Image
-    rng = np.random.default_rng([i, len(label)])
-    base = np.array(BASE[label]) + rng.integers(-30, 31, 3)
-    pixels = np.clip(base + rng.integers(-25, 26, (24, 24, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, "PNG")
-    return buf.getvalue()
-
-
-def fill(store, per_class: int, start: int = 0, labels=CLASSES) -> None:
-    """Accepted, human-labelled images in dataset/<class>/ through the Store API."""
-    for label in labels:
-        for i in range(start, start + per_class):
-            image_id = store.add_image(colour_png(label, i), keyword_class=label,
-                                       source="test", ext="png")
-            store.move(image_id, "accepted", label=label, label_source="human")
-
-
-class Trained:
-    """A copy of a project whose first model (v0001) is trained and promoted."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.config_path = root / "pingo.toml"
-
-    @property
-    def config(self):
-        return load_config(self.config_path)
-
-    def store(self) -> Store:
-        return Store.from_config(self.config)
-
-    def entry(self, version: str = "v0001") -> Path:
-        return self.config.data_dir / "models" / version
-
-    def cli(self, *args: str):
-        from pingo.cli import cli
-        return CliRunner().invoke(cli, ["--config", str(self.config_path), *args],
-                                  catch_exceptions=False)
-
-
-@pytest.fixture(scope="session")
-def trained_template(tmp_path_factory):
-    from trainer.run import train
-    root = tmp_path_factory.mktemp("trained-template")
-    (root / "pingo.toml").write_text(CONFIG, encoding="utf-8")
-    config = load_config(root / "pingo.toml")
-    with Store.from_config(config) as store:
-        fill(store, 20)
-        result = train(config, store)
-    assert result.trained and result.version == "v0001"
-    return root, result
-
-
-@pytest.fixture
-def trained(trained_template, tmp_path) -> Trained:
-    root, _ = trained_template
-    shutil.copytree(root, tmp_path / "project")
-    return Trained(tmp_path / "project")
 
 
 def test_first_model_is_a_complete_registry_entry_and_is_promoted(trained, trained_template):
@@ -293,12 +206,14 @@ def test_sigkill_mid_training_never_touches_current_and_the_next_run_carries_on(
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(root)})
     checkpoint = trained.entry("v0002") / "checkpoint.weights.h5"
+    def under_way() -> bool:  # at least one epoch done: training is under way
+        if checkpoint.exists():
+            return True
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        return False
+
     try:
-        deadline = time.monotonic() + 120
-        while not checkpoint.exists():  # at least one epoch done: training is under way
-            assert proc.poll() is None, "training ended before it could be interrupted"
-            assert time.monotonic() < deadline, "training never wrote a checkpoint"
-            time.sleep(0.2)
+        wait_for(under_way, "training writes a checkpoint", 120)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -94,11 +94,8 @@ def test_training_sees_the_same_pixels_the_factory_classifies(tmp_path):
     import numpy as np
     from PIL import Image
 
+    from dataset_factory.classify import load_image_array
     from trainer.pixels import load_pixels
-    try:
-        from dataset_factory.classify import load_image_array
-    except ImportError as exc:
-        pytest.skip(f"dataset_factory's loader is not importable here: {exc}")
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (90, 60, 3), dtype=np.uint8)
     cases = {}

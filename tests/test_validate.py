@@ -13,11 +13,8 @@ from test_factory_helpers import assert_consistent, encode, hostile_files, patte
 
 
 @pytest.fixture(scope="module")
-def hostile(request):
-    from conftest import SIGN_DIGITS
-    if not SIGN_DIGITS.is_dir():
-        pytest.skip(f"shared dataset not found at {SIGN_DIGITS}")
-    return hostile_files(sorted((SIGN_DIGITS / "3").glob("*"))[0])
+def hostile(sign_digits):
+    return hostile_files(sorted((sign_digits / "3").glob("*"))[0])
 
 
 def test_decode_names_the_reason_for_each_hostile_file(hostile, tmp_path):
