@@ -1,7 +1,15 @@
-"""Engine creation: SQLite in WAL mode with a busy timeout by default, any SQLAlchemy URL else."""
+"""Engine creation: SQLite in WAL mode with a busy timeout by default, any SQLAlchemy URL else.
+
+On SQLite, ``engine.begin()`` (every write) starts with BEGIN IMMEDIATE, so writers queue on
+the busy timeout instead of failing when a read upgrades to a write; ``engine.connect()``
+(reads) starts with a plain deferred BEGIN, which in WAL takes no write lock, so a long read
+(a report, ``pingo stats``) never blocks the crawler's writes. Commits are synchronous=FULL:
+a move intent that was committed survives a power loss, like the fsynced rename after it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -25,22 +33,35 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
-        # pysqlite's own BEGIN handling is turned off so that every transaction starts with
-        # BEGIN IMMEDIATE: writers from several processes then queue on busy_timeout instead
-        # of failing with "database is locked" when a read transaction upgrades to a write.
+        # pysqlite's own BEGIN handling is turned off so that _on_begin chooses the BEGIN.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         _use_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # NORMAL in WAL syncs only at checkpoints: a committed intent could vanish on power
+        # loss while the fsynced rename it describes survives.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
+    @contextlib.contextmanager
+    def begin():
+        # Engine.begin, but marked as a write: writers take the write lock up front.
+        with engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    engine.begin = begin
     return engine
+
+
+_WRITE = "pingo_write"
 
 
 def _use_wal(cur) -> None:
