@@ -248,7 +248,7 @@ class Store:
             raise ValueError("an image appears twice in one batch of moves")
         now = utcnow()
         plan: list[tuple[int, str, str, str, dict[str, Any]]] = []
-        query = select(images).where(images.c.id.in_(ids))
+        query = select(images).where(images.c.id.in_(ids)).order_by(images.c.id)
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update()  # a person's move and the factory's take turns
         with self.engine.begin() as conn:
