@@ -3,8 +3,13 @@
 On SQLite, ``engine.begin()`` (every write) starts with BEGIN IMMEDIATE, so writers queue on
 the busy timeout instead of failing when a read upgrades to a write; ``engine.connect()``
 (reads) starts with a plain deferred BEGIN, which in WAL takes no write lock, so a long read
-(a report, ``pingo stats``) never blocks the crawler's writes. Commits are synchronous=FULL:
-a move intent that was committed survives a power loss, like the fsynced rename after it.
+(a report, ``pingo stats``) never blocks the crawler's writes.
+
+Commits are synchronous=NORMAL (in WAL: synced at checkpoints) except those made with
+``engine.begin(durable=True)``, which are synchronous=FULL: storage commits a file move's
+intent that way, so a committed intent survives a power loss like the fsynced rename after it
+(a FULL commit also makes every earlier commit durable). Use ``begin(engine, durable=True)``
+from code that may run on any backend.
 """
 
 from __future__ import annotations
@@ -39,29 +44,43 @@ def make_engine(url: str) -> Engine:
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         _use_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
-        # NORMAL in WAL syncs only at checkpoints: a committed intent could vanish on power
-        # loss while the fsynced rename it describes survives.
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        write = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_WRITE):
+            # NORMAL in WAL syncs only at checkpoints: a committed intent could vanish on
+            # power loss while the fsynced rename it describes survives.
+            level = "FULL" if options.get(_DURABLE) else "NORMAL"
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
 
     @contextlib.contextmanager
-    def begin():
+    def begin_write(durable: bool = False):
         # Engine.begin, but marked as a write: writers take the write lock up front.
         with engine.connect() as conn:
-            conn.execution_options(**{_WRITE: True})
+            conn.execution_options(**{_WRITE: True, _DURABLE: durable})
             with conn.begin():
                 yield conn
 
-    engine.begin = begin
+    engine.begin = begin_write
     return engine
 
 
 _WRITE = "pingo_write"
+_DURABLE = "pingo_durable"
+
+
+def begin(engine: Engine, durable: bool = False):
+    """``engine.begin()``; with ``durable``, the commit survives power loss on SQLite too
+    (other databases commit durably anyway)."""
+    if durable and engine.dialect.name == "sqlite":
+        return engine.begin(durable=True)
+    return engine.begin()
 
 
 def _use_wal(cur) -> None:

@@ -36,7 +36,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage import files
-from storage.db import make_engine
+from storage.db import begin, make_engine
 from storage.errors import (DuplicateImageError, ImageFileMissingError, ImageNotFoundError,
                             MoveConflictError, MoveRefusedError)
 from storage.registry import ModelRegistry
@@ -193,7 +193,7 @@ class Store:
         tmp = files.write_temp(final, data)
         now = utcnow()
         try:
-            with self.engine.begin() as conn:
+            with begin(self.engine, durable=True) as conn:  # the intent outlives power loss
                 image_id = conn.execute(insert(images).values(
                     sha256=sha, source_url=source_url, page_url=page_url, source=source,
                     query=query, keyword_class=keyword_class, status="inbox", label=label,
@@ -251,7 +251,7 @@ class Store:
         query = select(images).where(images.c.id.in_(ids)).order_by(images.c.id)
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update()  # a person's move and the factory's take turns
-        with self.engine.begin() as conn:
+        with begin(self.engine, durable=True) as conn:  # the intents outlive power loss
             rows = {r.id: r for r in conn.execute(query)}
             for m in moves:
                 row = rows.get(m.image_id)

@@ -214,11 +214,22 @@ def test_two_repairs_of_the_same_leftovers_at_once(tmp_path, db_url):
 
 # ---- fault 4: power loss --------------------------------------------------------------------
 
-def test_sqlite_commits_are_durable(tmp_path):
+def test_move_intents_are_committed_durably_on_sqlite(tmp_path):
+    """In WAL mode synchronous=NORMAL can lose a committed intent on power loss while the
+    fsynced rename survives; intents are committed with synchronous=FULL."""
+    from sqlalchemy import event
     with Store.open(tmp_path / "data") as store:
-        with store.engine.connect() as conn:
-            # 2 = FULL: in WAL mode, NORMAL (1) can lose a committed move intent on power loss
-            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+        sql: list[str] = []
+        event.listen(store.engine, "before_cursor_execute",
+                     lambda conn, cur, statement, *a: sql.append(statement))
+        (a,) = add(store, 1)
+        store.move(a, "accepted", label="cat")
+        intents = [i for i, q in enumerate(sql) if q.startswith("INSERT INTO pending_moves")]
+        assert len(intents) == 2
+        for i in intents:
+            level = [q for q in sql[:i] if q.startswith("PRAGMA synchronous")][-1]
+            assert level == "PRAGMA synchronous=FULL"
+        assert "PRAGMA synchronous=NORMAL" in sql  # the rest keep the cheap commits
 
 
 def test_a_row_and_file_that_disagree_are_reconciled_by_content_hash(tmp_path, db_url):
