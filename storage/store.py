@@ -128,8 +128,10 @@ class Stats:
         return {r: self.rejected[r] for r in SET_ASIDE if self.rejected.get(r)}
 
     def as_json(self) -> dict[str, Any]:
-        return {"classes": self.classes, "inbox": self.inbox, "rejected": self.rejected,
-                "set_aside": self.set_aside}
+        out = {"classes": self.classes, "inbox": self.inbox, "rejected": self.rejected}
+        if self.set_aside:  # only when there are some: the usual output stays as it was
+            out["set_aside"] = self.set_aside
+        return out
 
 
 class Store:

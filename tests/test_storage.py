@@ -103,7 +103,6 @@ def test_stats_counts_per_class_inbox_and_rejections(store):
                     "bird": {"accepted": 0, "review": 0, "target": 1}},
         "inbox": 1,
         "rejected": {"duplicate": 1, "undecodable": 1},
-        "set_aside": {},
     }
     assert store.inbox_counts() == {"cat": 1}
 
