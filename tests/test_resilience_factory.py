@@ -79,3 +79,37 @@ def test_a_row_that_fails_twice_is_set_aside_and_the_rest_is_filed(project, run_
     status = json.loads(run_cli("status", "--json").output)
     assert [r["id"] for r in status["set_aside"]] == [bad]
     assert [r["status"] for r in status["runs"]] == ["succeeded", "succeeded"]
+
+
+def test_a_persons_decision_waits_for_a_factory_move_in_flight_and_wins(project):
+    """The factory is moving the image (its intent is recorded, the process alive): the
+    person's accept waits for that move instead of failing, then applies on top of it."""
+    import threading
+
+    from sqlalchemy import delete, insert
+
+    from dataset_factory.review import accept
+    from storage.schema import pending_moves
+    from storage.store import utcnow
+
+    with project.store() as store:
+        (image_id,) = add(store, [30])
+        store.move(image_id, "review", label="dog", label_source="model", reason="disagrees")
+        with store.engine.begin() as conn:
+            conn.execute(insert(pending_moves).values(
+                image_id=image_id, kind="move", src="x", dst="x", changes={},
+                owner=files.current_owner(), created_at=utcnow()))
+
+        def factory_finishes():
+            with store.engine.begin() as conn:
+                conn.execute(delete(pending_moves).where(pending_moves.c.image_id == image_id))
+
+        timer = threading.Timer(0.5, factory_finishes)
+        timer.start()
+        try:
+            assert accept(store, project.config, image_id, "cat") == "cat"
+        finally:
+            timer.join()
+        row = store.get_image(image_id)
+        assert (row["status"], row["label"], row["label_source"]) == ("accepted", "cat", "human")
+        assert_agree(store)
