@@ -1,12 +1,15 @@
 """A person's decisions on review/ images: accept (optionally relabelled) or reject.
 
 A decision is recorded with label source ``human``; the factory never lets a model or a
-duplicate override it.
+duplicate override it: storage refuses a non-human move of a filed human row, so a factory
+run deciding the same image at the same moment cannot undo the person's decision, and when
+the factory's move of it is in flight the decision waits for it and is applied after.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from pingo.config import check_safe_name
 from dataset_factory.errors import ReviewError
@@ -30,6 +33,26 @@ def _review_row(store, image_id: int) -> dict:
     return row
 
 
+# How long a decision waits for another process's move of the same image to finish.
+CONFLICT_WAIT = 30.0
+
+
+def _move(store, image_id: int, status: str, **changes) -> None:
+    from storage.errors import ImageFileMissingError, MoveConflictError
+    deadline = time.monotonic() + CONFLICT_WAIT
+    while True:
+        try:
+            store.move(image_id, status, **changes)
+            return
+        except MoveConflictError:
+            if time.monotonic() > deadline:
+                raise ReviewError(f"image {image_id} is being moved by another process; "
+                                  "try again") from None
+            time.sleep(0.05)
+        except ImageFileMissingError as exc:
+            raise ReviewError(str(exc)) from None
+
+
 def accept(store, config, image_id: int, label: str | None = None) -> str:
     """Accept into dataset/<label>/ (default: the model's best guess); returns the label."""
     row = _review_row(store, image_id)
@@ -38,7 +61,7 @@ def accept(store, config, image_id: int, label: str | None = None) -> str:
     if config.classes and label not in config.classes:
         raise ReviewError(f"label {label!r} is not a class in the config "
                           f"({', '.join(sorted(config.classes))})")
-    store.move(image_id, "accepted", label=label, label_source="human", reason=None)
+    _move(store, image_id, "accepted", label=label, label_source="human", reason=None)
     logger.info("image %d accepted as %s by a person", image_id, label)
     return label
 
@@ -47,5 +70,5 @@ def reject(store, image_id: int, reason: str = "human_rejected") -> None:
     """Reject into rejected/<reason>/."""
     _review_row(store, image_id)
     check_safe_name(reason, "reject reason")
-    store.move(image_id, "rejected", reason=reason, label_source="human")
+    _move(store, image_id, "rejected", reason=reason, label_source="human")
     logger.info("image %d rejected by a person (%s)", image_id, reason)

@@ -13,6 +13,13 @@ Crash safety comes from that order: nothing leaves the inbox before its chunk's 
 recorded, storage finishes or rolls back half-done moves on the next open, the index is
 reconciled with the DB on load and synced from it before every chunk, and a killed worker's
 leases expire so another takes its rows. Rerunning after kill -9 redoes at most one chunk.
+
+No single row stops a run. A row whose file vanished is recorded as rejected, file_missing
+(or follows its file when it is found elsewhere) before the chunk is analysed. When a chunk
+fails, its rows are filed one at a time; a row that fails alone has the failure counted in
+the DB and is left for this run; at its second failure (``storage.store.MAX_FAILURES``) it is
+set aside as rejected, processing_error. Only when every row of a chunk of several fails alone
+(a broken model, not a bad row) does the run fail.
 """
 
 from __future__ import annotations
@@ -26,9 +33,13 @@ from typing import Any, Callable
 from dataset_factory.analyse import Analyser, Analysis, Job, Settings
 from dataset_factory.classify import Classifier
 from dataset_factory.dedupe import Deduper, Kept
+from dataset_factory.errors import ModelLoadError
 from dataset_factory.shared import LOCK, Claims, SharedIndex, worker_id
 from dataset_factory.validate import Limits
 
+# A failing chunk of at least this many rows whose rows all fail alone fails the run: the
+# fault is not in the rows (e.g. a broken model), and setting them all aside would hide it.
+SYSTEMIC = 3
 # A chunk goes back to verifying outside the lock (at most DEFER times) when more than this
 # many verifications (~10 ms each) would otherwise run under it.
 DEFER = 2
@@ -51,6 +62,9 @@ class FactorySummary:
     lock_wait: float = 0.0     # seconds spent waiting for the factory lock (other workers)
     lock_held: float = 0.0     # seconds spent deciding and filing chunks under it
     deferred: int = 0          # times a chunk left the lock to verify new candidates first
+    failed: int = 0            # rows that failed once, left in the inbox for the next run
+    set_aside: int = 0         # rows that failed twice: now rejected, processing_error
+    relinked: int = 0          # rows whose file was elsewhere: the row now follows the file
 
     def merge(self, other: "FactorySummary") -> None:
         for name, c in other.classes.items():
@@ -78,7 +92,8 @@ class FactorySummary:
         return {"processed": self.processed, "replaced": self.replaced, "worker": self.worker,
                 "model_version": self.model_version, "index_size": self.index_size,
                 "lock_wait_s": round(self.lock_wait, 3), "lock_held_s": round(self.lock_held, 3),
-                "deferred": self.deferred,
+                "deferred": self.deferred, "failed": self.failed, "set_aside": self.set_aside,
+                "relinked": self.relinked,
                 "classes": {k: self.totals(k) for k in sorted(self.classes)},
                 "rejected": dict(sorted(self.rejected.items()))}
 
@@ -123,14 +138,8 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
         deduper = Deduper(shared.index, max_distance=f.max_distance, hard=f.hard_duplicates,
                           hard_distance=f.hard_distance, verify_threshold=f.verify_threshold,
                           lookup=lookup)
-        taken = 0
-        while limit is None or taken < limit:
-            chunk = claims.take(chunk_size if limit is None else min(chunk_size, limit - taken))
-            if not chunk:
-                if claims.wait_for_others():  # rows leased to a worker that may have died
-                    continue
-                break
-            taken += len(chunk)
+
+        def file_rows(chunk: list[dict]) -> int:
             jobs = [Job(r["id"], str(store.abspath(r["path"]))) for r in chunk]
             analyses = list(analyser.run(jobs, progress))
             predicted = _predict(config, store, chunk, analyses, model)
@@ -150,10 +159,87 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
                     break
                 summary.deferred += 1
             deduper.clear_scores()
-            summary.processed += done
+            return done
+
+        def forget_unfiled() -> None:
+            # a failed attempt may have changed the in-memory index and caches only
+            shared.invalidate()
+            kept_cache.clear()
+            deduper.forget()
+            deduper.clear_scores()
+
+        taken = 0
+        while limit is None or taken < limit:
+            chunk = claims.take(chunk_size if limit is None else min(chunk_size, limit - taken))
+            if not chunk:
+                if claims.wait_for_others():  # rows leased to a worker that may have died
+                    continue
+                break
+            taken += len(chunk)
+            chunk = _without_missing_files(store, chunk, summary)
+            if not chunk:
+                continue
+            try:
+                summary.processed += file_rows(chunk)
+            except ModelLoadError:
+                raise  # the model, not the rows: the run fails and says so
+            except Exception as exc:
+                forget_unfiled()
+                logger.warning("a chunk of %d images failed (%s: %s); filing them one at a "
+                               "time", len(chunk), type(exc).__name__, exc)
+                summary.processed += _one_at_a_time(store, claims, chunk, exc, file_rows,
+                                                    forget_unfiled, summary)
         summary.index_size = len(shared.index)
     logger.info("factory: %s", summary.as_json())
     return summary
+
+
+def _without_missing_files(store, chunk: list[dict], summary: FactorySummary) -> list[dict]:
+    """The rows of ``chunk`` whose file is in place; the others are reconciled by storage
+    (the row follows a file found elsewhere, or is rejected as file_missing)."""
+    gone = [r for r in chunk if not r["path"] or not store.abspath(r["path"]).is_file()]
+    if not gone:
+        return chunk
+    done = store.reconcile([r["id"] for r in gone])
+    summary.relinked += done["relinked"]
+    for r in gone:
+        row = store.get_image(r["id"])
+        if row["status"] == "rejected" and row["reason"] == "file_missing":
+            summary.count(r["keyword_class"], "rejected:file_missing")
+            summary.processed += 1
+    logger.warning("%d inbox images had no file at their path: %s", len(gone), done)
+    ids = {r["id"] for r in gone}
+    return [r for r in chunk if r["id"] not in ids]
+
+
+def _one_at_a_time(store, claims: Claims, chunk: list[dict], first: Exception, file_rows,
+                   forget_unfiled, summary: FactorySummary) -> int:
+    """File the rows of a chunk that failed one by one; count the failure of each row that
+    fails alone (set aside at its second); returns how many were filed."""
+    failed: list[tuple[dict, Exception]] = []
+    done = 0
+    if len(chunk) == 1:
+        failed.append((chunk[0], first))
+    else:
+        for row in chunk:
+            try:
+                done += file_rows([row])
+            except Exception as exc:
+                forget_unfiled()
+                failed.append((row, exc))
+    if len(chunk) >= SYSTEMIC and len(failed) == len(chunk):
+        raise first  # every row fails alone: the fault is not in the rows
+    for row, exc in failed:
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error("image %d could not be processed: %s", row["id"], error)
+        if store.record_failure(row["id"], error):
+            summary.set_aside += 1
+            summary.count(row["keyword_class"], "rejected:processing_error")
+            done += 1
+        else:
+            summary.failed += 1
+            claims.stuck.add(row["id"])  # not again in this run; the next run retries it
+    return done
 
 
 def _file_chunk(config, store, claims: Claims, shared: SharedIndex, deduper: Deduper,
@@ -200,10 +286,32 @@ def _file_chunk(config, store, claims: Claims, shared: SharedIndex, deduper: Ded
         for image_id, path in moved.items():  # kept images are re-read from their new place
             if image_id in kept_cache:
                 kept_cache[image_id].path = str(store.abspath(path))
+        if moved.skipped or moved.missing:
+            _recount(counts, mine, moves, moved)
+            shared.invalidate()  # decisions not filed as made: reconcile from the DB
+            for image_id in (*moved.skipped, *moved.missing):
+                kept_cache.pop(image_id, None)
         shared.save()
         summary.merge(counts)
         return len(mine)
     return 0
+
+
+def _recount(counts: FactorySummary, rows, moves, moved) -> None:
+    """Correct a chunk's counts for moves storage skipped (a person decided the image
+    meanwhile) or found without a file (recorded as rejected, file_missing)."""
+    classes = {r["id"]: r["keyword_class"] for r in rows}
+    for move in moves:
+        if move.image_id not in classes:
+            continue  # a demotion of an image from an earlier chunk
+        if move.image_id in moved.skipped or move.image_id in moved.missing:
+            counts.classes[classes[move.image_id]][_outcome(move)] -= 1
+        if move.image_id in moved.missing:
+            counts.count(classes[move.image_id], "rejected:file_missing")
+
+
+def _outcome(move) -> str:
+    return move.status if move.status != "rejected" else f"rejected:{move.changes['reason']}"
 
 
 class LazyModel:
@@ -297,9 +405,9 @@ def _decide(config, store, chunk, analyses: list[Analysis], deduper: Deduper,
     _label(config, rows, survivors, plans, *predicted)
     moves = []
     for image_id, (status, changes) in plans.items():
-        moves.append(Move(image_id, status, changes))
-        outcome = status if status != "rejected" else f"rejected:{changes['reason']}"
-        summary.count(rows[image_id]["keyword_class"], outcome)
+        move = Move(image_id, status, changes, expect={"status": "inbox"})
+        moves.append(move)
+        summary.count(rows[image_id]["keyword_class"], _outcome(move))
     for old, new_id in demoted:
         moves.append(Move(old, "rejected", {"reason": "duplicate", "duplicate_of": new_id}))
         summary.replaced += 1

@@ -125,6 +125,10 @@ def stats(ctx: Context, as_json, history):
     click.echo(f"inbox: {result.inbox}")
     rejected = ", ".join(f"{r} {n}" for r, n in result.rejected.items()) or "none"
     click.echo(f"rejected: {sum(result.rejected.values())} ({rejected})")
+    if result.set_aside:
+        aside = ", ".join(f"{r} {n}" for r, n in result.set_aside.items())
+        click.echo(f"set aside: {sum(result.set_aside.values())} ({aside}); "
+                   "see `pingo status`")
     if history:
         names = sorted(result.classes)
         click.echo("\naccepted per day: " + "  ".join(names))
@@ -223,6 +227,7 @@ def status(ctx: Context, as_json, limit):
     with ctx.store() as store:
         store.fail_stale_runs()
         result = service_status(ctx.config, store, limit)
+        result["set_aside"] = store.set_aside_rows(limit)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -236,6 +241,9 @@ def status(ctx: Context, as_json, limit):
         click.echo("no runs yet")
     for job, when in result["next"].items():
         click.echo(f"next {job}: {when}")
+    for row in result["set_aside"]:
+        why = row["last_error"] or "no file at its path"
+        click.echo(f"set aside: image {row['id']} ({row['reason']}) {row['path'] or '-'}: {why}")
 
 
 @cli.command()

@@ -1,6 +1,9 @@
 """Running one stage as a recorded job: the job lock, a `runs` row, stale-run cleanup.
 
 The stage code lives in crawler / dataset_factory / trainer; this module only calls it.
+While a stage runs, a heartbeat thread stamps its `runs` row every HEARTBEAT seconds, so a
+process on another host (which cannot look up the pid) never takes a long live run for a
+dead one.
 """
 
 from __future__ import annotations
@@ -8,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any, Callable
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from pingo.config import Config
 from scheduler.lock import JobLock
@@ -17,6 +22,7 @@ from storage import Store
 logger = logging.getLogger(__name__)
 
 Stage = Callable[[Config, Store], Any]
+HEARTBEAT = 60.0  # seconds; well under storage.files.STALE_SECONDS
 
 
 def crawl_stage(config: Config, store: Store) -> Any:
@@ -63,6 +69,29 @@ def shares_lock(config: Config, job: str) -> bool:
     return job == "factory" or (job == "crawl" and bool(config.crawl.redis_url))
 
 
+@contextmanager
+def heartbeat(store: Store, run_id: int, every: float | None = None) -> Iterator[None]:
+    """Stamp the run's heartbeat every ``every`` (default HEARTBEAT) seconds while the block
+    runs."""
+    every = every or HEARTBEAT
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                store.heartbeat_run(run_id)
+            except Exception as exc:  # a missed beat is harmless; the next one retries
+                logger.warning("run %d heartbeat failed: %s", run_id, exc)
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"run-{run_id}-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_job(config: Config, job: str, stage: Stage | None = None, *, wait: float = 0.0) -> Any:
     """Run one stage under the job lock and record it in `runs`; re-raise its failure."""
     stage = stage or STAGES[job]
@@ -72,7 +101,8 @@ def run_job(config: Config, job: str, stage: Stage | None = None, *, wait: float
             run_id = store.start_run(job)
             logger.info("%s started (run %d)", job, run_id)
             try:
-                result = stage(config, store)
+                with heartbeat(store, run_id):
+                    result = stage(config, store)
             except BaseException as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 store.finish_run(run_id, "failed", None, error)

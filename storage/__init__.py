@@ -3,11 +3,12 @@
 Nothing else in pingo writes SQL or moves files between the dataset folders.
 """
 
-from storage.errors import (DuplicateImageError, ImageNotFoundError, MoveConflictError,
-                            SchemaVersionError, StorageError, UnknownClassError)
+from storage.errors import (DuplicateImageError, ImageFileMissingError, ImageNotFoundError,
+                            MoveConflictError, MoveRefusedError, SchemaVersionError,
+                            StorageError, UnknownClassError)
 from storage.registry import ModelRegistry
-from storage.store import Move, Stats, Store, UrlRetry
+from storage.store import Move, MoveResult, Stats, Store, UrlRetry
 
-__all__ = ["Store", "Move", "Stats", "UrlRetry", "ModelRegistry", "StorageError",
-           "DuplicateImageError", "ImageNotFoundError", "MoveConflictError", "SchemaVersionError",
-           "UnknownClassError"]
+__all__ = ["Store", "Move", "MoveResult", "Stats", "UrlRetry", "ModelRegistry", "StorageError",
+           "DuplicateImageError", "ImageFileMissingError", "ImageNotFoundError",
+           "MoveConflictError", "MoveRefusedError", "SchemaVersionError", "UnknownClassError"]

@@ -1,7 +1,20 @@
-"""Engine creation: SQLite in WAL mode with a busy timeout by default, any SQLAlchemy URL else."""
+"""Engine creation: SQLite in WAL mode with a busy timeout by default, any SQLAlchemy URL else.
+
+On SQLite, ``engine.begin()`` (every write) starts with BEGIN IMMEDIATE, so writers queue on
+the busy timeout instead of failing when a read upgrades to a write; ``engine.connect()``
+(reads) starts with a plain deferred BEGIN, which in WAL takes no write lock, so a long read
+(a report, ``pingo stats``) never blocks the crawler's writes.
+
+Commits are synchronous=NORMAL (in WAL: synced at checkpoints) except those made with
+``engine.begin(durable=True)``, which are synchronous=FULL: storage commits a file move's
+intent that way, so a committed intent survives a power loss like the fsynced rename after it
+(a FULL commit also makes every earlier commit durable). Use ``begin(engine, durable=True)``
+from code that may run on any backend.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -25,9 +38,7 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
-        # pysqlite's own BEGIN handling is turned off so that every transaction starts with
-        # BEGIN IMMEDIATE: writers from several processes then queue on busy_timeout instead
-        # of failing with "database is locked" when a read transaction upgrades to a write.
+        # pysqlite's own BEGIN handling is turned off so that _on_begin chooses the BEGIN.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -38,9 +49,38 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        options = conn.get_execution_options()
+        if options.get(_WRITE):
+            # NORMAL in WAL syncs only at checkpoints: a committed intent could vanish on
+            # power loss while the fsynced rename it describes survives.
+            level = "FULL" if options.get(_DURABLE) else "NORMAL"
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
 
+    @contextlib.contextmanager
+    def begin_write(durable: bool = False):
+        # Engine.begin, but marked as a write: writers take the write lock up front.
+        with engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True, _DURABLE: durable})
+            with conn.begin():
+                yield conn
+
+    engine.begin = begin_write
     return engine
+
+
+_WRITE = "pingo_write"
+_DURABLE = "pingo_durable"
+
+
+def begin(engine: Engine, durable: bool = False):
+    """``engine.begin()``; with ``durable``, the commit survives power loss on SQLite too
+    (other databases commit durably anyway)."""
+    if durable and engine.dialect.name == "sqlite":
+        return engine.begin(durable=True)
+    return engine.begin()
 
 
 def _use_wal(cur) -> None:

@@ -28,5 +28,13 @@ class MoveConflictError(StorageError):
     """Another process has a move of the same image in flight."""
 
 
+class MoveRefusedError(StorageError):
+    """The move was not made: a person decided the image, or its row changed meanwhile."""
+
+
+class ImageFileMissingError(StorageError):
+    """The image's file is nowhere in data_dir; its row now says rejected, file_missing."""
+
+
 class UnknownClassError(StorageError):
     """A class folder or label that the config does not declare."""

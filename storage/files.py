@@ -12,6 +12,7 @@ import re
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pingo.config import check_safe_name
@@ -57,6 +58,15 @@ def ensure_layout(data_dir: Path) -> None:
         (data_dir / name).mkdir(parents=True, exist_ok=True)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a file's content to disk (e.g. a model before CURRENT names it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -73,11 +83,13 @@ def fsync_dir(path: Path) -> None:
 def write_temp(final: Path, data: bytes) -> Path:
     """Write ``data`` durably to a hidden temp file beside ``final``; return its path.
 
-    The name (.<final>~<host>~<pid>~<random>.part) carries host and pid so a repair can tell a dead writer's leftovers from a live
+    The name (.<final>~<host>~<pid>~<start>~<boot>~<random>.part) carries the writer's
+    identity (current_owner) so a repair can tell a dead writer's leftovers from a live
     writer's file in progress.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}~{HOST}~{os.getpid()}~",
+    owner = current_owner().replace(":", "~")
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}~{owner}~",
                                suffix=PART_SUFFIX)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; images and models are meant to be shared
@@ -108,29 +120,83 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 def part_owner_alive(part: Path) -> bool:
     """Whether the process that wrote this temp file may still be writing it.
 
-    On this host the pid in its name answers; a file from another host (shared data_dir) is
+    The name carries the writer's identity: ~host~pid~ (older pingo) or
+    ~host~pid~start~boot~ (see current_owner). A file from another host (shared data_dir) is
     presumed alive until it is STALE_SECONDS old.
     """
     fields = part.name[: -len(PART_SUFFIX)].split("~")
-    if len(fields) != 4 or not fields[2].isdigit():
+    if len(fields) == 6:
+        owner = ":".join(fields[1:5])
+    elif len(fields) == 4:
+        owner = ":".join(fields[1:3])
+    else:
         return False
-    host, pid = fields[1], int(fields[2])
-    if host == HOST:
-        return pid_alive(pid)
-    return owner_alive(f"{host}:{pid}", part.stat().st_mtime)
+    try:
+        mtime = part.stat().st_mtime
+    except FileNotFoundError:
+        return True  # already gone (another repair): nothing to remove
+    return owner_alive(owner, mtime)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who is doing something: host, pid, and (since schema v3) the process's start time in
+    clock ticks after boot and the boot id, so that a pid reused after a reboot, a container
+    restart (the scheduler is often pid 1) or plain wrap-around is not taken for the owner."""
+
+    host: str
+    pid: int
+    start: str | None = None
+    boot: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}:{self.start or '0'}:{self.boot or '0'}"
+
+
+def parse_owner(owner: str) -> Owner | None:
+    """host:pid:start:boot, or the older host:pid; None when it is neither."""
+    parts = owner.rsplit(":", 3)
+    if len(parts) == 4 and parts[1].isdigit():
+        start, boot = parts[2], parts[3]
+        return Owner(parts[0], int(parts[1]), None if start == "0" else start,
+                     None if boot == "0" else boot)
+    host, _, pid = owner.rpartition(":")
+    if host and pid.isdigit():
+        return Owner(host, int(pid))
+    return None
 
 
 def current_owner() -> str:
-    """host:pid of this process (a function: forked workers have their own pid)."""
-    return f"{HOST}:{os.getpid()}"
+    """host:pid:start:boot of this process (a function: forked workers have their own pid)."""
+    pid = os.getpid()
+    return str(Owner(HOST, pid, process_start(pid), BOOT_ID))
 
 
-def owner_alive(owner: str, since: float) -> bool:
-    """Whether ``host:pid`` (which started something at unix time ``since``) may still run."""
-    host, _, pid = owner.rpartition(":")
-    if host == HOST and pid.isdigit():
-        return pid_alive(int(pid))
-    return time.time() - since < STALE_SECONDS
+def owner_alive(owner: str, since: float, last_seen: float | None = None) -> bool:
+    """Whether ``owner`` (which started something at unix time ``since``) may still run.
+
+    On this host: its boot, pid and process start time answer. An owner in the older host:pid
+    form counts as gone when the pid's process started after ``since`` or before this boot,
+    so reused pids are still told apart. On another host: presumed alive until STALE_SECONDS
+    after ``last_seen`` (a heartbeat), else after ``since``.
+    """
+    o = parse_owner(owner)
+    if o is None or o.host != HOST:
+        return time.time() - (last_seen or since) < STALE_SECONDS
+    if o.boot and BOOT_ID and o.boot != BOOT_ID:
+        return False  # recorded before a reboot
+    if not pid_alive(o.pid):
+        return False
+    started = process_start(o.pid)
+    if started is None:
+        return True  # no /proc: the pid is all we know
+    if o.start:
+        return started == o.start
+    began = started_at(started)
+    if began is None:
+        return True
+    # Slack: the owner's start time is read in clock ticks; since is the DB's clock.
+    return began <= since + 2.0
 
 
 def pid_alive(pid: int) -> bool:
@@ -141,3 +207,42 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks after boot (/proc/<pid>/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces; the fields after the last ")" are fixed.
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def started_at(ticks: str) -> float | None:
+    """Unix time of a process start read by process_start."""
+    boot = _boot_time()
+    if boot is None or not ticks.isdigit():
+        return None
+    return boot + int(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def _boot_time() -> float | None:
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+    except OSError:
+        return None
+
+
+BOOT_ID = _boot_id()

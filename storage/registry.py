@@ -43,6 +43,19 @@ class ModelRegistry:
             except FileExistsError:
                 n += 1
 
+    @staticmethod
+    def make_durable(folder: Path) -> None:
+        """fsync every file under ``folder`` (Keras writes without fsync), then the folders."""
+        dirs = [folder]
+        for path in sorted(folder.rglob("*")):
+            if path.is_dir():
+                dirs.append(path)
+            elif path.is_file():
+                files.fsync_file(path)
+        for d in reversed(dirs):
+            files.fsync_dir(d)
+        files.fsync_dir(folder.parent)
+
     def current(self) -> str | None:
         """The promoted version, or None when nothing is promoted yet."""
         try:
@@ -59,8 +72,14 @@ class ModelRegistry:
         return None if version is None else self.root / version
 
     def promote(self, version: str) -> None:
-        """Point models/CURRENT at ``version`` (readers see the old or the new, never half)."""
-        if not self.path(version).is_dir():
+        """Point models/CURRENT at ``version`` (readers see the old or the new, never half).
+
+        The version's files and folder are fsynced first: after a power loss CURRENT never
+        names a model whose bytes did not reach the disk.
+        """
+        folder = self.path(version)
+        if not folder.is_dir():
             raise StorageError(f"model version {version} does not exist")
+        self.make_durable(folder)
         files.atomic_write(self.root / "CURRENT", version + "\n")
         logger.info("promoted model %s", version)

@@ -20,7 +20,7 @@ from storage.errors import SchemaVersionError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -57,6 +57,10 @@ images = Table(
     # Distributed factory workers lease inbox rows (SELECT ... FOR UPDATE SKIP LOCKED).
     Column("claimed_by", String(128)),
     Column("claim_expires", DateTime),
+    # v3: a row the factory failed on; at two failures it is set aside (rejected,
+    # reason processing_error) so that one row never stops a run.
+    Column("failures", Integer),                 # NULL: none
+    Column("last_error", Text),
     Index("ix_images_status_label", "status", "label"),
     Index("ix_images_status_keyword", "status", "keyword_class"),
     Index("ix_images_phash", "phash"),
@@ -90,6 +94,10 @@ runs = Table(
     Column("error", Text),
     Column("host", String(128)),
     Column("pid", Integer),
+    # v3: host:pid:start:boot (storage.files.current_owner), so a reused pid is not taken for
+    # the owner; heartbeat: last sign of life, for runs on another host.
+    Column("owner", String(160)),
+    Column("heartbeat", DateTime),
     Index("ix_runs_job_started", "job", "started"),
 )
 
@@ -122,7 +130,7 @@ pending_moves = Table(
     Column("src", Text, nullable=False),
     Column("dst", Text, nullable=False),
     Column("changes", JSON, nullable=False),     # column values to apply with the rename
-    Column("owner", String(160), nullable=False),  # host:pid of the process doing it
+    Column("owner", String(160), nullable=False),  # files.current_owner() of its process
     Column("created_at", DateTime, nullable=False),
 )
 
@@ -157,6 +165,8 @@ def all_of(*steps: Callable[[Connection], None]) -> Callable[[Connection], None]
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: all_of(add_indexes("images", "ix_images_duplicate_of", "ix_images_updated_at"),
               add_column("urls", "attempts"), add_column("urls", "last_tried")),
+    3: all_of(add_column("images", "failures"), add_column("images", "last_error"),
+              add_column("runs", "owner"), add_column("runs", "heartbeat")),
 }
 
 
@@ -171,7 +181,7 @@ def migrate(conn: Connection) -> int:
     """Create or upgrade the schema inside ``conn``'s transaction; return the version."""
     if conn.dialect.name == "postgresql":
         # Several workers may open a fresh database at once: one creates, the others wait.
-        # (SQLite needs nothing: every transaction there is BEGIN IMMEDIATE.)
+        # (SQLite needs nothing: a write transaction there is BEGIN IMMEDIATE.)
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7310415)")
     version = stored_version(conn)
     if version is None:

@@ -10,7 +10,16 @@ and the row says which. Files change place in three steps:
 A crash between any two steps leaves an intent behind. ``Store.open`` finishes every intent
 whose owner process is gone: it completes the rename if it had not happened and applies the
 row changes, so no image is lost or counted twice. New files take the same path, from a
-fsynced temp file in the destination folder.
+fsynced temp file in the destination folder. An interrupted batch (Ctrl-C) withdraws only the
+intents of moves whose source file is still in place, so a rename that happened is never
+forgotten. File names are the content hash, so when a row and its file disagree anyway (an
+intent lost with the disk cache on power loss, a file moved by hand) ``locate_file`` finds the
+file in the known folders and the row is made to follow it; a file found nowhere makes the
+row rejected with reason ``file_missing`` (no file, path NULL).
+
+A person's decision wins: a filed row whose label source is ``human`` is only changed by a
+move that is itself human (label_source="human"); other moves of it are skipped, as are moves
+whose ``expect`` no longer matches the row (see MoveResult).
 """
 
 from __future__ import annotations
@@ -27,9 +36,9 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage import files
-from storage.db import make_engine
-from storage.errors import (DuplicateImageError, ImageNotFoundError, MoveConflictError,
-                            StorageError)
+from storage.db import begin, make_engine
+from storage.errors import (DuplicateImageError, ImageFileMissingError, ImageNotFoundError,
+                            MoveConflictError, MoveRefusedError)
 from storage.registry import ModelRegistry
 from storage.schema import (daily_counts, images, migrate, models, pending_moves, runs,
                             urls)
@@ -42,7 +51,13 @@ MOVABLE = {"reason", "label", "label_source", "confidence", "model_version", "du
 IMAGE_FIELDS = ("id", "sha256", "phash", "hash_method", "source_url", "page_url", "source",
                 "query", "keyword_class", "status", "reason", "label", "label_source",
                 "confidence", "model_version", "path", "duplicate_of", "width", "height",
-                "bytes", "created_at", "updated_at")
+                "bytes", "created_at", "updated_at", "failures", "last_error")
+# Reasons of rows set aside rather than filed: `pingo stats` and `pingo status` show them.
+FILE_MISSING = "file_missing"
+PROCESSING_ERROR = "processing_error"
+SET_ASIDE = (FILE_MISSING, PROCESSING_ERROR)
+# A row the factory failed on this many times is set aside (rejected/processing_error/).
+MAX_FAILURES = 2
 
 
 def utcnow() -> datetime:
@@ -61,6 +76,8 @@ class Move:
     image_id: int
     status: str
     changes: dict[str, Any] = field(default_factory=dict)
+    # Column values the row must still have (what the caller read); else the move is skipped.
+    expect: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.status not in files.STATUSES:
@@ -68,6 +85,20 @@ class Move:
         extra = set(self.changes) - MOVABLE
         if extra:
             raise ValueError(f"a move cannot change {sorted(extra)}")
+
+
+class MoveResult(dict):
+    """image id -> new relative path for the images moved; besides:
+
+    ``skipped``: image id -> why the move was not made (a person decided the image meanwhile,
+    or the row no longer matches the move's ``expect``); the row and file are untouched.
+    ``missing``: images whose file was found nowhere: now rejected, reason file_missing.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.skipped: dict[int, str] = {}
+        self.missing: list[int] = []
 
 
 @dataclass(frozen=True)
@@ -91,8 +122,16 @@ class Stats:
     inbox: int
     rejected: dict[str, int]
 
+    @property
+    def set_aside(self) -> dict[str, int]:
+        """Rejected rows that were set aside (file missing, failed twice), per reason."""
+        return {r: self.rejected[r] for r in SET_ASIDE if self.rejected.get(r)}
+
     def as_json(self) -> dict[str, Any]:
-        return {"classes": self.classes, "inbox": self.inbox, "rejected": self.rejected}
+        out = {"classes": self.classes, "inbox": self.inbox, "rejected": self.rejected}
+        if self.set_aside:  # only when there are some: the usual output stays as it was
+            out["set_aside"] = self.set_aside
+        return out
 
 
 class Store:
@@ -156,7 +195,7 @@ class Store:
         tmp = files.write_temp(final, data)
         now = utcnow()
         try:
-            with self.engine.begin() as conn:
+            with begin(self.engine, durable=True) as conn:  # the intent outlives power loss
                 image_id = conn.execute(insert(images).values(
                     sha256=sha, source_url=source_url, page_url=page_url, source=source,
                     query=query, keyword_class=keyword_class, status="inbox", label=label,
@@ -187,63 +226,135 @@ class Store:
     # ---- moving images -----------------------------------------------------------------------
 
     def move(self, image_id: int, status: str, **changes: Any) -> str:
-        """Move one image to ``status`` (label for accepted/review, reason for rejected)."""
-        return self.move_many([Move(image_id, status, changes)])[image_id]
+        """Move one image to ``status`` (label for accepted/review, reason for rejected).
 
-    def move_many(self, moves: Iterable[Move]) -> dict[int, str]:
-        """Apply moves in one recoverable batch; return image id -> new relative path."""
+        Raises MoveRefusedError when a person's decision protects the image, and
+        ImageFileMissingError when its file is gone (the row is then rejected, file_missing).
+        """
+        result = self.move_many([Move(image_id, status, changes)])
+        if image_id in result.skipped:
+            raise MoveRefusedError(f"image {image_id} not moved: {result.skipped[image_id]}")
+        if image_id in result.missing:
+            raise ImageFileMissingError(
+                f"image {image_id}: its file is missing; recorded as rejected ({FILE_MISSING})")
+        return result[image_id]
+
+    def move_many(self, moves: Iterable[Move]) -> MoveResult:
+        """Apply moves in one recoverable batch; see MoveResult for what comes back."""
         moves = list(moves)
+        result = MoveResult()
         if not moves:
-            return {}
+            return result
         ids = [m.image_id for m in moves]
         if len(set(ids)) != len(ids):
             raise ValueError("an image appears twice in one batch of moves")
         now = utcnow()
-        plan: list[tuple[int, str, str, dict[str, Any]]] = []
-        with self.engine.begin() as conn:
-            rows = {r.id: r for r in conn.execute(select(images).where(images.c.id.in_(ids)))}
+        plan: list[tuple[int, str, str, str, dict[str, Any]]] = []
+        query = select(images).where(images.c.id.in_(ids)).order_by(images.c.id)
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update()  # a person's move and the factory's take turns
+        with begin(self.engine, durable=True) as conn:  # the intents outlive power loss
+            rows = {r.id: r for r in conn.execute(query)}
             for m in moves:
                 row = rows.get(m.image_id)
                 if row is None:
                     raise ImageNotFoundError(f"no image with id {m.image_id}")
+                why = _refusal(row, m)
+                if why:
+                    result.skipped[m.image_id] = why
+                    logger.warning("image %d not moved to %s: %s", m.image_id, m.status, why)
+                    continue
                 merged = {**row._mapping, **m.changes}
-                ext = row.path.rsplit(".", 1)[-1] if row.path else "bin"
+                ext = _ext(row.path)
                 dst = files.image_relpath(m.status, row.sha256, ext, label=merged["label"],
                                           reason=merged["reason"])
                 changes = {**m.changes, "status": m.status, "path": dst}
-                plan.append((m.image_id, row.path, dst, changes))
+                # a row without a file (path NULL) has nothing to rename: src = dst
+                plan.append((m.image_id, row.sha256, row.path or dst, dst, changes))
+            if not plan:
+                return result
             try:
                 conn.execute(insert(pending_moves), [
                     dict(image_id=i, kind="move", src=src, dst=dst, changes=ch,
                          owner=files.current_owner(), created_at=now)
-                    for i, src, dst, ch in plan])
+                    for i, _, src, dst, ch in plan])
             except IntegrityError:
                 raise MoveConflictError(
                     f"another process is moving one of images {ids[:5]}...") from None
-        renamed = 0
+        done: dict[int, dict[str, Any]] = {}
         try:
-            for _, src, dst, _ in plan:
-                self._rename(src, dst)
-                renamed += 1
+            for image_id, sha, src, dst, changes in plan:
+                found = self._rename(sha, src, dst)
+                done[image_id] = changes if found else _missing(changes)
         finally:
-            # Apply what was renamed; withdraw the intents of what was not (nothing moved).
-            with self.engine.begin() as conn:
-                for image_id, _, _, changes in plan[:renamed]:
-                    self._apply(conn, image_id, changes, now)
-                if renamed < len(plan):
-                    conn.execute(delete(pending_moves).where(pending_moves.c.image_id.in_(
-                        [p[0] for p in plan[renamed:]])))
-        return {i: dst for i, _, dst, _ in plan}
+            self._settle(plan, done, now)
+        for image_id, _, _, dst, changes in plan:
+            if done[image_id]["path"] is None:
+                result.missing.append(image_id)
+            else:
+                result[image_id] = dst
+        return result
 
-    def _rename(self, src: str, dst: str) -> None:
+    def _settle(self, plan, done: dict[int, dict[str, Any]], now: datetime) -> None:
+        """After a batch's renames (all, or some when interrupted): apply what happened.
+
+        A rename that happened but was not counted (an exception, Ctrl-C, between os.replace
+        and the bookkeeping) is told by the files: source gone, destination there. Only the
+        intents of moves known not to have happened (source still there) are withdrawn; when
+        neither file is there the intent stays for repair.
+        """
+        with self.engine.begin() as conn:
+            withdrawn = []
+            for image_id, _, src, dst, changes in plan:
+                if image_id in done:
+                    self._apply(conn, image_id, done[image_id], now)
+                    continue
+                src_there = self.abspath(src).exists()
+                if src == dst:
+                    done[image_id] = changes if src_there else _missing(changes)
+                    self._apply(conn, image_id, done[image_id], now)
+                elif not src_there and self.abspath(dst).exists():
+                    done[image_id] = changes
+                    self._apply(conn, image_id, changes, now)
+                elif src_there:
+                    withdrawn.append(image_id)
+            if withdrawn:
+                conn.execute(delete(pending_moves).where(
+                    pending_moves.c.image_id.in_(withdrawn)))
+
+    def _rename(self, sha: str, src: str, dst: str) -> bool:
+        """Rename src to dst; False when the file is nowhere (neither there nor elsewhere)."""
         if src == dst:
-            return
+            return self.abspath(dst).exists()
         try:
             files.replace(self.abspath(src), self.abspath(dst))
+            return True
         except FileNotFoundError:
-            if not self.abspath(dst).exists():
-                raise StorageError(f"image file {src} is missing and {dst} does not exist")
-            # Another process (a repair) already did this rename.
+            if self.abspath(dst).exists():
+                return True  # a repair already did this rename
+        found = self.locate_file(sha, _ext(dst))
+        if found is None:
+            logger.error("image file %s is missing and %s does not exist", src, dst)
+            return False
+        logger.warning("image file %s was at %s; moving it to %s", src, found, dst)
+        files.replace(self.abspath(found), self.abspath(dst))
+        return True
+
+    def locate_file(self, sha256: str, ext: str) -> str | None:
+        """Where the file named by this content hash is, among inbox/, dataset/<class>/,
+        review/<class>/ and rejected/<reason>/ (a relative path), or None."""
+        name = Path(files.image_relpath("inbox", sha256, ext)).name
+        if (self.data_dir / "inbox" / name).is_file():
+            return f"inbox/{name}"
+        for top in ("dataset", "review", "rejected"):
+            try:
+                subs = sorted(p for p in (self.data_dir / top).iterdir() if p.is_dir())
+            except FileNotFoundError:
+                continue
+            for sub in subs:
+                if (sub / name).is_file():
+                    return f"{top}/{sub.name}/{name}"
+        return None
 
     def _apply(self, conn, image_id: int, changes: dict[str, Any], now: datetime) -> None:
         if changes.get("duplicate_of") is not None:
@@ -283,48 +394,157 @@ class Store:
 
     # ---- repair ------------------------------------------------------------------------------
 
-    def repair(self) -> dict[str, int]:
-        """Finish moves and adds left half-done by dead processes; drop orphan temp files."""
-        done = {"finished": 0, "dropped": 0, "missing": 0, "temp_removed": 0}
+    def repair(self, *, full: bool = False) -> dict[str, int]:
+        """Finish moves and adds left half-done by dead processes; drop orphan temp files.
+
+        With ``full``, also check every row's file (one stat per image): a row whose file is
+        elsewhere follows it, one whose file is nowhere becomes rejected/file_missing.
+        Safe to run in several processes at once. Returns counts of what was done.
+        """
+        done = {"finished": 0, "dropped": 0, "missing": 0, "relinked": 0, "temp_removed": 0}
         with self.engine.connect() as conn:
             left = conn.execute(select(pending_moves)).all()
         for p in left:
             if files.owner_alive(p.owner, p.created_at.replace(tzinfo=timezone.utc).timestamp()):
                 continue
-            src, dst = self.abspath(p.src), self.abspath(p.dst)
-            if src.exists() and p.src != p.dst:
-                if dst.exists():
-                    src.unlink()  # identical content: names come from the sha256
-                else:
-                    files.replace(src, dst)
-            if dst.exists():
-                with self.engine.begin() as conn:
-                    self._apply(conn, p.image_id, p.changes, utcnow())
-                done["finished"] += 1
-                logger.warning("finished an interrupted %s of image %d to %s",
-                               p.kind, p.image_id, p.dst)
-            elif p.kind == "add":
-                # The bytes never reached disk whole: forget the row, the crawl refetches it.
-                with self.engine.begin() as conn:
-                    conn.execute(delete(pending_moves).where(pending_moves.c.image_id == p.image_id))
-                    conn.execute(delete(urls).where(urls.c.image_id == p.image_id))
-                    conn.execute(delete(images).where(images.c.id == p.image_id))
-                done["dropped"] += 1
-                logger.warning("dropped image %d: its download was interrupted", p.image_id)
-            else:
-                with self.engine.begin() as conn:
-                    self._apply(conn, p.image_id, {"status": "rejected",
-                                                   "reason": "file_missing", "path": None},
-                                utcnow())
-                done["missing"] += 1
-                logger.error("image %d: file missing at %s and %s", p.image_id, p.src, p.dst)
+            outcome = self._finish_intent(p)
+            if outcome:
+                done[outcome] += 1
+        if full:
+            for outcome, n in self.reconcile(self._ids_without_file()).items():
+                done[outcome] += n
         for part in self.data_dir.glob(f"*/**/.*{files.PART_SUFFIX}"):
             if not files.part_owner_alive(part):
-                part.unlink(missing_ok=True)
-                done["temp_removed"] += 1
+                try:
+                    part.unlink()
+                    done["temp_removed"] += 1
+                except FileNotFoundError:
+                    pass  # another repair removed it
         if any(done.values()):
             logger.info("repair: %s", done)
         return done
+
+    def _finish_intent(self, p) -> str | None:
+        """Finish one dead owner's intent; None when another repair got to it first.
+
+        Everything happens inside the write transaction that re-reads (and on PostgreSQL
+        locks) the intent, so two repairs never act on the same intent.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            query = (select(pending_moves, images.c.sha256).join(
+                images, images.c.id == pending_moves.c.image_id)
+                .where(pending_moves.c.image_id == p.image_id)
+                .where(pending_moves.c.owner == p.owner))
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update(of=pending_moves)
+            p = conn.execute(query).first()
+            if p is None:
+                return None
+            src, dst = self.abspath(p.src), self.abspath(p.dst)
+            if p.src != p.dst and src.exists():
+                if dst.exists():
+                    src.unlink(missing_ok=True)  # identical content: names come from the sha256
+                else:
+                    files.replace(src, dst)
+            if not dst.exists() and p.kind == "move":
+                found = self.locate_file(p.sha256, _ext(p.dst))
+                if found is not None:  # the row and the file disagreed before this move
+                    logger.warning("image %d: file found at %s", p.image_id, found)
+                    files.replace(self.abspath(found), dst)
+            if dst.exists():
+                self._apply(conn, p.image_id, p.changes, now)
+                logger.warning("finished an interrupted %s of image %d to %s",
+                               p.kind, p.image_id, p.dst)
+                return "finished"
+            if p.kind == "add":
+                # The bytes never reached disk whole: forget the row, the crawl refetches it.
+                conn.execute(delete(pending_moves).where(pending_moves.c.image_id == p.image_id))
+                conn.execute(delete(urls).where(urls.c.image_id == p.image_id))
+                conn.execute(delete(images).where(images.c.id == p.image_id))
+                logger.warning("dropped image %d: its download was interrupted", p.image_id)
+                return "dropped"
+            self._apply(conn, p.image_id, _missing({}), now)
+            logger.error("image %d: file missing at %s and %s", p.image_id, p.src, p.dst)
+            return "missing"
+
+    def _ids_without_file(self) -> list[int]:
+        """Rows with a path whose file is not there (one stat per image)."""
+        gone = []
+        for row in self.iter_images():
+            if row["path"] and not self.abspath(row["path"]).is_file():
+                gone.append(row["id"])
+        return gone
+
+    def reconcile(self, ids: Iterable[int]) -> dict[str, int]:
+        """Make rows whose file is not at their path agree with the disk.
+
+        The file found by its content-hash name elsewhere (locate_file) is kept where it is
+        and the row follows it (status, label or reason from its folder): "relinked". Found
+        nowhere: the row becomes rejected, reason file_missing, path NULL: "missing". Rows with
+        a move in flight are left to it.
+        """
+        done = {"relinked": 0, "missing": 0}
+        now = utcnow()
+        for image_id in ids:
+            query = select(images).where(images.c.id == image_id)
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update()
+            with self.engine.begin() as conn:
+                row = conn.execute(query).first()
+                if row is None or not row.path or self.abspath(row.path).is_file():
+                    continue
+                if conn.execute(select(pending_moves.c.image_id)
+                                .where(pending_moves.c.image_id == image_id)).first():
+                    continue
+                found = self.locate_file(row.sha256, _ext(row.path))
+                if found is None:
+                    changes = _missing({})
+                    done["missing"] += 1
+                    logger.error("image %d: file %s is missing", image_id, row.path)
+                else:
+                    changes = _follow(row, found)
+                    done["relinked"] += 1
+                    logger.warning("image %d: row said %s, file is at %s; row follows file",
+                                   image_id, row.path, found)
+                conn.execute(update(images).where(images.c.id == image_id)
+                             .values(**changes, updated_at=now))
+        return done
+
+    # ---- rows the factory cannot process ---------------------------------------------------
+
+    def record_failure(self, image_id: int, error: str) -> bool:
+        """Count one failure to process an inbox image; True when it was set aside.
+
+        At MAX_FAILURES the image is set aside (rejected/processing_error/, the error kept in
+        last_error) so that the rest of the inbox is processed; `pingo stats` and `pingo
+        status` list it.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(update(images).where(images.c.id == image_id).values(
+                failures=func.coalesce(images.c.failures, 0) + 1, last_error=error[:2000],
+                updated_at=utcnow()))
+            row = conn.execute(select(images.c.failures, images.c.status)
+                               .where(images.c.id == image_id)).first()
+        if row is None or row.failures < MAX_FAILURES or row.status != "inbox":
+            return False
+        result = self.move_many([Move(image_id, "rejected", {"reason": PROCESSING_ERROR},
+                                      expect={"status": "inbox"})])
+        set_aside = image_id in result or image_id in result.missing
+        if set_aside:
+            logger.error("image %d set aside after %d failures: %s", image_id, row.failures,
+                         error)
+        return set_aside
+
+    def set_aside_rows(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recently set-aside images (file missing, failed twice), newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(images.c.id, images.c.reason, images.c.path, images.c.keyword_class,
+                       images.c.failures, images.c.last_error, images.c.updated_at)
+                .where(images.c.status == "rejected").where(images.c.reason.in_(SET_ASIDE))
+                .order_by(images.c.updated_at.desc(), images.c.id.desc()).limit(limit)).all()
+        return [{**r._mapping, "updated_at": iso(r.updated_at)} for r in rows]
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -548,10 +768,19 @@ class Store:
     # ---- runs --------------------------------------------------------------------------------
 
     def start_run(self, job: str) -> int:
+        owner = files.current_owner()
+        now = utcnow()
         with self.engine.begin() as conn:
             return conn.execute(insert(runs).values(
-                job=job, started=utcnow(), status="running", host=files.HOST,
-                pid=int(files.current_owner().rsplit(":", 1)[1]))).inserted_primary_key[0]
+                job=job, started=now, status="running", host=files.HOST,
+                pid=files.parse_owner(owner).pid, owner=owner, heartbeat=now,
+            )).inserted_primary_key[0]
+
+    def heartbeat_run(self, run_id: int) -> None:
+        """Say the run is alive (read by fail_stale_runs on other hosts)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(runs).where(runs.c.id == run_id)
+                         .where(runs.c.status == "running").values(heartbeat=utcnow()))
 
     def finish_run(self, run_id: int, status: str, counts: dict | None = None,
                    error: str | None = None) -> None:
@@ -564,12 +793,15 @@ class Store:
         with self.engine.connect() as conn:
             running = conn.execute(select(runs).where(runs.c.status == "running")).all()
         stale = [r for r in running if not files.owner_alive(
-            f"{r.host}:{r.pid}", r.started.replace(tzinfo=timezone.utc).timestamp())]
+            r.owner or f"{r.host}:{r.pid}", _ts(r.started), _ts(r.heartbeat))]
         for r in stale:
             logger.warning("run %d (%s) was left running by dead process %s:%s; marked failed",
                            r.id, r.job, r.host, r.pid)
-            self.finish_run(r.id, "failed", r.counts,
-                            f"process {r.host}:{r.pid} died before the run finished")
+            with self.engine.begin() as conn:  # only if still running: another may have done it
+                conn.execute(update(runs).where(runs.c.id == r.id)
+                             .where(runs.c.status == "running").values(
+                                 finished=utcnow(), status="failed",
+                                 error=f"process {r.host}:{r.pid} died before the run finished"))
         return [r.id for r in stale]
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -599,6 +831,45 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(models).order_by(models.c.version)).all()
         return [{**r._mapping, "created": iso(r.created)} for r in rows]
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.replace(tzinfo=timezone.utc).timestamp()
+
+
+def _ext(path: str | None) -> str:
+    return path.rsplit(".", 1)[-1] if path and "." in path else "bin"
+
+
+def _missing(changes: dict[str, Any]) -> dict[str, Any]:
+    """A move's changes turned into: no file anywhere, so rejected, file_missing, no path."""
+    return {**changes, "status": "rejected", "reason": FILE_MISSING, "path": None}
+
+
+def _refusal(row, move: Move) -> str | None:
+    """Why ``move`` must not be applied to ``row`` now, or None."""
+    for column, value in move.expect.items():
+        if row._mapping[column] != value:
+            return f"its {column} is now {row._mapping[column]!r}, not {value!r}"
+    if (row.label_source == "human" and row.status != "inbox"
+            and move.changes.get("label_source") != "human"):
+        return "a person decided where it goes"
+    return None
+
+
+def _follow(row, found: str) -> dict[str, Any]:
+    """Row changes that make ``row`` describe its file found at ``found``."""
+    top, *rest = found.split("/")
+    status = {d: s for s, d in files.STATUS_DIRS.items()}[top]
+    changes: dict[str, Any] = {"status": status, "path": found}
+    if status in ("accepted", "review"):
+        label = rest[0]
+        changes["label"] = label
+        if row.label != label:
+            changes["label_source"] = "keyword" if label == row.keyword_class else None
+    elif status == "rejected":
+        changes["reason"] = rest[0]
+    return changes
 
 
 def _url_sha(url: str) -> str:

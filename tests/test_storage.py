@@ -299,7 +299,7 @@ def test_duplicates_of_a_replaced_image_point_at_its_replacement(store):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_version_1_database_is_upgraded_to_v2_and_keeps_its_rows(request, tmp_path, backend):
+def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_rows(request, tmp_path, backend):
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     data_dir = tmp_path / "data"
     with Store.open(data_dir, url) as store:
@@ -309,6 +309,10 @@ def test_a_version_1_database_is_upgraded_to_v2_and_keeps_its_rows(request, tmp_
             for ddl in ("DROP INDEX ix_images_duplicate_of", "DROP INDEX ix_images_updated_at",
                         "ALTER TABLE urls DROP COLUMN attempts",
                         "ALTER TABLE urls DROP COLUMN last_tried",
+                        "ALTER TABLE images DROP COLUMN failures",
+                        "ALTER TABLE images DROP COLUMN last_error",
+                        "ALTER TABLE runs DROP COLUMN owner",
+                        "ALTER TABLE runs DROP COLUMN heartbeat",
                         "UPDATE meta SET value = '1' WHERE key = 'schema_version'"):
                 conn.exec_driver_sql(ddl)
     with Store.open(data_dir, url) as store:
@@ -322,7 +326,7 @@ def test_a_version_1_database_is_upgraded_to_v2_and_keeps_its_rows(request, tmp_
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("images")}
             version = conn.execute(select(schema.meta.c.value)).scalar()
     assert {"ix_images_duplicate_of", "ix_images_updated_at"} <= indexes
-    assert version == str(schema.SCHEMA_VERSION) == "2"
+    assert version == str(schema.SCHEMA_VERSION) == "3"
 
 
 MIGRATION_SCRIPT = textwrap.dedent("""
