@@ -244,10 +244,10 @@ def scan(store: Store) -> list[Problem]:
         except (ValueError, StorageError, UnsafeNameError) as exc:
             problems.append(Problem("bad_row", row.path, row.id, str(exc)))
             continue
+        db_count[_folder(want)] += 1  # where the DB says it is: status + label/reason
         if row.path not in disk:
             missing.append(row)
             continue
-        db_count[_folder(row.path)] += 1
         if want != row.path:
             problems.append(Problem("misfiled", row.path, row.id, f"belongs at {want}"))
 
