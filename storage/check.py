@@ -220,12 +220,10 @@ def scan(store: Store) -> list[Problem]:
             problems.append(Problem("orphan_temp", t.relative_to(data_dir).as_posix()))
     disk = set(on_disk)
 
-    by_path: dict[str, int] = {}
-    by_name: dict[str, _Row] = {}            # 24-hex name -> row
+    by_path: dict[str, int] = {}             # only ints and paths per row: a million rows fit
     db_count: Counter = Counter()            # folder -> rows that live there
     missing: list[_Row] = []
     for row in _rows(store):
-        by_name[row.sha256[:24]] = row
         if row.id in busy_ids:
             if row.path:
                 by_path.setdefault(row.path, row.id)
@@ -251,9 +249,14 @@ def scan(store: Store) -> list[Problem]:
         if want != row.path:
             problems.append(Problem("misfiled", row.path, row.id, f"belongs at {want}"))
 
-    # Files nobody's row names: copies, pruned leftovers, or unknown.
+    # Files nobody's row names: copies, pruned leftovers, or unknown. A second pass over the
+    # rows picks those whose name such a file carries.
+    unnamed = sorted(disk - set(by_path) - busy_paths)
+    wanted = {hash_name(rel) for rel in unnamed} - {None}
+    by_name = {row.sha256[:24]: row for row in _rows(store) if row.sha256[:24] in wanted} \
+        if wanted else {}
     strays: dict[str, list[str]] = defaultdict(list)   # 24-hex name -> stray paths
-    for rel in sorted(disk - set(by_path) - busy_paths):
+    for rel in unnamed:
         name = hash_name(rel)
         row = by_name.get(name) if name else None
         if row is None:

@@ -166,13 +166,18 @@ def test_scheduled_train_slot_prunes_after_training(project):
     assert runs[0]["counts"]["rejected_files"] == 1
 
 
-@pytest.mark.parametrize("text, key", [("[train]\nkeep_models = 0\n", "train.keep_models"),
-                                       ("[storage]\nkeep_rejected_days = -1\n",
-                                        "storage.keep_rejected_days")])
-def test_retention_keys_refuse_impossible_values(project, text, key):
+@pytest.mark.parametrize("text, refusal", [
+    ("[train]\nkeep_models = 0\n", "train.keep_models: got 0; allowed is a number >= 1"),
+    ("[storage]\nkeep_rejected_days = -1\n",
+     "storage.keep_rejected_days: got -1.0; allowed is a number >= 0")])
+def test_retention_keys_refuse_impossible_values(project, text, refusal):
     project.write(project.DEFAULT + "\n" + text)
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError) as refused:
         project.config
+    assert str(refused.value) == refusal
+    project.write(project.DEFAULT + "\n[train]\nkeep_models = 2\n[storage]\n"
+                  "keep_rejected_days = 0.5\n")
+    assert (project.config.train.keep_models, project.config.storage.keep_rejected_days) == (2, 0.5)
 
 
 def test_stats_shows_disk_use_per_folder(project, run_cli):
