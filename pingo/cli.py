@@ -476,6 +476,7 @@ def check(ctx: Context, repair, as_json, examples):
     Exit status 0 only when sound (after repairing, with --repair), 1 when not.
     """
     from pingo.checkup import check as run_check
+    from storage.check import HINTS
 
     report = run_check(ctx.config, repair=repair)
     if as_json:
@@ -492,6 +493,8 @@ def check(ctx: Context, repair, as_json, examples):
                 click.echo(f"  {what}")
             if len(problems) > examples:
                 click.echo(f"  ... and {len(problems) - examples} more (--json lists all)")
+            if kind in HINTS:
+                click.echo(f"  -> {HINTS[kind]}")
         click.echo("sound" if report.sound else
                    f"NOT sound: {len(report.problems)} problems"
                    + ("" if repair else "; `pingo check --repair` fixes those not marked"))

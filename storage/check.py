@@ -50,6 +50,13 @@ KINDS = {
 # a person's own copy, and a row for it would have to guess its class (docs/maintenance.md).
 FIXABLE = {"stale_pending_move", "orphan_temp", "missing_file", "misfiled", "extra_copy",
            "pruned_leftover"}
+# What a person does about those --repair leaves (printed under them).
+HINTS = {
+    "unknown_file": "not pingo's: to keep it, move it out and `pingo import` its folder; "
+                    "else delete it",
+    "shared_path": "decide which image owns the file; `pingo images --json` lists both rows",
+    "count_mismatch": "follows from the problems listed with it",
+}
 MISSING_REASON = "file_missing"
 _HEX = set("0123456789abcdef")
 
