@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 
 from storage import files
 from storage.check import hash_name, is_temp, walk
+from storage.errors import StorageError
 from storage.registry import ModelRegistry
 from storage.schema import images, pending_moves
 from storage.store import Store, utcnow
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 PRUNED_PREFIX = ".pruned-"   # a model folder being deleted
 METRICS = "metrics.json"     # the registry contract: present once an entry is complete
+
+
+class PruneError(StorageError):
+    """A model version could not be taken out of the registry (permissions, a busy mount)."""
 
 
 @dataclass
@@ -106,7 +111,11 @@ def prune_rejected(store: Store, keep_days: float, result: PruneResult, now: dat
                 if n:
                     gone.append((path, size))
         for path, size in gone:
-            store.abspath(path).unlink(missing_ok=True)
+            try:
+                store.abspath(path).unlink(missing_ok=True)
+            except OSError as exc:  # the row is pruned already: the next sweep retries
+                logger.warning("could not delete %s (%s); the next prune retries", path, exc)
+                continue
             result.rejected_files += 1
             result.rejected_bytes += size
     result.leftovers += sweep_leftovers(store, result.dry_run)
@@ -131,7 +140,11 @@ def sweep_leftovers(store: Store, dry_run: bool) -> int:
         rel = p.relative_to(store.data_dir).as_posix()
         if not is_temp(p) and rel not in live and hash_name(rel) in names:
             if not dry_run:
-                p.unlink(missing_ok=True)
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError as exc:
+                    logger.warning("could not delete %s (%s)", rel, exc)
+                    continue
                 logger.warning("deleted %s: its image was pruned before", rel)
             n += 1
     return n
@@ -193,7 +206,11 @@ def prune_models(registry: ModelRegistry, keep: int, result: PruneResult) -> Non
         size = _size(folder)
         if not result.dry_run:
             doomed = root / f"{PRUNED_PREFIX}{version}"
-            os.replace(folder, doomed)  # gone from the registry at once
+            try:
+                os.replace(folder, doomed)  # gone from the registry at once
+            except OSError as exc:
+                raise PruneError(f"cannot remove model {version} from {root}: "
+                                 f"{exc.strerror}") from exc
             files.fsync_dir(root)
             shutil.rmtree(doomed, ignore_errors=True)
             logger.info("pruned model %s (%d bytes)", version, size)

@@ -273,3 +273,20 @@ def test_check_on_postgresql(project, run_cli, pg_url):
     with project.store() as store, store.engine.connect() as conn:
         assert conn.execute(select(images.c.status).where(images.c.id == ids[0])).scalar() \
             == "rejected"
+
+
+def test_kept_image_found_missing_also_leaves_the_index(project, run_cli, filled):
+    """One repair leads to the next: the row rejected as file_missing, then the index
+    rebuilt without it, and only then is the folder called sound."""
+    from dataset_factory.dedupe import index_path
+    from dataset_factory.index import NearDuplicateIndex
+    path = index_path(project.data_dir, "phash", True)
+    index = NearDuplicateIndex("phash")
+    for image_id in filled[:3]:
+        index.add(image_id, image_id)
+    index.save(path)
+    assert check(run_cli)[0] == 0
+    (project.data_dir / row(project, filled[2])["path"]).unlink()
+    code, report = check(run_cli, "--repair")
+    assert code == 0 and report["repaired"] == {"missing_file": 1, "index_mismatch": 1}
+    assert sorted(NearDuplicateIndex.load(path, "phash").main.ids.tolist()) == filled[:2]
