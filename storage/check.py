@@ -335,7 +335,9 @@ def repair(store: Store, problems: list[Problem]) -> Counter:
                 _mark_missing(store, p.image_id)
             elif p.kind == "misfiled":
                 row = store.get_image(p.image_id)
-                store.move(p.image_id, row["status"])  # to where status + label say
+                # to where status + label say; the same label source, so a person's
+                # decision is carried along, not overridden
+                store.move(p.image_id, row["status"], label_source=row["label_source"])
                 logger.warning("check: moved image %d from %s into its folder",
                                p.image_id, p.path)
             else:
