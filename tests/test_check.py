@@ -290,3 +290,11 @@ def test_kept_image_found_missing_also_leaves_the_index(project, run_cli, filled
     code, report = check(run_cli, "--repair")
     assert code == 0 and report["repaired"] == {"missing_file": 1, "index_mismatch": 1}
     assert sorted(NearDuplicateIndex.load(path, "phash").main.ids.tolist()) == filled[:2]
+
+
+def test_row_that_names_no_folder_is_reported(project, run_cli, filled):
+    with project.store() as store, store.engine.begin() as conn:
+        conn.execute(update(images).where(images.c.id == filled[0]).values(label=None))
+    code, report = check(run_cli, "--repair")
+    assert code == 1 and kinds(report) == {"bad_row": 1, "count_mismatch": 1}
+    assert "needs a label" in report["problems"][0]["items"][0]["detail"]
