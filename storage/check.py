@@ -281,6 +281,11 @@ def scan(store: Store) -> list[Problem]:
             continue  # offered to the missing row below
         for rel in rels:
             same = _sha256_of(data_dir / rel) == row.sha256
+            if same and row.path is None:  # the lost file of a file_missing row: a person's call
+                problems.append(Problem("unknown_file", rel, row.id,
+                                        f"the lost file of image {row.id} (rejected, "
+                                        f"{row.reason})"))
+                continue
             problems.append(Problem("extra_copy" if same else "unknown_file", rel,
                                     row.id if same else None,
                                     f"image {row.id} is at {row.path}" if same else ""))

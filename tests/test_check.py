@@ -298,3 +298,15 @@ def test_row_that_names_no_folder_is_reported(project, run_cli, filled):
     code, report = check(run_cli, "--repair")
     assert code == 1 and kinds(report) == {"bad_row": 1, "count_mismatch": 1}
     assert "needs a label" in report["problems"][0]["items"][0]["detail"]
+
+
+def test_lost_file_that_turns_up_again_is_never_deleted(project, run_cli, filled):
+    cat = row(project, filled[0])
+    aside = project.root / "aside.png"
+    os.replace(project.data_dir / cat["path"], aside)
+    assert check(run_cli, "--repair")[0] == 0        # now rejected, file_missing
+    back = project.data_dir / cat["path"]
+    os.replace(aside, back)                           # the disk comes back
+    code, report = check(run_cli, "--repair")
+    assert code == 1 and report["repaired"] == {}
+    assert "lost file of image" in json.dumps(report) and back.is_file()
