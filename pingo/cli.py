@@ -103,12 +103,16 @@ def init(ctx: Context, force):
 @click.option("--history", is_flag=True, help="Also show how each class grew per day.")
 @pass_ctx
 def stats(ctx: Context, as_json, history):
-    """Per class: accepted, review, target; inbox and rejected totals."""
+    """Per class: accepted, review, target; inbox and rejected totals; disk use per folder."""
+    from storage.disk import disk_usage, human_bytes
+
     with ctx.store() as store:
         result = store.stats(ctx.config.targets)
         grown = store.count_history() if history else None
+    disk = disk_usage(ctx.config.data_dir)
     if as_json:
         out = result.as_json()
+        out["disk"] = disk
         if history:
             out["history"] = grown
         click.echo(json.dumps(out, indent=2, sort_keys=True))
@@ -129,6 +133,10 @@ def stats(ctx: Context, as_json, history):
         aside = ", ".join(f"{r} {n}" for r, n in result.set_aside.items())
         click.echo(f"set aside: {sum(result.set_aside.values())} ({aside}); "
                    "see `pingo status`")
+    used = [(name, u) for name, u in disk.items() if u["files"]]
+    click.echo("disk: " + (", ".join(f"{name} {human_bytes(u['bytes'])} ({u['files']} files)"
+                                     for name, u in used) or "empty")
+               + f"; total {human_bytes(sum(u['bytes'] for _, u in used))}")
     if history:
         names = sorted(result.classes)
         click.echo("\naccepted per day: " + "  ".join(names))
@@ -461,6 +469,78 @@ def review_reject(ctx: Context, image_ids, reason):
         for image_id in image_ids:
             reject(store, image_id, reason)
             click.echo(f"{image_id}: rejected ({reason})")
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Fix what can be fixed without guessing, then "
+              "check again.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--examples", default=5, show_default=True, metavar="N",
+              help="Example paths shown per kind of problem.")
+@pass_ctx
+def check(ctx: Context, repair, as_json, examples):
+    """Is the data folder sound? Rows vs files, folder counts, the index, models/CURRENT.
+
+    Exit status 0 only when sound (after repairing, with --repair), 1 when not.
+    """
+    from pingo.checkup import check as run_check
+    from storage.check import HINTS
+
+    report = run_check(ctx.config, repair=repair)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2, sort_keys=True))
+    else:
+        for kind, n in sorted(report.repaired.items()):
+            click.echo(f"repaired: {kind} {n}")
+        for kind, problems in report.by_kind().items():
+            fix = "" if kind in report.fixable else "  [not fixed by --repair]"
+            click.echo(f"{kind}: {len(problems)}  ({report.kinds.get(kind, kind)}){fix}")
+            for p in problems[:examples]:
+                what = " ".join(x for x in (p.path or "", f"(image {p.image_id})"
+                                            if p.image_id is not None else "", p.detail) if x)
+                click.echo(f"  {what}")
+            if len(problems) > examples:
+                click.echo(f"  ... and {len(problems) - examples} more (--json lists all)")
+            if kind in HINTS:
+                click.echo(f"  -> {HINTS[kind]}")
+        click.echo("sound" if report.sound else
+                   f"NOT sound: {len(report.problems)} problems"
+                   + ("" if repair else "; `pingo check --repair` fixes those not marked"))
+    if not report.sound:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@pass_ctx
+def prune(ctx: Context, dry_run, as_json):
+    """Delete rejected files older than storage.keep_rejected_days and model versions beyond
+    train.keep_models (never the promoted or previous one). Rows stay: nothing is refetched."""
+    from scheduler.jobs import prune_stage
+    from storage.disk import human_bytes
+
+    if dry_run:  # reads only: no run record, no job lock needed
+        with ctx.store() as store:
+            result = prune_stage(ctx.config, store, dry_run=True)
+    else:
+        result = _as_job(ctx, "prune", lambda store: prune_stage(ctx.config, store))
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {result.rejected_files} rejected files "
+               f"({human_bytes(result.rejected_bytes)}) older than "
+               f"{ctx.config.storage.keep_rejected_days:g} days"
+               + (f", and {result.leftovers} left by an interrupted prune"
+                  if result.leftovers else ""))
+    if result.models_skipped:
+        click.echo(f"models: not pruned: {result.models_skipped}")
+    else:
+        click.echo(f"{verb} {len(result.models)} model versions "
+                   f"({human_bytes(result.model_bytes)}){': ' + ', '.join(result.models) if result.models else ''}")
+        click.echo("kept: " + (", ".join(f"{v} ({why})" for v, why in result.kept_models.items())
+                               or "no model versions"))
 
 
 def main() -> None:

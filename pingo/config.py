@@ -199,11 +199,17 @@ class TrainConfig:
     test_fraction: float = setting(0.15, check=between(0.01, 0.5),
                                    doc="share of images (by content hash) held out for testing")
     augment: bool = setting(True, doc="random flip/rotation/zoom/contrast on training batches")
+    keep_models: int = setting(5, check=at_least(1),
+                               doc="model versions `pingo prune` keeps (the newest ones; the "
+                                   "promoted and the previous version are kept besides)")
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     db_url: str | None = setting(None, doc="SQLAlchemy URL; default sqlite in data_dir")
+    keep_rejected_days: float = setting(30.0, check=at_least(0),
+                                        doc="days a rejected image's file is kept before "
+                                            "`pingo prune` deletes it (its row stays)")
 
 
 _SECTIONS: dict[str, type] = {
@@ -422,9 +428,13 @@ arch = "small_cnn"             # small_cnn, seed_cnn, or mobilenet_v2 with train
 patience = 10                  # epochs without a better val_loss before stopping early
 schedule = "0 2 * * *"         # cron: nightly retrain (runs only when every class is at target)
 promote_margin = 0.0           # a new model is promoted if test accuracy >= current + margin
+keep_models = 5                # `pingo prune` keeps the newest 5 versions, plus the promoted
+                               # and the previous one whatever their age
 
 [storage]
 # db_url = "postgresql://user@127.0.0.1/pingo"      # default: sqlite in data_dir
+keep_rejected_days = 30        # `pingo prune` (nightly, after train) deletes older rejected
+                               # files; their rows stay, so nothing is fetched twice
 '''
 
 

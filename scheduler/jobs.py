@@ -46,8 +46,16 @@ def train_stage(config: Config, store: Store, force: bool = False) -> Any:
     return train(config, store, force=force)
 
 
+def prune_stage(config: Config, store: Store, dry_run: bool = False) -> Any:
+    """Delete old rejected files and old model versions (storage.keep_rejected_days,
+    train.keep_models); rows stay, the promoted and previous models stay."""
+    from storage.prune import prune
+    return prune(store, config.storage.keep_rejected_days, config.train.keep_models,
+                 dry_run=dry_run)
+
+
 STAGES: dict[str, Stage] = {"crawl": crawl_stage, "factory": factory_stage,
-                            "train": train_stage}
+                            "train": train_stage, "prune": prune_stage}
 
 
 def as_counts(result: Any) -> dict | None:

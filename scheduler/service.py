@@ -1,4 +1,4 @@
-"""`pingo schedule`: APScheduler runs crawl -> factory and the nightly train, unattended.
+"""`pingo schedule`: APScheduler runs crawl -> factory and the nightly train + prune, unattended.
 
 Suitable for systemd: a blocking process that logs to data/logs/ and exits 0 on SIGTERM or
 SIGINT after the job in progress has finished (a second signal exits at once; storage is
@@ -77,10 +77,12 @@ class Service:
             self._run("factory")
 
     def train(self) -> None:
+        """Nightly: train (when due), then prune what retention no longer keeps."""
         self._run("train")
+        self._run("prune")
 
     def chain(self) -> None:
-        """crawl -> factory -> train (the train job applies its own gate)."""
+        """crawl -> factory -> train -> prune (the train job applies its own gate)."""
         self.crawl_then_factory()
         self.train()
 

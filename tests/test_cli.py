@@ -23,6 +23,7 @@ def test_init_then_stats_lists_starter_classes_with_zero_counts(tmp_path, monkey
     result = runner.invoke(cli, ["stats", "--json"])
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)
+    assert stats.pop("disk")["dataset"] == {"files": 0, "bytes": 0}
     assert stats == {"classes": {name: {"accepted": 0, "review": 0, "target": 100}
                                  for name in ("circle", "square", "triangle")},
                      "inbox": 0, "rejected": {}}
