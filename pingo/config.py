@@ -26,14 +26,15 @@ CONFIG_ENV = "PINGO_CONFIG"
 DEFAULT_CONFIG_NAME = "pingo.toml"
 
 # Letters, digits, "_", "-", "." and inner spaces; no "/", no "..", no leading dot or space.
-_SAFE_NAME = re.compile(r"^[^\W][\w.\- ]{0,63}$")
+# Matched with fullmatch: "$" alone would let a trailing newline through.
+_SAFE_NAME = re.compile(r"[^\W][\w.\- ]{0,63}")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
                      *(f"lpt{i}" for i in range(1, 10))}
 
 
 def check_safe_name(name: str, what: str = "class name") -> str:
     """Return ``name`` if it is safe as one folder name, else raise UnsafeNameError."""
-    if (not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name
+    if (not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name
             or name.endswith((" ", ".")) or name.lower() in _WINDOWS_RESERVED):
         raise UnsafeNameError(
             f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_', '-', '.' or "
