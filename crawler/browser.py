@@ -107,14 +107,20 @@ class Browser:
                 driver = webdriver.Firefox(service=webdriver.FirefoxService(
                     executable_path=spec.driver_executable_path), options=options)
                 pid = driver.service.process.pid
-            driver.set_page_load_timeout(spec.page_load_timeout)
-            driver.set_script_timeout(spec.page_load_timeout)
         except (WebDriverException, OSError) as exc:
             if profile:
                 shutil.rmtree(profile, ignore_errors=True)
             raise BrowserError(f"cannot start {spec.driver_name}: {str(exc).strip()[:300]}") from exc
         browser = cls(driver, profile, pid)
         browser.refresh_pids()
+        try:
+            driver.set_page_load_timeout(spec.page_load_timeout)
+            driver.set_script_timeout(spec.page_load_timeout)
+        except Exception as exc:  # e.g. an infinite timeout: the browser runs; end it
+            browser.quit()
+            raise BrowserError(f"cannot set up {spec.driver_name} (page load timeout "
+                               f"{spec.page_load_timeout}): {type(exc).__name__}: "
+                               f"{str(exc).strip()[:300]}") from exc
         logger.debug("started browser (driver pid %s)", pid)
         return browser
 
