@@ -8,7 +8,9 @@ images (``/image/<class>/<file>``); ``/robots.txt`` disallows ``/private/``.
 Fault switches (for tests and benchmarks): ``page_delay`` (seconds before every result page),
 ``image_delay`` (seconds before every image),
 ``faults=True`` (every query's results start with one broken image of each kind: 404, 500,
-slow, corrupt, oversized, not an image, too small, robots-disallowed), and the query word
+slow, corrupt, oversized, not an image, too small, robots-disallowed, a redirect to this
+same server named as ``localhost``, which a crawler must refuse as a private address),
+and the query word
 ``http500`` (the result page itself answers 500).
 """
 
@@ -38,7 +40,7 @@ PAGE_SIZE = 12
 # Broken results served first when faults are on: name -> what the crawler should make of it.
 FAULTS = {"404": "http_404", "500": "http_500", "slow": "timeout", "corrupt": "corrupt",
           "huge": "too_large", "notimage": "not_image", "tiny": "too_small",
-          "private": "robots"}
+          "private": "robots", "redirect": "private_address"}
 SLOW_IMAGE_SECONDS = 30.0
 REQUEST_LOG = 1000  # paths the site remembers (a long-running demo must not grow without end)
 HUGE_IMAGE_BYTES = 12 * 1024 * 1024
@@ -283,6 +285,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, b"<html><body>not an image</body></html>")
         if name == "tiny":
             return self._send(200, _tiny_png(), "image/png")
+        if name == "redirect":  # loopback under another name: only the demo origin is trusted
+            self.send_response(302)
+            self.send_header("Location",
+                             f"http://localhost:{self.server.server_address[1]}/fault/tiny.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         return self._send(404, b"no such fault", "text/plain")
 
 

@@ -145,6 +145,9 @@ class CrawlConfig:
     max_image_pixels: int = setting(40_000_000, check=at_least(1),
                                     doc="images with more pixels are refused (too_large)")
     obey_robots: bool = setting(True, doc="honour robots.txt")
+    allow_private_networks: bool = setting(False, doc="download images from loopback, "
+                                           "link-local and private addresses too (an intranet "
+                                           "crawl); crawl.demo_url is always allowed")
     user_agent: str = setting("pingo/0.1 (+https://github.com/pingo/pingo; image dataset crawler)",
                               check=non_empty)
     max_seconds: float = setting(3600.0, check=at_least(1), doc="a crawl stops after this long")
@@ -403,6 +406,7 @@ concurrency = 16               # parallel image downloads
 download_delay = 0.0           # seconds between requests to one host
 max_drivers = 2                # headless browsers rendering result pages
 obey_robots = true             # honour robots.txt
+allow_private_networks = false # true: also fetch from 10.x, 192.168.x, 127.x ... (intranet)
 max_image_bytes = 8388608      # larger downloads are refused (too_large)
 # redis_url = "redis://127.0.0.1:6379/0"            # share one frontier between machines
 # idle_timeout = 30                                 # a shared crawler exits after this idle time
