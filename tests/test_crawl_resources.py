@@ -93,3 +93,77 @@ def test_a_body_that_decodes_for_too_long_is_refused_within_the_time_limit():
     finally:
         checker.close()
     assert all(w.process.poll() is not None for w in workers)
+
+
+# ---- browsers of a killed crawl --------------------------------------------------------------
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pids: dict[int, str]) -> list[int]:
+    from crawler.browser import _start_time
+    return [pid for pid, started in pids.items() if _start_time(pid) == started]
+
+
+@pytest.mark.browser
+def test_a_sigkilled_crawl_leaves_no_browser_running_and_the_next_crawl_removes_its_folders(
+        project, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from crawler.demo_images import ensure_demo_images
+    from crawler.demo_site import make_server
+    from crawler.run import crawl
+    from crawler_fixtures.helpers import crawl_toml
+
+    tmp = tmp_path / "tmp"  # this test's browser folders, apart from other crawls'
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    images = ensure_demo_images(tmp_path / "cache", count=20, size=32)
+    with make_server(images, image_delay=0.3).start() as slow:
+        project.write(crawl_toml(slow.url, {"circle": 20}, concurrency=1, max_drivers=2))
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "pingo.cli", "--config", str(project.path), "-q", "crawl"],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err", "w"))
+        browsers: dict[int, str] = {}
+        try:
+            deadline = time.monotonic() + 90
+            crawler_pid = None
+            while time.monotonic() < deadline and cli.poll() is None:
+                tree = process_tree(cli.pid)
+                crawler_pid = next((p for p in tree if "crawler.run" in _cmdline(p)), None)
+                if crawler_pid and any(p.startswith("/image/") for p in slow.site.requests):
+                    browsers = {p: s for p, s in process_tree(crawler_pid).items()
+                                if "chrom" in _cmdline(p)}
+                    if len(browsers) >= 4:  # both drivers and their browsers
+                        break
+                time.sleep(0.1)
+            assert cli.poll() is None and browsers, f"the crawl ended before it could be killed {crawler_pid} {browsers} {len(slow.site.requests)}"
+            folders = sorted(tmp.glob("pingo-chrome-*"))
+            assert len(folders) == 2
+            os.kill(crawler_pid, signal.SIGKILL)  # the crawl process only, as the OOM killer would
+            deadline = time.monotonic() + 10
+            while _alive(browsers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            survivors = _alive(browsers)
+            assert not survivors, "browser processes outlived their crawl: " + ", ".join(
+                _cmdline(p)[:80] for p in survivors)
+            assert all(f.exists() for f in folders)  # the kernel cannot remove those
+        finally:
+            for pid in _alive(browsers):
+                os.kill(pid, signal.SIGKILL)
+            if cli.poll() is None:  # the CLI ends by itself once its crawl process is gone
+                os.killpg(cli.pid, signal.SIGKILL)
+            cli.wait()
+        # The next crawl removes them before it starts (and carries on with the work).
+        project.write(crawl_toml(slow.url, {"circle": 20}, concurrency=4, max_drivers=1))
+        crawl(project.config, limit=1)
+    assert not any(f.exists() for f in folders)
+    assert list(tmp.glob("pingo-chrome-*")) == []  # its own browser's folder went at its end
