@@ -16,6 +16,7 @@ without PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -67,7 +68,20 @@ def launcher(folder: Path, name: str, executable: str) -> str:
 
 
 def ties_supported() -> bool:
-    return sys.platform.startswith("linux")
+    """Linux, and launchers in $TMPDIR can run (not a noexec mount)."""
+    return sys.platform.startswith("linux") and _can_exec(tempfile.gettempdir())
+
+
+@functools.lru_cache(maxsize=8)
+def _can_exec(folder: str) -> bool:
+    try:
+        noexec = os.statvfs(folder).f_flag & os.ST_NOEXEC
+    except (OSError, AttributeError):
+        return False
+    if noexec:  # said once per folder
+        logger.warning("%s is mounted noexec: browsers are not tied to the crawl process "
+                       "(a later crawl still removes what a killed one left)", folder)
+    return not noexec
 
 
 def remove_leftovers(tmp_dir: str | None = None) -> int:
