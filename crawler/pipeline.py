@@ -77,8 +77,12 @@ def passing_failure(outcome: str) -> bool:
 
 def failure_reason(exc: BaseException) -> str:
     """A refusal reason for a download that failed before a response arrived."""
+    from scrapy.spidermiddlewares.httperror import HttpError
+
     if isinstance(exc, (ImageRefused, PrivateAddressRefused)):
         return exc.reason
+    if isinstance(exc, HttpError):  # a distributed crawl's image request: status not 2xx
+        return f"http_{exc.response.status}"
     if isinstance(exc, IgnoreRequest):
         return "robots" if "robots" in str(exc).lower() or "Forbidden by robots" in str(exc) \
             else "ignored"
