@@ -1,9 +1,11 @@
 """One headless browser: built the Selenium 4.10+ way, and torn down without leftovers.
 
-Local Chromium/Chrome/Firefox get a Service and Options and a fresh profile folder; a
-``SELENIUM_COMMAND_EXECUTOR`` URL (Selenium Grid or a remote chromedriver) gets
-``webdriver.Remote(options=...)``. ``kill()`` ends only the processes this browser started:
-its driver process and that process's descendants, found in /proc before they are orphaned.
+Local Chromium/Chrome/Firefox get a Service and Options and a fresh folder (profile, owner
+file, launchers that tie the driver and the browser to this process's life: see
+:mod:`crawler.leftovers`); a ``SELENIUM_COMMAND_EXECUTOR`` URL (Selenium Grid or a remote
+chromedriver) gets ``webdriver.Remote(options=...)``. ``kill()`` ends only the processes this
+browser started: its driver process and that process's descendants, found in /proc before
+they are orphaned.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crawler import leftovers
 from crawler.errors import BrowserError
 
 logger = logging.getLogger(__name__)
@@ -78,43 +80,57 @@ class Browser:
         from selenium import webdriver
         from selenium.common.exceptions import WebDriverException
 
-        profile = None
+        profile = None  # this browser's folder (local browsers): profile, owner, launchers
         try:
+            local = not spec.command_executor
+            if local:
+                profile = leftovers.new_browser_dir()
+            tie = local and leftovers.ties_supported()
+            driver_path, browser_path = spec.driver_executable_path, spec.browser_executable_path
+            if tie:  # driver and browser die with this process, even on SIGKILL
+                driver_path = driver_path and leftovers.launcher(profile, "driver", driver_path)
+                browser_path = browser_path and leftovers.launcher(profile, "browser",
+                                                                   browser_path)
             if spec.driver_name == "chrome":
                 options = webdriver.ChromeOptions()
                 for arg in spec.driver_arguments:
                     options.add_argument(arg)
-                if not spec.command_executor:
-                    profile = Path(tempfile.mkdtemp(prefix="pingo-chrome-"))
-                    options.add_argument(f"--user-data-dir={profile}")
-                if spec.browser_executable_path:
-                    options.binary_location = spec.browser_executable_path
+                if local:
+                    options.add_argument(f"--user-data-dir={profile / 'profile'}")
             else:
                 options = webdriver.FirefoxOptions()
                 for arg in spec.driver_arguments:
                     options.add_argument(arg)
-                if spec.browser_executable_path:
-                    options.binary_location = spec.browser_executable_path
+            if browser_path:
+                options.binary_location = browser_path
             options.page_load_strategy = "normal"
             if spec.command_executor:
                 driver = webdriver.Remote(command_executor=spec.command_executor, options=options)
                 pid = None
             elif spec.driver_name == "chrome":
                 driver = webdriver.Chrome(service=webdriver.ChromeService(
-                    executable_path=spec.driver_executable_path), options=options)
+                    executable_path=driver_path), options=options)
                 pid = driver.service.process.pid
             else:
                 driver = webdriver.Firefox(service=webdriver.FirefoxService(
-                    executable_path=spec.driver_executable_path), options=options)
+                    executable_path=driver_path), options=options)
                 pid = driver.service.process.pid
-            driver.set_page_load_timeout(spec.page_load_timeout)
-            driver.set_script_timeout(spec.page_load_timeout)
+            if profile and pid:
+                leftovers.write_owner(profile, pid)  # lets a later crawl kill it if orphaned
         except (WebDriverException, OSError) as exc:
             if profile:
                 shutil.rmtree(profile, ignore_errors=True)
             raise BrowserError(f"cannot start {spec.driver_name}: {str(exc).strip()[:300]}") from exc
         browser = cls(driver, profile, pid)
         browser.refresh_pids()
+        try:
+            driver.set_page_load_timeout(spec.page_load_timeout)
+            driver.set_script_timeout(spec.page_load_timeout)
+        except Exception as exc:  # e.g. an infinite timeout: the browser runs; end it
+            browser.quit()
+            raise BrowserError(f"cannot set up {spec.driver_name} (page load timeout "
+                               f"{spec.page_load_timeout}): {type(exc).__name__}: "
+                               f"{str(exc).strip()[:300]}") from exc
         logger.debug("started browser (driver pid %s)", pid)
         return browser
 

@@ -8,7 +8,9 @@ images (``/image/<class>/<file>``); ``/robots.txt`` disallows ``/private/``.
 Fault switches (for tests and benchmarks): ``page_delay`` (seconds before every result page),
 ``image_delay`` (seconds before every image),
 ``faults=True`` (every query's results start with one broken image of each kind: 404, 500,
-slow, corrupt, oversized, not an image, too small, robots-disallowed), and the query word
+slow, corrupt, oversized, not an image, too small, robots-disallowed, a redirect to this
+same server named as ``localhost``, which a crawler must refuse as a private address),
+and the query word
 ``http500`` (the result page itself answers 500).
 """
 
@@ -22,6 +24,7 @@ import mimetypes
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,8 +40,9 @@ PAGE_SIZE = 12
 # Broken results served first when faults are on: name -> what the crawler should make of it.
 FAULTS = {"404": "http_404", "500": "http_500", "slow": "timeout", "corrupt": "corrupt",
           "huge": "too_large", "notimage": "not_image", "tiny": "too_small",
-          "private": "robots"}
+          "private": "robots", "redirect": "private_address"}
 SLOW_IMAGE_SECONDS = 30.0
+REQUEST_LOG = 1000  # paths the site remembers (a long-running demo must not grow without end)
 HUGE_IMAGE_BYTES = 12 * 1024 * 1024
 
 ROBOTS_TXT = "User-agent: *\nDisallow: /private/\n"
@@ -101,6 +105,15 @@ def _words(text: str) -> set[str]:
     return {w for w in re.split(r"[^\w]+", text.lower()) if w}
 
 
+def script_json(value) -> str:
+    """JSON safe inside an HTML <script>: no "</script>", "<!--" or line separators."""
+    text = json.dumps(value)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text
+
+
 def _tiny_png() -> bytes:
     from PIL import Image
     buf = io.BytesIO()
@@ -110,17 +123,20 @@ def _tiny_png() -> bytes:
 
 @dataclass
 class DemoSite:
-    """What the server serves; ``requests`` logs every path asked for (newest last)."""
+    """What the server serves; ``requests``: the last ``request_log`` paths asked for
+    (newest last)."""
 
     images_dir: Path
     page_delay: float = 0.0
     faults: bool = False
     image_delay: float = 0.0
     page_size: int = PAGE_SIZE
+    request_log: int = REQUEST_LOG
     index: dict[str, list[str]] = field(default_factory=dict)
-    requests: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        self._log: deque[str] = deque(maxlen=max(1, self.request_log))
+        self._log_lock = threading.Lock()
         self.images_dir = Path(self.images_dir)
         if not self.images_dir.is_dir():
             raise DemoSiteError(f"demo site: no image folder at {self.images_dir}")
@@ -134,6 +150,16 @@ class DemoSite:
         if not self.index:
             raise DemoSiteError(f"demo site: {self.images_dir} has no class subfolders "
                                 "with images (expected DIR/<class>/<image>)")
+
+    @property
+    def requests(self) -> list[str]:
+        """A copy of the request log (safe to read while the server runs)."""
+        with self._log_lock:
+            return list(self._log)
+
+    def log_request(self, path: str) -> None:
+        with self._log_lock:
+            self._log.append(path)
 
     def results(self, query: str) -> list[dict[str, str]]:
         words = _words(query)
@@ -183,7 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         params = {k: v[0] for k, v in parse_qs(url.query).items()}
         site = self.site
-        site.requests.append(self.path)
+        site.log_request(self.path)
         try:
             if path == "/robots.txt":
                 return self._send(200, ROBOTS_TXT.encode(), "text/plain")
@@ -210,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "http500" in _words(query):
             return self._send(500, b"<html><body>internal error</body></html>")
         page = SEARCH_PAGE.format(title=html.escape(query), query=html.escape(query),
-                                  query_json=json.dumps(query), page_size=self.site.page_size)
+                                  query_json=script_json(query), page_size=self.site.page_size)
         self._send(200, page.encode())
 
     def _api(self, params: dict[str, str]) -> None:
@@ -259,6 +285,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, b"<html><body>not an image</body></html>")
         if name == "tiny":
             return self._send(200, _tiny_png(), "image/png")
+        if name == "redirect":  # loopback under another name: only the demo origin is trusted
+            self.send_response(302)
+            self.send_header("Location",
+                             f"http://localhost:{self.server.server_address[1]}/fault/tiny.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         return self._send(404, b"no such fault", "text/plain")
 
 

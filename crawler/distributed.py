@@ -184,7 +184,22 @@ def check_redis(url: str) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise CrawlError(f"cannot reach Redis at {url} (crawl.redis_url): {exc}") from None
+        raise CrawlError(f"cannot reach Redis at {redact_url(url)} (crawl.redis_url): "
+                         f"{exc}") from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not parseable: say nothing of it rather than risk the password
+        return "<unparseable URL>"
+    user = f"{parts.username}:***" if parts.username else ":***"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 class SharedFrontier:

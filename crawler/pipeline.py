@@ -1,14 +1,17 @@
 """InboxImagesPipeline: Scrapy downloads each image; the original bytes go into the inbox.
 
 A FilesPipeline subclass: Scrapy's downloader fetches (robots.txt, retries, DOWNLOAD_MAXSIZE,
-AutoThrottle all apply), then the bytes are checked (decodable image, not too small, not too
-many pixels) and stored unchanged through ``Store.add_image`` (storage writes the file
+AutoThrottle all apply), then the bytes are checked (an allowed format, decodable, not too
+small, not too many pixels: :mod:`crawler.imagecheck`, in worker processes under a time
+limit, ``PINGO_DECODE_TIMEOUT``) and stored unchanged through ``Store.add_image`` (storage writes the file
 atomically; no re-encode). Every fetched URL is recorded with its outcome via
 ``Store.record_url`` so no URL is fetched twice, across crawls too. Exact byte duplicates are
 counted, not errors. DB and file work runs on a few worker threads, not on the reactor.
 
 Outcomes, in stats as pingo/<class>/<outcome> and pingo/refused/<reason>: stored, duplicate,
-refused: http_<code>, timeout, too_large, too_small, not_image, corrupt, robots, network, empty.
+refused: http_<code>, timeout, too_large, too_small, not_image, corrupt, robots, network, empty,
+private_address. A body that is not an allowed format, or does not decode within the time
+limit, is ``not_image``: never a passing failure.
 A passing failure (timeout, network, 408, 429, 5xx: ``passing_failure``) is fetched again by a
 later crawl, after ``crawl.retry_failed_after`` hours, up to ``crawl.max_url_attempts`` tries.
 
@@ -21,7 +24,6 @@ later crawl may still take it), and the request is then marked finished in Redis
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import Any
@@ -36,10 +38,10 @@ try:  # refusals are expected outcomes: Scrapy logs these without a traceback
 except ImportError:  # pragma: no cover - other Scrapy versions
     from scrapy.pipelines.media import FileException as _Quiet
 
-logger = logging.getLogger(__name__)
+from crawler.imagecheck import ImageChecker, inspect
+from crawler.netguard import PrivateAddressRefused
 
-PIL_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
-           "TIFF": "tiff", "MPO": "jpg"}
+logger = logging.getLogger(__name__)
 
 
 class ImageRefused(_Quiet):
@@ -50,30 +52,17 @@ class ImageRefused(_Quiet):
         self.reason = reason
 
 
-def check_image(body: bytes, content_type: str, min_side: int, max_pixels: int) -> tuple[str, int, int]:
-    """Return (extension, width, height) of a decodable image, else raise ImageRefused."""
-    from PIL import Image, UnidentifiedImageError
+def check_image(body: bytes, content_type: str, min_side: int, max_pixels: int,
+                checker: ImageChecker | None = None) -> tuple[str, int, int]:
+    """Return (extension, width, height) of an image pingo keeps, else raise ImageRefused.
 
-    try:
-        with Image.open(io.BytesIO(body)) as img:
-            fmt, (width, height) = img.format, img.size
-            if width * height > max_pixels:
-                raise ImageRefused("too_large", f"{width}x{height} pixels")
-            if min(width, height) < min_side:
-                raise ImageRefused("too_small", f"{width}x{height} pixels")
-            if fmt == "JPEG":
-                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # fast full pass
-            img.load()  # decodes everything: truncated or garbled data fails here
-    except ImageRefused:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageRefused("too_large", str(exc)) from None
-    except UnidentifiedImageError:
-        is_image = content_type.lower().startswith("image/")
-        raise ImageRefused("corrupt" if is_image else "not_image", content_type) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRefused("corrupt", str(exc)[:120]) from None
-    return PIL_EXT.get(fmt, (fmt or "bin").lower()), width, height
+    With a ``checker`` the decode runs in its worker processes, under its time limit;
+    without, in this thread (trusted input, benchmarks)."""
+    verdict = checker.check(body, content_type) if checker else inspect(
+        body, content_type, min_side, max_pixels)
+    if verdict[0] != "ok":
+        raise ImageRefused(verdict[1], verdict[2])
+    return verdict[1], verdict[2], verdict[3]
 
 
 def passing_failure(outcome: str) -> bool:
@@ -88,8 +77,12 @@ def passing_failure(outcome: str) -> bool:
 
 def failure_reason(exc: BaseException) -> str:
     """A refusal reason for a download that failed before a response arrived."""
-    if isinstance(exc, ImageRefused):
+    from scrapy.spidermiddlewares.httperror import HttpError
+
+    if isinstance(exc, (ImageRefused, PrivateAddressRefused)):
         return exc.reason
+    if isinstance(exc, HttpError):  # a distributed crawl's image request: status not 2xx
+        return f"http_{exc.response.status}"
     if isinstance(exc, IgnoreRequest):
         return "robots" if "robots" in str(exc).lower() or "Forbidden by robots" in str(exc) \
             else "ignored"
@@ -102,10 +95,12 @@ def failure_reason(exc: BaseException) -> str:
 
 class InboxImagesPipeline(FilesPipeline):
     """Settings: PINGO_DATA_DIR, PINGO_DB_URL, PINGO_MIN_IMAGE_SIDE, PINGO_MAX_IMAGE_PIXELS,
-    PINGO_INBOX_WRITERS (threads storing images, default 4)."""
+    PINGO_INBOX_WRITERS (threads storing images, default 4), PINGO_DECODE_TIMEOUT (seconds one
+    body may take to decode, default 30; 0 = decode in the writer threads, unbounded)."""
 
     def __init__(self, store_uri, *, crawler, data_dir: str, db_url: str | None,
-                 min_side: int, max_pixels: int, writers: int = 4, frontier=None):
+                 min_side: int, max_pixels: int, writers: int = 4, frontier=None,
+                 decode_timeout: float = 30.0):
         super().__init__(store_uri, crawler=crawler)
         self.frontier = frontier  # the shared budget of a distributed crawl, else None
         self.writers = writers
@@ -113,6 +108,8 @@ class InboxImagesPipeline(FilesPipeline):
         self.db_url = db_url
         self.min_side = min_side
         self.max_pixels = max_pixels
+        self.decode_timeout = decode_timeout
+        self.checker: ImageChecker | None = None
         self.store = None
         self._db = None
 
@@ -130,7 +127,8 @@ class InboxImagesPipeline(FilesPipeline):
                    db_url=settings.get("PINGO_DB_URL"),
                    min_side=settings.getint("PINGO_MIN_IMAGE_SIDE", 16),
                    max_pixels=settings.getint("PINGO_MAX_IMAGE_PIXELS", 40_000_000),
-                   writers=settings.getint("PINGO_INBOX_WRITERS", 4), frontier=frontier)
+                   writers=settings.getint("PINGO_INBOX_WRITERS", 4), frontier=frontier,
+                   decode_timeout=settings.getfloat("PINGO_DECODE_TIMEOUT", 30.0))
 
     def open_spider(self) -> None:
         from twisted.python.threadpool import ThreadPool
@@ -143,10 +141,14 @@ class InboxImagesPipeline(FilesPipeline):
         # (which releases the GIL); SQLite itself queues the short transactions.
         self._db = ThreadPool(minthreads=1, maxthreads=self.writers, name="pingo-inbox-writer")
         self._db.start()
+        if self.decode_timeout > 0:
+            self.checker = ImageChecker(self.min_side, self.max_pixels, self.decode_timeout)
 
     def close_spider(self) -> None:
         if self._db is not None:
             self._db.stop()
+        if self.checker is not None:
+            self.checker.close()
         if self.store is not None:
             self.store.close()
 
@@ -196,7 +198,8 @@ class InboxImagesPipeline(FilesPipeline):
               inflight: str | None = None) -> tuple[str, int | None]:
         from storage.errors import DuplicateImageError
 
-        ext, width, height = check_image(body, content_type, self.min_side, self.max_pixels)
+        ext, width, height = check_image(body, content_type, self.min_side, self.max_pixels,
+                                         self.checker)
         cls = item["keyword_class"]
         # Several crawlers share the budget: take one image of it before storing, atomically.
         if self.frontier is not None and not self.frontier.charge(cls, inflight):
@@ -255,6 +258,9 @@ class InboxImagesPipeline(FilesPipeline):
             await self._keep_fetched(item, fetched)
         stats = self.crawler.stats
         cls = item["keyword_class"]
+        if self.checker is not None and (self.checker.timeouts or self.checker.crashes):
+            stats.set_value("pingo/image_check/timeouts", self.checker.timeouts)
+            stats.set_value("pingo/image_check/crashes", self.checker.crashes)
         if item["outcome"] == "refused":
             stats.inc_value(f"pingo/{cls}/refused")
             stats.inc_value(f"pingo/{cls}/refused/{item['reason']}")

@@ -120,9 +120,12 @@ class BrowserPool:
         In a crawl the reactor stops the watchdog first; elsewhere no reactor is running."""
         self._closed = True
         self.stop_watchdog()
+        # Browsers first: a browser dies with the thread that started it (PR_SET_PDEATHSIG),
+        # so quitting after the threads end would find them killed, not quit.
+        self.quit_all()
         if self._threadpool is not None:
             self._threadpool.stop()
-        self.quit_all()
+        self.quit_all()  # any a render in flight handed back meanwhile
 
     def quit_all(self) -> None:
         with self._lock:

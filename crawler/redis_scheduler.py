@@ -16,6 +16,8 @@ scrapy-redis's queue (the same sorted set, encoding and RFPDupeFilter) and chang
   at the queue every 5 s only); ``close`` hands back unfinished requests.
 
 Keys come from ``PINGO_REDIS_PREFIX`` (``<prefix>:requests``, ``<prefix>:dupefilter``).
+Requests are stored as JSON (:mod:`crawler.queue_codec`), never pickle: a pickle planted in
+the queue would run code on every worker. ``SCHEDULER_SERIALIZER`` is not used.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 
 from scrapy_redis.scheduler import Scheduler
 
+from crawler import queue_codec
 from crawler.distributed import SharedFrontier
 
 logger = logging.getLogger(__name__)
@@ -42,11 +45,14 @@ class SharedScheduler(Scheduler):
     @classmethod
     def from_crawler(cls, crawler):
         frontier = SharedFrontier.from_crawler(crawler)
+        if crawler.settings.get("SCHEDULER_SERIALIZER"):
+            logger.warning("SCHEDULER_SERIALIZER is ignored: pingo's shared queue is JSON only")
         scheduler = cls(frontier.server, frontier=frontier, crawler=crawler,
                         persist=True,  # the round outlives any one worker
                         queue_key=frontier.queue_key, queue_cls="scrapy_redis.queue.PriorityQueue",
                         dupefilter=_dupefilter(frontier, crawler.settings),
-                        dupefilter_key=frontier.dupefilter_key, idle_before_close=0)
+                        dupefilter_key=frontier.dupefilter_key, idle_before_close=0,
+                        serializer=queue_codec)
         scheduler.stats = crawler.stats
         scheduler.max_renders = crawler.settings.getint("SELENIUM_MAX_DRIVERS", 2)
         return scheduler
@@ -136,7 +142,8 @@ class SharedScheduler(Scheduler):
         inflight_id, data = got
         try:
             request = self.queue._decode_request(data)
-        except Exception as exc:  # another version's request, or a spider method gone
+        except Exception as exc:  # planted or foreign data, another version's, a method gone
+            self.stats.inc_value("pingo/redis/undecodable")
             logger.error("dropping a request the shared queue cannot decode: %s", exc)
             self.frontier.finish(inflight_id)
             return None

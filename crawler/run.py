@@ -82,7 +82,13 @@ def crawl(config, store=None, classes: list[str] | None = None,
         return CrawlSummary.from_stats({}, names, {}, skipped)
     from crawler.settings import build_settings
     scrapy_settings = build_settings(config, data_dir, db_url, settings)
+    if demo_url:  # a demo site started elsewhere (e.g. on port 0) is as local as the configured
+        scrapy_settings["PINGO_TRUSTED_ORIGINS"] = [
+            *scrapy_settings.get("PINGO_TRUSTED_ORIGINS", []), demo_url]
     _check_browser(scrapy_settings)
+    if not scrapy_settings.get("SELENIUM_COMMAND_EXECUTOR"):
+        from crawler.leftovers import remove_leftovers
+        remove_leftovers()  # browser folders (and processes) of crawls that were killed
     if scrapy_settings.get("REDIS_URL"):
         from crawler.distributed import check_redis
         check_redis(scrapy_settings["REDIS_URL"])

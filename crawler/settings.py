@@ -19,7 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_HTTP_CODES": [500, 502, 503, 504, 522, 524, 408, 429],
     "CLOSESPIDER_ERRORCOUNT": 50,
     "MEDIA_ALLOW_REDIRECTS": True,
-    "DOWNLOADER_MIDDLEWARES": {"crawler.middleware.SeleniumMiddleware": 800},
+    # Private addresses are refused before robots.txt (100) or any connection.
+    "DOWNLOADER_MIDDLEWARES": {"crawler.netguard.PrivateAddressMiddleware": 50,
+                               "crawler.middleware.SeleniumMiddleware": 800},
     "ITEM_PIPELINES": {"crawler.pipeline.InboxImagesPipeline": 300},
     "LOG_LEVEL": "INFO",
     "SELENIUM_DRIVER_NAME": "chrome",
@@ -51,7 +53,11 @@ def build_settings(config, data_dir: str, db_url: str | None,
         "PINGO_DATA_DIR": str(data_dir),
         "PINGO_DB_URL": db_url,
         "PINGO_MIN_IMAGE_SIDE": crawl.min_image_side,
-        "PINGO_MAX_IMAGE_PIXELS": crawl.max_image_pixels,
+        # The factory would refuse what is over its limits: refuse it here, unstored.
+        "PINGO_MAX_IMAGE_PIXELS": min(crawl.max_image_pixels, config.factory.max_pixels),
+        "PINGO_DECODE_TIMEOUT": config.factory.decode_timeout,
+        "PINGO_ALLOW_PRIVATE_NETWORKS": crawl.allow_private_networks,
+        "PINGO_TRUSTED_ORIGINS": [crawl.demo_url],  # the local demo site
         "PINGO_URL_RETRY_AFTER": crawl.retry_failed_after * 3600,  # seconds
         "PINGO_URL_MAX_ATTEMPTS": crawl.max_url_attempts,
     })

@@ -85,8 +85,9 @@ class SharedImageSearchSpider(ImageSearchSpider):
         self.crawler.stats.inc_value(f"pingo/{cls}/found")
         return scrapy.Request(item["image_url"], callback=self.image_fetched,
                               errback=self.image_failed, priority=IMAGE_PRIORITY,
-                              meta={"pingo_class": cls, "pingo_item": item,
-                                    "handle_httpstatus_all": True})
+                              # No handle_httpstatus_all: that would stop redirects being
+                              # followed; a 4xx/5xx comes to image_failed as an HttpError.
+                              meta={"pingo_class": cls, "pingo_item": item})
 
     # ---- callbacks -----------------------------------------------------------------------
 

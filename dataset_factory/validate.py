@@ -18,11 +18,10 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dataset_factory.errors import InvalidImage
+from pingo.imageformats import ALLOWED_FORMATS
 
 logger = logging.getLogger(__name__)
 
-# Formats a training pipeline reads back without surprises.
-ALLOWED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"}
 DRAFT_SIZE = 128
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 

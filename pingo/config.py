@@ -26,14 +26,15 @@ CONFIG_ENV = "PINGO_CONFIG"
 DEFAULT_CONFIG_NAME = "pingo.toml"
 
 # Letters, digits, "_", "-", "." and inner spaces; no "/", no "..", no leading dot or space.
-_SAFE_NAME = re.compile(r"^[^\W][\w.\- ]{0,63}$")
+# Matched with fullmatch: "$" alone would let a trailing newline through.
+_SAFE_NAME = re.compile(r"[^\W][\w.\- ]{0,63}")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
                      *(f"lpt{i}" for i in range(1, 10))}
 
 
 def check_safe_name(name: str, what: str = "class name") -> str:
     """Return ``name`` if it is safe as one folder name, else raise UnsafeNameError."""
-    if (not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name
+    if (not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name
             or name.endswith((" ", ".")) or name.lower() in _WINDOWS_RESERVED):
         raise UnsafeNameError(
             f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_', '-', '.' or "
@@ -144,6 +145,9 @@ class CrawlConfig:
     max_image_pixels: int = setting(40_000_000, check=at_least(1),
                                     doc="images with more pixels are refused (too_large)")
     obey_robots: bool = setting(True, doc="honour robots.txt")
+    allow_private_networks: bool = setting(False, doc="download images from loopback, "
+                                           "link-local and private addresses too (an intranet "
+                                           "crawl); crawl.demo_url is always allowed")
     user_agent: str = setting("pingo/0.1 (+https://github.com/pingo/pingo; image dataset crawler)",
                               check=non_empty)
     max_seconds: float = setting(3600.0, check=at_least(1), doc="a crawl stops after this long")
@@ -408,6 +412,7 @@ concurrency = 16               # parallel image downloads
 download_delay = 0.0           # seconds between requests to one host
 max_drivers = 2                # headless browsers rendering result pages
 obey_robots = true             # honour robots.txt
+allow_private_networks = false # true: also fetch from 10.x, 192.168.x, 127.x ... (intranet)
 max_image_bytes = 8388608      # larger downloads are refused (too_large)
 # redis_url = "redis://127.0.0.1:6379/0"            # share one frontier between machines
 # idle_timeout = 30                                 # a shared crawler exits after this idle time

@@ -77,15 +77,17 @@ def crawl_side_by_side(config, n: int = 2) -> list:
 # ---- the shared frontier itself (Redis only) ---------------------------------------------
 
 def test_selenium_requests_survive_the_shared_queue(redis_prefix):
-    """scrapy-redis's queue serialises SeleniumRequest with its render options (Scrapy 2.19)."""
+    """scrapy-redis's queue, with pingo's JSON codec, keeps SeleniumRequest's render options."""
     from scrapy_redis.queue import PriorityQueue
 
+    from crawler import queue_codec
     from crawler.distributed import redis_client
     from crawler.selenium_request import Scroll, SeleniumRequest
     from crawler.spider import ImageSearchSpider
 
     spider = ImageSearchSpider(plan=[], sources=[])
-    queue = PriorityQueue(redis_client(REDIS_URL), spider, f"{redis_prefix}:requests")
+    queue = PriorityQueue(redis_client(REDIS_URL), spider, f"{redis_prefix}:requests",
+                          serializer=queue_codec)
     sent = SeleniumRequest("http://127.0.0.1:1/search?q=cat", callback=spider.parse_results,
                            errback=spider.results_failed, dont_filter=True, wait_time=10,
                            wait_until="a.result", scroll=Scroll("a.result", 40, 5, 0.5),
