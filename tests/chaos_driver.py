@@ -290,8 +290,8 @@ def leftovers(data_dir: Path) -> dict:
 def invariants(data_dir: Path) -> list[str]:
     """The promises `pingo check` will make, read-only: every row's file exists where the row
     says; every file under inbox/dataset/review/rejected has exactly one row; no path or
-    content twice; a rejected image has a reason; no move is left pending; models/CURRENT
-    names a complete model."""
+    content twice; a rejected image has a reason; no move is left pending; no URL points at
+    a row that is gone; no run is left 'running'; models/CURRENT names a complete model."""
     from sqlalchemy import text
     problems: list[str] = []
     engine = _engine(data_dir)
@@ -299,6 +299,11 @@ def invariants(data_dir: Path) -> list[str]:
         rows = [dict(r._mapping) for r in conn.execute(text(
             "SELECT id, sha256, status, reason, path FROM images"))]
         pending = conn.execute(text("SELECT image_id, kind, src, dst, owner FROM pending_moves")
+                               ).all()
+        dangling = conn.execute(text(
+            "SELECT url FROM urls WHERE image_id IS NOT NULL AND image_id NOT IN "
+            "(SELECT id FROM images)")).scalars().all()
+        running = conn.execute(text("SELECT id, job, pid FROM runs WHERE status = 'running'")
                                ).all()
     engine.dispose()
     folder = {"inbox": "inbox", "accepted": "dataset", "review": "review",
@@ -323,6 +328,10 @@ def invariants(data_dir: Path) -> list[str]:
     problems += [f"file without a row: {p}" for p in stray]
     problems += [f"move left pending: image {p.image_id} {p.kind} {p.src} -> {p.dst} "
                  f"(owner {p.owner})" for p in pending]
+    # A URL marked as giving an image that is gone is never fetched again: a lost image.
+    problems += [f"URL recorded as stored, its image row is gone: {u}" for u in dangling]
+    problems += [f"run {r.id} ({r.job}, pid {r.pid}) still 'running' after the next run"
+                 for r in running]
     problems += _model_problems(data_dir / "models")
     return problems
 

@@ -49,3 +49,48 @@ def test_chaos_rounds_lose_nothing_and_never_wedge(tmp_path, photos):
     landed = [r for r in chaos.results if r.landed]
     assert len(landed) >= ROUNDS // 2, f"seed {seed}: only {len(landed)} of {ROUNDS} kills " \
         "landed while the stage ran; the plan's timing is off"
+
+
+@pytest.mark.parametrize("to", ["group", "cli"])
+def test_sigterm_stops_the_whole_crawl_before_the_cli_exits(tmp_path, photos, to):
+    """Found by the chaos rounds: `pingo crawl` dies at once on SIGTERM (systemctl stop, kill)
+    while its crawl process runs on, storing images with the job lock already released (a
+    second job may start beside it). Whatever is stopped, the crawl must end with the CLI."""
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    from chaos_driver import session_processes
+    from crawler.demo_site import make_server
+    from conftest import wait_for
+
+    with make_server(photos, image_delay=0.3).start() as site:
+        driver = Driver(tmp_path / "project", site.url, ["one", "two", "zero"], seed=0)
+        db = driver.data_dir / "pingo.db"
+
+        def rows() -> int:
+            try:
+                with sqlite3.connect(db) as conn:
+                    return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+            except sqlite3.OperationalError:
+                return 0
+
+        child = subprocess.Popen(driver.cli("crawl", "--limit", "15"), cwd=driver.root,
+                                 env=driver.env, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: rows() >= 3 or child.poll() is not None, "3 images are stored")
+            assert child.poll() is None, "the crawl ended before it could be stopped"
+            (os.killpg if to == "group" else os.kill)(child.pid, signal.SIGTERM)
+            child.wait(60)
+            at_exit = rows()
+            time.sleep(2.0)  # the crawl process's orphan check runs every 2 s
+            left = session_processes(child.pid)
+            after = rows()
+        finally:
+            for pid, _ in session_processes(child.pid):
+                os.kill(pid, signal.SIGKILL)
+    assert left == [], f"SIGTERM to the {to}: alive 2 s after the CLI exited: {left}"
+    assert after == at_exit, (f"SIGTERM to the {to}: {after - at_exit} images stored after "
+                              "the CLI exited (and released the job lock)")
