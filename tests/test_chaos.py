@@ -94,3 +94,33 @@ def test_sigterm_stops_the_whole_crawl_before_the_cli_exits(tmp_path, photos, to
     assert left == [], f"SIGTERM to the {to}: alive 2 s after the CLI exited: {left}"
     assert after == at_exit, (f"SIGTERM to the {to}: {after - at_exit} images stored after "
                               "the CLI exited (and released the job lock)")
+
+
+def test_ctrl_c_right_after_a_rename_leaves_the_row_with_its_file(tmp_path, monkeypatch):
+    """A window the random rounds hit rarely (milliseconds), so a real SIGINT is sent at that
+    exact point: after os.replace moved the file, while the folder is fsynced. move_many then
+    withdrew the intent as if nothing had moved: the row kept the old path, the file sat in
+    its new folder without a row, and no repair could tell (the image was lost)."""
+    import signal
+
+    import storage.files as files
+    from chaos_driver import invariants
+    from conftest import png_bytes
+    from storage import Store
+
+    data = tmp_path / "data"
+    with Store.open(data) as store:
+        image_id = store.add_image(png_bytes((1, 2, 3)), keyword_class="cat", source="x",
+                                   ext="png")
+        real = files.fsync_dir
+
+        def fsync_then_ctrl_c(path):
+            real(path)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        monkeypatch.setattr(files, "fsync_dir", fsync_then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            store.move(image_id, "accepted", label="cat")
+        monkeypatch.setattr(files, "fsync_dir", real)
+    Store.open(data).close()  # the next run's repair
+    assert invariants(data) == []
