@@ -68,7 +68,7 @@ def main() -> int:
         faults += chaos.warm_up()
         for number, (stage, signame) in enumerate(chaos.schedule(args.rounds), 1):
             r = chaos.round(number, stage, signame)
-            print(f"round {number:>3}: {signame:<7} to {stage:<7} after {r.kill.delay:>6.2f}s "
+            print(f"round {number:>3}: {r.kill.describe():<58} "
                   f"{'landed' if r.landed else 'missed':<6} {r.seconds:6.1f}s"
                   f"{'  FAULT' if r.faults else ''}", flush=True)
             for f in r.faults:

@@ -85,7 +85,13 @@ def project_toml(demo_url: str, classes: list[str], data_dir: Path, *, workers: 
 class Kill:
     stage: str
     signal: str
-    delay: float            # seconds after start
+    delay: float            # seconds after start; with ``on_move``, the most to wait
+    on_move: bool = False   # signal the moment a file move is in flight (pending_moves)
+
+    def describe(self) -> str:
+        when = f"at the first move in flight (within {self.delay}s)" if self.on_move else \
+            f"after {self.delay}s"
+        return f"{self.signal} to {self.stage} {when}"
 
 
 @dataclass
@@ -97,6 +103,7 @@ class StageRun:
     kill: Kill | None = None
     landed: bool = False    # the signal reached a still-running process
     stop_seconds: float | None = None   # signal -> exit
+    at_move: bool = False   # an on_move kill found a move in flight (else it was timed)
     forced: bool = False    # it ignored SIGINT/SIGTERM for the grace period: SIGKILLed
     leaked: list[str] = field(default_factory=list)   # processes alive after the CLI ended
 
@@ -194,11 +201,17 @@ class Driver:
         return run
 
     def _deliver(self, child: subprocess.Popen, kill: Kill, started: float, run: StageRun):
-        try:
-            child.wait(timeout=kill.delay)
-            return  # it finished before the signal: the kill missed
-        except subprocess.TimeoutExpired:
-            pass
+        if kill.on_move:
+            found = self._wait_for_move(child, started + kill.delay)
+            if found is None:
+                return  # it finished first
+            run.at_move = found
+        else:
+            try:
+                child.wait(timeout=kill.delay)
+                return  # it finished before the signal: the kill missed
+            except subprocess.TimeoutExpired:
+                pass
         sent = time.monotonic()
         try:
             os.killpg(child.pid, SIGNALS[kill.signal])
@@ -212,6 +225,29 @@ class Driver:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
         run.stop_seconds = time.monotonic() - sent
+
+    def _wait_for_move(self, child: subprocess.Popen, deadline: float) -> bool | None:
+        """Poll the DB (read-only, every ~2 ms) until a move or add is in flight (True); None
+        when the stage ended first; False at the deadline (the signal goes anyway)."""
+        import sqlite3
+        db = self.data_dir / "pingo.db"
+        conn = None
+        try:
+            while time.monotonic() < deadline:
+                if child.poll() is not None:
+                    return None
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)
+                    if conn.execute("SELECT 1 FROM pending_moves LIMIT 1").fetchone():
+                        return True
+                except sqlite3.Error:
+                    pass  # busy or not created yet
+                time.sleep(0.002)
+        finally:
+            if conn is not None:
+                conn.close()
+        return None if child.poll() is not None else False
 
     def _reap_session(self, sid: int, wait: float = 3.0) -> list[str]:
         """Processes of the stage's session still alive after it ended (then killed)."""
@@ -236,7 +272,12 @@ class Driver:
     def plan_kill(self, stage: str, signame: str) -> Kill:
         """A moment inside the stage's typical run (5-80 % of its median clean duration so far:
         later in the window a faster run has often ended already, and the kill misses)."""
-        return Kill(stage, signame, round(self.rng.uniform(0.05, 0.8) * self.typical(stage), 2))
+        delay = round(self.rng.uniform(0.05, 0.8) * self.typical(stage), 2)
+        if stage != "train" and self.rng.random() < 0.5:
+            # Half the crawl and factory kills wait for a file move in flight instead: those
+            # windows last milliseconds, and a random moment would almost never hit one.
+            return Kill(stage, signame, round(1.5 * self.typical(stage), 2), on_move=True)
+        return Kill(stage, signame, delay)
 
     # -- checks --
 
@@ -459,7 +500,7 @@ class Chaos:
         started = time.monotonic()
         kill = d.plan_kill(stage, signame)
         faults: list[str] = []
-        where = f"seed {d.seed} round {number}: {signame} to {stage} after {kill.delay}s"
+        where = f"seed {d.seed} round {number}: {kill.describe()}"
         # The factory needs new inbox images to be killed in; crawl and train always have work.
         for before in (["crawl"] if stage == "factory" else []):
             run = d.run_stage(before)
@@ -468,6 +509,8 @@ class Chaos:
                               f"{run.tail()}")
         killed = d.run_stage(stage, kill)
         after = d.snapshot()
+        if kill.on_move:
+            where += ": a move was in flight" if killed.at_move else ": no move seen, timed"
         if killed.forced:
             faults.append(f"{where}: still running {d.grace}s after {signame}; SIGKILLed")
         if killed.rc is None:
@@ -514,6 +557,9 @@ class Chaos:
                 mine = [r for r in self.results if r.kill.stage == s and r.kill.signal == g]
                 cells.append(f"{sum(r.landed for r in mine)}/{len(mine)}".rjust(12))
             lines.append(f"  {s:<8}" + "".join(cells))
+        moving = [r for r in self.results if r.kill.on_move]
+        lines.append(f"  kills waiting for a move in flight: {len(moving)}, of which "
+                     f"{sum(r.killed.at_move for r in moving)} hit one")
         stops = [r.killed.stop_seconds for r in self.results
                  if r.kill.signal != "SIGKILL" and r.killed.stop_seconds is not None]
         if stops:

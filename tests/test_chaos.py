@@ -40,7 +40,7 @@ def test_chaos_rounds_lose_nothing_and_never_wedge(tmp_path, photos):
         assert not faults, "\n".join(faults)
         for number, (stage, signame) in enumerate(chaos.schedule(ROUNDS), 1):
             result = chaos.round(number, stage, signame)
-            print(f"round {number}: {signame} to {stage} after {result.kill.delay}s "
+            print(f"round {number}: {result.kill.describe()} "
                   f"({'landed' if result.landed else 'missed'}), {result.seconds:.1f}s")
             faults += result.faults
         faults += chaos.finish(photos, site.site.requests)  # the live log: read after the final crawl
