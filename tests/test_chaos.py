@@ -124,3 +124,48 @@ def test_ctrl_c_right_after_a_rename_leaves_the_row_with_its_file(tmp_path, monk
         monkeypatch.setattr(files, "fsync_dir", real)
     Store.open(data).close()  # the next run's repair
     assert invariants(data) == []
+
+
+def test_ctrl_c_while_the_crawl_starts_ends_it_promptly(tmp_path, photos):
+    """Found by the chaos rounds (seed 4, round 5): SIGINT to `pingo crawl` about 1 s after its
+    crawl process starts (Scrapy and the reactor starting) left that process hanging at exit
+    in threading._shutdown, waiting for Twisted's thread-pool workers; the CLI waited 60 s,
+    then killed only it, and chromedriver with its Chromium processes were left running.
+    The window is a fraction of a second, so a sweep of moments across it."""
+    import signal
+    import subprocess
+    import time
+
+    from chaos_driver import session_processes
+    from crawler.demo_site import make_server
+
+    problems = []
+    with make_server(photos).start() as site:
+        for i, extra in enumerate((0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)):
+            driver = Driver(tmp_path / f"p{i}", site.url, ["one"], seed=0)
+            child = subprocess.Popen(driver.cli("crawl", "--limit", "2"), cwd=driver.root,
+                                     env=driver.env, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 60
+                while (sum(n == "python" for _, n in session_processes(child.pid)) < 2
+                       and child.poll() is None and time.monotonic() < deadline):
+                    time.sleep(0.005)  # until the crawl process exists
+                time.sleep(extra)
+                os.killpg(child.pid, signal.SIGINT)
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    problems.append(f"{extra}s after the crawl process started: still running "
+                                    f"10 s after SIGINT: {session_processes(child.pid)}")
+                time.sleep(0.5)
+                left = session_processes(child.pid) if child.poll() is not None else []
+                if left:
+                    problems.append(f"{extra}s: alive after the CLI exited: {left}")
+            finally:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+                for pid, _ in session_processes(child.pid):
+                    os.kill(pid, signal.SIGKILL)
+    assert problems == [], "\n".join(problems)
