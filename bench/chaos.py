@@ -60,7 +60,7 @@ def main() -> int:
     photos = prepare_images(source, work / "photos", args.classes, args.per_class)
     classes = sorted(p.name for p in photos.iterdir() if p.is_dir())
     faults: list[str] = []
-    with make_server(photos).start() as site:
+    with make_server(photos, request_log=1_000_000).start() as site:
         driver = Driver(work / "project", site.url, classes, seed=seed, grace=args.grace,
                         crawl_limit=args.crawl_limit)
         chaos = Chaos(driver)

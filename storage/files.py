@@ -185,7 +185,7 @@ def owner_alive(owner: str, since: float, last_seen: float | None = None) -> boo
         return time.time() - (last_seen or since) < STALE_SECONDS
     if o.boot and BOOT_ID and o.boot != BOOT_ID:
         return False  # recorded before a reboot
-    if not pid_alive(o.pid):
+    if not pid_alive(o.pid) or _exited(o.pid):
         return False
     started = process_start(o.pid)
     if started is None:
@@ -211,13 +211,28 @@ def pid_alive(pid: int) -> bool:
 
 def process_start(pid: int) -> str | None:
     """The process's start time in clock ticks after boot (/proc/<pid>/stat field 22)."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on; None without /proc or without the process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name may contain spaces; the fields after the last ")" are fixed.
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[19] if len(fields) > 19 else None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _exited(pid: int) -> bool:
+    """A zombie (or dying) process: it has exited, its parent just has not reaped it yet.
+
+    A crawl child killed with its CLI is reparented to pid 1, which may reap it late; until
+    then kill(pid, 0) succeeds and its start time still matches, yet it will never finish
+    its move."""
+    fields = _proc_stat(pid)
+    return bool(fields) and fields[0] in ("Z", "X", "x")
 
 
 def started_at(ticks: str) -> float | None:

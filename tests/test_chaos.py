@@ -32,7 +32,8 @@ def test_chaos_rounds_lose_nothing_and_never_wedge(tmp_path, photos):
     seed = int(os.environ.get("PINGO_CHAOS_SEED", random.randrange(1_000_000)))
     print(f"chaos seed {seed} (PINGO_CHAOS_SEED={seed} replays this plan)")
     classes = sorted(p.name for p in photos.iterdir() if p.is_dir())
-    with make_server(photos).start() as site:
+    # The whole request log: the final accounting reads every path the site served.
+    with make_server(photos, request_log=1_000_000).start() as site:
         driver = Driver(tmp_path / "project", site.url, classes, seed=seed, grace=20.0,
                         stage_timeout=240.0, crawl_limit=2)
         chaos = Chaos(driver)
@@ -140,7 +141,7 @@ def test_ctrl_c_while_the_crawl_starts_ends_it_promptly(tmp_path, photos):
     from crawler.demo_site import make_server
 
     problems = []
-    with make_server(photos).start() as site:
+    with make_server(photos, request_log=1_000_000).start() as site:
         for i, extra in enumerate((0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)):
             driver = Driver(tmp_path / f"p{i}", site.url, ["one"], seed=0)
             child = subprocess.Popen(driver.cli("crawl", "--limit", "2"), cwd=driver.root,

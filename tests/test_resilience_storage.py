@@ -117,6 +117,35 @@ def test_a_half_done_move_whose_owner_pid_was_reused_is_repaired(tmp_path, other
         assert_consistent(store)
 
 
+def test_a_half_done_move_whose_owner_is_an_unreaped_zombie_is_repaired(tmp_path):
+    """Found by the chaos rounds: a crawl child killed with its CLI is reparented to pid 1 and
+    may stay a zombie for a while; its pid and start time still match, but it is dead."""
+    data_dir = tmp_path / "data"
+    zombie = subprocess.Popen([sys.executable, "-c",
+                               "from storage import files; print(files.current_owner())"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    owner = zombie.stdout.readline().strip()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    try:  # not reaped: a zombie until wait()
+        with Store.open(data_dir) as store:
+            (image_id,) = add(store, 1)
+            row = store.get_image(image_id)
+            dst = files.image_relpath("accepted", row["sha256"], "png", label="cat")
+            with store.engine.begin() as conn:
+                conn.execute(insert(pending_moves).values(
+                    image_id=image_id, kind="move", src=row["path"], dst=dst,
+                    changes={"status": "accepted", "label": "cat", "path": dst},
+                    owner=owner, created_at=utcnow()))
+        with Store.open(data_dir) as store:
+            assert store.get_image(image_id)["status"] == "accepted"
+            assert_consistent(store)
+    finally:
+        zombie.wait()
+
+
 def test_a_running_run_whose_pid_was_reused_is_failed_but_a_live_one_is_not(tmp_path,
                                                                              other_process):
     with Store.open(tmp_path / "data") as store:
