@@ -2,7 +2,7 @@
 
 Each round signals one stage (SIGKILL, SIGINT or SIGTERM to its whole process group, after a
 random delay inside the stage's typical run), reruns it clean (exit 0 required) and checks the
-project (`pingo check --json` once it exists, else the driver's invariants). At the end a clean
+project (`pingo check --json` exits 0; no dangling URL, no run left running). At the end a clean
 crawl and factory run must leave every image the demo site offered accounted for exactly once.
 Real photos from ../shared/datasets (sign-language-digits by default) are served by the demo
 site on 127.0.0.1. The seed is printed; --seed replays the same plan.

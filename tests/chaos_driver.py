@@ -5,8 +5,8 @@ stages as children of this process (each in its own session, so a signal reaches
 crawl process, its browsers and its hashing workers, like Ctrl-C in a terminal or a service
 manager stopping a unit). One stage per round gets SIGKILL, SIGINT or SIGTERM after a random
 delay; the round then reruns that stage and the stages after it without a kill (each must exit
-0) and checks the project is consistent: `pingo check --json` when the command exists, else
-the small set of invariants in ``invariants()``. ``final_accounting()`` proves at the end that
+0) and checks the project is consistent: `pingo check --json` exits 0, and ``beyond_check()``
+finds nothing. ``final_accounting()`` proves at the end that
 every image URL the demo site offered is accounted for exactly once.
 
 Every random choice comes from one seeded ``random.Random``; a failure names the seed, round,
@@ -281,30 +281,20 @@ class Driver:
 
     # -- checks --
 
-    def has_check_command(self) -> bool:
-        if self._has_check is None:
-            probe = subprocess.run(self.cli("check", "--help"), cwd=self.root, env=self.env,
-                                   capture_output=True)
-            self._has_check = probe.returncode == 0
-        return self._has_check
-
     def check(self) -> list[str]:
-        """Problems found: `pingo check --json` when it exists, else ``invariants()``."""
-        if self.has_check_command():
-            done = subprocess.run(self.cli("check", "--json"), cwd=self.root, env=self.env,
-                                  capture_output=True, text=True)
-            if done.returncode == 0:
-                return []
-            return [f"pingo check exited {done.returncode}: {done.stdout[-2000:]}"
-                    f"{done.stderr[-1000:]}"]
-        return invariants(self.data_dir)
+        """Problems found: `pingo check --json` must exit 0, plus ``beyond_check()``."""
+        done = subprocess.run(self.cli("check", "--json"), cwd=self.root, env=self.env,
+                              capture_output=True, text=True)
+        problems = [] if done.returncode == 0 else [
+            f"pingo check exited {done.returncode}: {done.stdout[-2000:]}{done.stderr[-1000:]}"]
+        return problems + beyond_check(self.data_dir)
 
     def snapshot(self) -> dict:
         """What a kill left behind, before anything repairs it (for the failure message)."""
         return leftovers(self.data_dir)
 
 
-# ---- invariants (until `pingo check` is merged) ----------------------------------------------
+# ---- what a kill left, and what `pingo check` does not cover -------------------------------
 
 def _engine(data_dir: Path):
     from sqlalchemy import create_engine
@@ -328,63 +318,22 @@ def leftovers(data_dir: Path) -> dict:
     return out
 
 
-def invariants(data_dir: Path) -> list[str]:
-    """The promises `pingo check` will make, read-only: every row's file exists where the row
-    says; every file under inbox/dataset/review/rejected has exactly one row; no path or
-    content twice; a rejected image has a reason; no move is left pending; no URL points at
-    a row that is gone; no run is left 'running'; models/CURRENT names a complete model."""
+def beyond_check(data_dir: Path) -> list[str]:
+    """What a clean run promises that `pingo check` does not look at: no URL marked as giving
+    an image whose row is gone (it would never be fetched again: a lost image), and no run
+    left 'running' once the next run of the stage has finished."""
     from sqlalchemy import text
-    problems: list[str] = []
     engine = _engine(data_dir)
     with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text(
-            "SELECT id, sha256, status, reason, path FROM images"))]
-        pending = conn.execute(text("SELECT image_id, kind, src, dst, owner FROM pending_moves")
-                               ).all()
         dangling = conn.execute(text(
             "SELECT url FROM urls WHERE image_id IS NOT NULL AND image_id NOT IN "
             "(SELECT id FROM images)")).scalars().all()
         running = conn.execute(text("SELECT id, job, pid FROM runs WHERE status = 'running'")
                                ).all()
     engine.dispose()
-    folder = {"inbox": "inbox", "accepted": "dataset", "review": "review",
-              "rejected": "rejected"}
-    on_disk = {p.relative_to(data_dir).as_posix()
-               for d in STATUS_DIRS for p in (data_dir / d).rglob("*") if p.is_file()}
-    paths = Counter(r["path"] for r in rows)
-    for r in rows:
-        if not r["path"]:
-            problems.append(f"image {r['id']} ({r['status']}/{r['reason']}) has no file path")
-            continue
-        if not (data_dir / r["path"]).is_file():
-            problems.append(f"image {r['id']}: row says {r['path']}, no such file")
-        if not r["path"].startswith(folder.get(r["status"], "?") + "/"):
-            problems.append(f"image {r['id']}: status {r['status']} but path {r['path']}")
-        if r["status"] == "rejected" and not r["reason"]:
-            problems.append(f"image {r['id']}: rejected without a reason")
-    problems += [f"{n} rows share the path {p}" for p, n in paths.items() if p and n > 1]
-    shas = Counter(r["sha256"] for r in rows)
-    problems += [f"{n} rows share the content {s[:12]}" for s, n in shas.items() if n > 1]
-    stray = sorted(on_disk - set(paths))
-    problems += [f"file without a row: {p}" for p in stray]
-    problems += [f"move left pending: image {p.image_id} {p.kind} {p.src} -> {p.dst} "
-                 f"(owner {p.owner})" for p in pending]
-    # A URL marked as giving an image that is gone is never fetched again: a lost image.
-    problems += [f"URL recorded as stored, its image row is gone: {u}" for u in dangling]
-    problems += [f"run {r.id} ({r.job}, pid {r.pid}) still 'running' after the next run"
-                 for r in running]
-    problems += _model_problems(data_dir / "models")
-    return problems
-
-
-def _model_problems(models: Path) -> list[str]:
-    current = models / "CURRENT"
-    if not current.exists():
-        return []
-    version = current.read_text().strip()
-    if not (models / version / "model.keras").is_file():
-        return [f"models/CURRENT names {version!r}, which has no model.keras"]
-    return []
+    return ([f"URL recorded as stored, its image row is gone: {u}" for u in dangling]
+            + [f"run {r.id} ({r.job}, pid {r.pid}) still 'running' after the next run"
+               for r in running])
 
 
 # ---- the end: every served image accounted for ---------------------------------------------
