@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dataset_factory.analyse import Analyser, Analysis, Job, Settings
+from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
 from dataset_factory.dedupe import Deduper, Kept
 from dataset_factory.shared import LOCK, Claims, SharedIndex, worker_id
@@ -113,7 +114,7 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
         summary.index_size = len(shared.index)
         model = LazyModel(store.registry)
         summary.model_version = store.registry.current()
-        kept_cache: dict[int, Kept] = {}
+        kept_cache = BoundedCache(50_000)  # LRU: a long run must not hold every kept row
 
         def lookup(image_id: int) -> Kept:
             if image_id not in kept_cache:
