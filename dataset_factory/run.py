@@ -112,7 +112,7 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
         with store.exclusive(LOCK):
             shared.sync()
         summary.index_size = len(shared.index)
-        model = LazyModel(store.registry)
+        model = LazyModel(store.registry, f.max_pixels)
         summary.model_version = store.registry.current()
         kept_cache = BoundedCache(50_000)  # LRU: a long run must not hold every kept row
 
@@ -123,7 +123,7 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
 
         deduper = Deduper(shared.index, max_distance=f.max_distance, hard=f.hard_duplicates,
                           hard_distance=f.hard_distance, verify_threshold=f.verify_threshold,
-                          lookup=lookup)
+                          lookup=lookup, max_pixels=f.max_pixels)
         taken = 0
         while limit is None or taken < limit:
             chunk = claims.take(chunk_size if limit is None else min(chunk_size, limit - taken))
@@ -210,14 +210,15 @@ def _file_chunk(config, store, claims: Claims, shared: SharedIndex, deduper: Ded
 class LazyModel:
     """The promoted model, loaded (TensorFlow imported) only when an image needs it."""
 
-    def __init__(self, registry):
+    def __init__(self, registry, max_pixels: int):
         self.registry = registry
+        self.max_pixels = max_pixels
         self._loaded = False
         self._classifier: Classifier | None = None
 
     def get(self) -> Classifier | None:
         if not self._loaded:
-            self._classifier = Classifier.from_registry(self.registry)
+            self._classifier = Classifier.from_registry(self.registry, self.max_pixels)
             self._loaded = True
         return self._classifier
 

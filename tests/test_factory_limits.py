@@ -12,6 +12,7 @@ from dataset_factory.analyse import Analyser, Job, Settings, analyse
 from dataset_factory.cache import BoundedCache
 from dataset_factory.dedupe import Deduper, Kept, index_path, open_index
 from dataset_factory.index import NearDuplicateIndex
+from dataset_factory.validate import Limits
 from test_factory_helpers import encode, pattern_image
 
 
@@ -112,3 +113,94 @@ def test_deduper_thumbnail_cache_never_exceeds_its_cap(tmp_path):
         assert deduper._thumbs.total <= cap
     assert len(deduper._thumbs) < 5  # older kept images were evicted
     assert found >= 10  # the copies are still found with a small cache
+
+
+# ---- one pixel limit (factory.max_pixels) for every decoder ----------------------------------
+
+LIMIT = 10_000  # pixels: a 100x100 sign-digits photo is at the limit
+
+
+@pytest.fixture
+def sized(sign_digits, tmp_path):
+    """A real photo just over LIMIT (101x100) and one just under it (100x99), as JPEGs."""
+    photo = Image.open(sorted((sign_digits / "5").glob("*"))[0]).convert("RGB")
+    assert photo.size == (100, 100)
+    out = {}
+    for name, size in (("over", (101, 100)), ("under", (100, 99))):
+        path = tmp_path / f"{name}.jpg"
+        photo.resize(size, Image.Resampling.BICUBIC).save(path, "JPEG", quality=92)
+        out[name] = path
+    return out
+
+
+def test_an_image_over_factory_max_pixels_is_rejected_with_its_size(project, sized):
+    from dataset_factory.run import process_inbox
+    project.write(project.DEFAULT + f"\n[factory]\nmax_pixels = {LIMIT}\n")
+    with project.store() as store:
+        ids = {name: store.add_image(p.read_bytes(), keyword_class="cat", source="test",
+                                     ext="jpg") for name, p in sized.items()}
+        process_inbox(project.config, store)
+        over, under = store.get_image(ids["over"]), store.get_image(ids["under"])
+    assert (over["status"], over["reason"]) == ("rejected", "too_many_pixels")
+    assert over["path"].startswith("rejected/too_many_pixels/")
+    assert under["status"] == "accepted"
+    analysis = analyse(Job(1, str(sized["over"])),
+                       Settings(limits=Limits(max_pixels=LIMIT), timeout=0))
+    assert analysis.detail == "101x100 = 10,100 pixels, over factory.max_pixels (10,000)"
+
+
+def test_every_decoder_uses_the_configured_pixel_limit(sized):
+    """Classification, training and the duplicate verifier read images under the limit the
+    factory validated them with: the one passed in, never a default of their own."""
+    from dataset_factory.classify import decode_resized, load_image_array
+    from dataset_factory.errors import InvalidImage
+    from trainer.pixels import load_pixels
+
+    assert decode_resized(str(sized["under"]), 32, LIMIT).shape == (32, 32, 3)
+    with pytest.raises(InvalidImage) as info:
+        decode_resized(str(sized["over"]), 32, LIMIT)
+    assert info.value.reason == "too_many_pixels"
+    assert load_pixels(str(sized["under"]), 32, LIMIT).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="over factory.max_pixels"):
+        load_pixels(str(sized["over"]), 32, LIMIT)
+    assert load_image_array(str(sized["under"]), 32, LIMIT).any()
+    # a limit above the default is honoured too (the over image is fine at 2x LIMIT)
+    assert decode_resized(str(sized["over"]), 32, 2 * LIMIT).shape == (32, 32, 3)
+
+    paths = {1: str(sized["under"]), 2: str(sized["over"])}
+    deduper = Deduper(NearDuplicateIndex("phash"), max_distance=6, hard=True, hard_distance=14,
+                      verify_threshold=0.86, lookup=lambda i: Kept(i, 100, 100, False, paths[i]),
+                      max_pixels=LIMIT)
+    assert deduper._kept_thumbs(1) and deduper._kept_thumbs(2) == []
+
+
+def test_decoding_leaves_process_wide_state_alone_and_is_thread_safe(sized):
+    """No decoder changes Pillow's global limit or the warnings filters (neither can be
+    scoped to one thread: tf.data decodes in many); each call gets its own limit's verdict."""
+    import threading
+    import warnings
+
+    from dataset_factory.errors import InvalidImage
+    from dataset_factory.validate import decode
+
+    before = (Image.MAX_IMAGE_PIXELS, list(warnings.filters))
+    wrong: list[str] = []
+
+    def work(n: int) -> None:
+        for i in range(40):
+            limit = 9_000 if (n + i) % 2 else 20_000  # "under" has 9,900 pixels
+            try:
+                decode(sized["under"], Limits(max_pixels=limit))
+                ok = True
+            except InvalidImage:
+                ok = False
+            if ok != (limit == 20_000):
+                wrong.append(f"limit {limit}: {'accepted' if ok else 'rejected'}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, wrong[:5]
+    assert (Image.MAX_IMAGE_PIXELS, list(warnings.filters)) == before
