@@ -199,6 +199,10 @@ class TrainConfig:
     test_fraction: float = setting(0.15, check=between(0.01, 0.5),
                                    doc="share of images (by content hash) held out for testing")
     augment: bool = setting(True, doc="random flip/rotation/zoom/contrast on training batches")
+    cache_memory_mb: int = setting(2048, check=at_least(0),
+                                   doc="decoded images are cached in memory up to this size, "
+                                       "else in a file under data_dir/cache (48 KB an image "
+                                       "at 128 px)")
 
 
 @dataclass(frozen=True)
@@ -422,6 +426,7 @@ arch = "small_cnn"             # small_cnn, seed_cnn, or mobilenet_v2 with train
 patience = 10                  # epochs without a better val_loss before stopping early
 schedule = "0 2 * * *"         # cron: nightly retrain (runs only when every class is at target)
 promote_margin = 0.0           # a new model is promoted if test accuracy >= current + margin
+cache_memory_mb = 2048         # decoded images cached in memory up to this, else in data/cache
 
 [storage]
 # db_url = "postgresql://user@127.0.0.1/pingo"      # default: sqlite in data_dir
