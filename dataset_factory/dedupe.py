@@ -18,7 +18,6 @@ always wins over one that nobody did (a person's decision is never lost to a cop
 from __future__ import annotations
 
 import logging
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -55,8 +54,12 @@ def open_index(store, analyser: Analyser, method: str, hard: bool) -> NearDuplic
     """
     path = index_path(store.data_dir, method, hard)
     index = NearDuplicateIndex.load(path, method) or NearDuplicateIndex(method)
-    have = np.sort(index.main.ids)   # what the sidecar holds
-    kept = array("q")                # ids of every kept image with a file (8 bytes each)
+    # What the sidecar holds, sorted; no copy if it is (a view of the first len(index) ids:
+    # images added below are not in it).
+    have = index.main.ids
+    if len(have) > 1 and not (have[1:] >= have[:-1]).all():
+        have = np.sort(have)
+    seen = np.zeros(len(have), bool)  # which of them are still kept
     missing: list[dict] = []
     added = 0
 
@@ -70,16 +73,13 @@ def open_index(store, analyser: Analyser, method: str, hard: bool) -> NearDuplic
         for page in _pages(store.iter_images(status=status), STREAM_PAGE):
             page = [r for r in page if r["path"]]
             ids = np.fromiter((r["id"] for r in page), np.int64, len(page))
-            kept.extend(ids.tolist())
-            pos = np.searchsorted(have, ids)
-            known = (pos < len(have)) & (have[np.minimum(pos, len(have) - 1)] == ids) \
-                if len(have) else np.zeros(len(ids), bool)
+            pos, known = _find_sorted(ids, have)
+            seen[pos[known]] = True
             missing.extend(r for r, k in zip(page, known.tolist()) if not k)
             if len(missing) >= STREAM_PAGE:
                 add_missing()
     add_missing()
-    kept_ids = np.frombuffer(kept, np.int64) if len(kept) else np.empty(0, np.int64)
-    gone = have[~np.isin(have, kept_ids)]
+    gone = have[~seen]
     if len(gone):
         index.remove(set(gone.tolist()))
     if len(gone) or added:
@@ -87,6 +87,14 @@ def open_index(store, analyser: Analyser, method: str, hard: bool) -> NearDuplic
                     added, len(gone), len(index))
         index.save(path)
     return index
+
+
+def _find_sorted(ids: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in the sorted ``pool``, found) for each of ``ids``."""
+    if not len(pool):
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    pos = np.minimum(np.searchsorted(pool, ids), len(pool) - 1)
+    return pos, pool[pos] == ids
 
 
 def _pages(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
