@@ -22,7 +22,7 @@ import numpy as np
 from dataset_factory.errors import InvalidImage, ModelLoadError
 from pingo.config import check_safe_name
 from pingo.errors import PingoError
-from dataset_factory.validate import Limits, decode
+from dataset_factory.validate import DEFAULT_MAX_PIXELS, Limits, decode
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +33,28 @@ class Prediction:
     confidence: float
 
 
-def decode_resized(path: str, size: int) -> np.ndarray:
+def decode_resized(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8 (size, size, 3): the validator's decode (any accepted size or aspect, JPEGs in
     draft mode at ``size``), then one bilinear resize (Pillow's, which antialiases).
 
     The one way a file becomes model input, for classifying here and for training
-    (trainer.pixels); raises InvalidImage for a file that cannot be decoded.
+    (trainer.pixels); raises InvalidImage for a file that cannot be decoded or has more than
+    ``max_pixels`` (pass factory.max_pixels: the limit validation let the image in with).
     """
     from PIL import Image
-    image = decode(path, Limits(min_size=1, max_aspect=1e9), draft_size=size).image
+    limits = Limits(min_size=1, max_aspect=1e9, max_pixels=max_pixels)
+    image = decode(path, limits, draft_size=size).image
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.uint8)
 
 
-def load_image_array(path: str | bytes, size: int) -> np.ndarray:
-    """float32 (size, size, 3) in 0..255; a file that fails now gives zeros (it passed validation)."""
+def load_image_array(path: str | bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+                     ) -> np.ndarray:
+    """float32 (size, size, 3) in 0..255; a file that fails now gives zeros (it passed
+    validation under the same ``max_pixels``, so only a file damaged since gets here)."""
     if isinstance(path, bytes):
         path = path.decode()
     try:
-        pixels = decode_resized(path, size)
+        pixels = decode_resized(path, size, max_pixels)
     except InvalidImage as exc:
         logger.warning("could not re-read %s for classification: %s", path, exc)
         return np.zeros((size, size, 3), np.float32)
@@ -60,8 +64,9 @@ def load_image_array(path: str | bytes, size: int) -> np.ndarray:
 class Classifier:
     """The promoted model, loaded once."""
 
-    def __init__(self, model_dir: Path, version: str):
+    def __init__(self, model_dir: Path, version: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.version = version
+        self.max_pixels = max_pixels  # factory.max_pixels: images are read as validated
         self.model_dir = Path(model_dir)
         try:
             self.classes: list[str] = json.loads((self.model_dir / "classes.json").read_text("utf-8"))
@@ -89,19 +94,21 @@ class Classifier:
                     self.image_size)
 
     @classmethod
-    def from_registry(cls, registry) -> "Classifier | None":
+    def from_registry(cls, registry, max_pixels: int = DEFAULT_MAX_PIXELS
+                      ) -> "Classifier | None":
         """The promoted model, or None when nothing is promoted yet."""
         version = registry.current()
         if version is None:
             return None
-        return cls(registry.path(version), version)
+        return cls(registry.path(version), version, max_pixels)
 
     def dataset(self, paths: Sequence[str], batch_size: int):
         import tensorflow as tf
-        size = self.image_size
+        size, max_pixels = self.image_size, self.max_pixels
 
         def load(path):
-            image = tf.numpy_function(lambda p: load_image_array(p, size), [path], tf.float32,
+            image = tf.numpy_function(lambda p: load_image_array(p, size, max_pixels), [path],
+                                      tf.float32,
                                       stateful=False)
             image.set_shape((size, size, 3))
             return image

@@ -20,10 +20,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from dataset_factory.analyse import Analyser, Analysis, Job
+from dataset_factory.cache import BoundedCache
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.validate import DRAFT_SIZE, Limits, decode
 from dataset_factory.verify import kept_thumbs, similarity
@@ -32,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 KEPT = ("accepted", "review")
 MAX_VERIFY = 8  # candidates verified per image, nearest first
+STREAM_PAGE = 1000  # kept rows held at a time while the index is reconciled
+# Kept images' verification thumbnails cached per run (about 55 KB an image: ~1200 images).
+THUMB_CACHE_BYTES = 64 << 20
 
 
 def index_path(data_dir: Path, method: str, hard: bool = True) -> Path:
@@ -40,25 +45,67 @@ def index_path(data_dir: Path, method: str, hard: bool = True) -> Path:
 
 
 def open_index(store, analyser: Analyser, method: str, hard: bool) -> NearDuplicateIndex:
-    """The index of every kept image, in step with the DB."""
+    """The index of every kept image, in step with the DB.
+
+    Only ids and hashes stay in memory (numpy arrays, about 16 bytes per hash): kept rows are
+    streamed from the DB a page at a time, and a row is held only while an image missing
+    from the sidecar is hashed. Whatever else the factory needs about a kept image it reads
+    from the DB when that image becomes a candidate.
+    """
     path = index_path(store.data_dir, method, hard)
     index = NearDuplicateIndex.load(path, method) or NearDuplicateIndex(method)
-    kept = {}
+    # What the sidecar holds, sorted; no copy if it is (a view of the first len(index) ids:
+    # images added below are not in it).
+    have = index.main.ids
+    if len(have) > 1 and not (have[1:] >= have[:-1]).all():
+        have = np.sort(have)
+    seen = np.zeros(len(have), bool)  # which of them are still kept
+    missing: list[dict] = []
+    added = 0
+
+    def add_missing() -> None:
+        nonlocal added
+        add_kept_rows(index, store, analyser, missing, method, hard, write_back=True)
+        added += len(missing)
+        missing.clear()
+
     for status in KEPT:
-        for row in store.iter_images(status=status):
-            if row["path"]:
-                kept[row["id"]] = row
-    have = set(index.main.ids.tolist())
-    gone = have - set(kept)
-    if gone:
-        index.remove(gone)
-    missing = [kept[i] for i in sorted(set(kept) - have)]
-    add_kept_rows(index, store, analyser, missing, method, hard, write_back=True)
-    if gone or missing:
+        for page in _pages(store.iter_images(status=status), STREAM_PAGE):
+            page = [r for r in page if r["path"]]
+            ids = np.fromiter((r["id"] for r in page), np.int64, len(page))
+            pos, known = _find_sorted(ids, have)
+            seen[pos[known]] = True
+            missing.extend(r for r, k in zip(page, known.tolist()) if not k)
+            if len(missing) >= STREAM_PAGE:
+                add_missing()
+    add_missing()
+    gone = have[~seen]
+    if len(gone):
+        index.remove(set(gone.tolist()))
+    if len(gone) or added:
         logger.info("near-duplicate index: %d added, %d dropped, %d kept images",
-                    len(missing), len(gone), len(index))
+                    added, len(gone), len(index))
         index.save(path)
     return index
+
+
+def _find_sorted(ids: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in the sorted ``pool``, found) for each of ``ids``."""
+    if not len(pool):
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    pos = np.minimum(np.searchsorted(pool, ids), len(pool) - 1)
+    return pos, pool[pos] == ids
+
+
+def _pages(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    page: list[dict] = []
+    for row in rows:
+        page.append(row)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def add_kept_rows(index: NearDuplicateIndex, store, analyser: Analyser, rows: list[dict],
@@ -103,14 +150,19 @@ class Verdict:
 
 class Deduper:
     def __init__(self, index: NearDuplicateIndex, *, max_distance: int, hard: bool,
-                 hard_distance: int, verify_threshold: float, lookup):
+                 hard_distance: int, verify_threshold: float, lookup,
+                 max_pixels: int = Limits.max_pixels, thumb_cache_bytes: int = THUMB_CACHE_BYTES):
         self.index = index
         self.max_distance = max_distance
         self.hard = hard
         self.hard_distance = hard_distance
         self.verify_threshold = verify_threshold
         self.lookup = lookup  # image id -> Kept
-        self._thumbs: dict[int, list] = {}
+        # kept images are re-read under the same pixel limit that let them in
+        self.limits = Limits(min_size=1, max_aspect=1e9, max_pixels=max_pixels)
+        # kept id -> thumbnails ([] when unreadable); least recently used go past the cap
+        self._thumbs: BoundedCache[list] = BoundedCache(
+            thumb_cache_bytes, size=lambda thumbs: 64 + sum(t.nbytes for t in thumbs))
         self._scores: dict[tuple[int, int], float | None] = {}  # (new id, kept id) -> score
 
     def find_copy(self, a: Analysis) -> tuple[int, str, float | None] | None:
@@ -193,15 +245,17 @@ class Deduper:
         self._scores.clear()
 
     def _kept_thumbs(self, kept_id: int) -> list:
-        if kept_id not in self._thumbs:
-            kept = self.lookup(kept_id)
-            try:
-                image = decode(kept.path, Limits(min_size=1, max_aspect=1e9), DRAFT_SIZE).image
-                self._thumbs[kept_id] = kept_thumbs(image)
-            except Exception as exc:
-                logger.warning("cannot re-read kept image %d for verification: %s", kept_id, exc)
-                self._thumbs[kept_id] = []
-        return self._thumbs[kept_id]
+        if kept_id in self._thumbs:
+            return self._thumbs[kept_id]
+        kept = self.lookup(kept_id)
+        try:
+            image = decode(kept.path, self.limits, DRAFT_SIZE).image
+            thumbs = kept_thumbs(image)
+        except Exception as exc:
+            logger.warning("cannot re-read kept image %d for verification: %s", kept_id, exc)
+            thumbs = []
+        self._thumbs[kept_id] = thumbs
+        return thumbs
 
     def forget(self, image_ids=None) -> None:
         """Images whose rows changed: retry reading those that could not be read (their file

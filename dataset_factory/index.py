@@ -31,14 +31,11 @@ class HashArray:
     """Growable parallel arrays of (image id, unsigned 64-bit hash)."""
 
     def __init__(self, ids=None, hashes=None):
-        ids = np.asarray(ids if ids is not None else [], dtype=np.int64)
-        hashes = np.asarray(hashes if hashes is not None else [], dtype=np.uint64)
-        self._n = len(ids)
-        cap = max(1024, self._n)
-        self._ids = np.empty(cap, np.int64)
-        self._hashes = np.empty(cap, np.uint64)
-        self._ids[:self._n] = ids
-        self._hashes[:self._n] = hashes
+        # Arrays of the right type are adopted, not copied: a 1M-image index loads at its size.
+        self._ids = np.ascontiguousarray(ids if ids is not None else [], dtype=np.int64)
+        self._hashes = np.ascontiguousarray(hashes if hashes is not None else [],
+                                            dtype=np.uint64)
+        self._n = len(self._ids)
 
     def __len__(self) -> int:
         return self._n
@@ -56,7 +53,8 @@ class HashArray:
         hashes = as_unsigned(hashes)
         need = self._n + len(ids)
         if need > len(self._ids):
-            cap = max(need, 2 * len(self._ids))
+            # grow by a quarter: still O(1) amortised, but a big index does not double
+            cap = max(need, len(self._ids) + len(self._ids) // 4 + 1024)
             self._ids = np.resize(self._ids, cap)
             self._hashes = np.resize(self._hashes, cap)
         self._ids[self._n:need] = ids
@@ -67,8 +65,11 @@ class HashArray:
         if not drop:
             return
         keep = ~np.isin(self.ids, np.fromiter(drop, np.int64, len(drop)))
-        ids, hashes = self.ids[keep].copy(), self.hashes[keep].copy()
-        self.__init__(ids, hashes)
+        first = int(np.argmin(keep)) if not keep.all() else self._n
+        if not keep[first:].any():  # only the newest entries go (prefetch's): truncate
+            self._n = first
+            return
+        self.__init__(self.ids[keep], self.hashes[keep])
 
     def within(self, query: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, distances) of entries within ``radius`` bits of ``query`` (unsigned or signed).
@@ -147,7 +148,7 @@ class NearDuplicateIndex:
         np.savez(buf, version=np.int64(FORMAT_VERSION), method=np.array(self.method),
                  main_ids=self.main.ids, main_hashes=self.main.hashes,
                  view_ids=self.views.ids, view_hashes=self.views.hashes)
-        atomic_write(path, buf.getvalue())
+        atomic_write(path, buf.getbuffer())  # no second copy of a big index
 
     @classmethod
     def load(cls, path: Path, method: str) -> "NearDuplicateIndex | None":

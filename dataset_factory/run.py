@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dataset_factory.analyse import Analyser, Analysis, Job, Settings
+from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
 from dataset_factory.dedupe import Deduper, Kept
 from dataset_factory.errors import ModelLoadError
@@ -126,9 +127,9 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
         with store.exclusive(LOCK):
             shared.sync()
         summary.index_size = len(shared.index)
-        model = LazyModel(store.registry)
+        model = LazyModel(store.registry, f.max_pixels)
         summary.model_version = store.registry.current()
-        kept_cache: dict[int, Kept] = {}
+        kept_cache = BoundedCache(50_000)  # LRU: a long run must not hold every kept row
 
         def lookup(image_id: int) -> Kept:
             if image_id not in kept_cache:
@@ -137,7 +138,7 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
 
         deduper = Deduper(shared.index, max_distance=f.max_distance, hard=f.hard_duplicates,
                           hard_distance=f.hard_distance, verify_threshold=f.verify_threshold,
-                          lookup=lookup)
+                          lookup=lookup, max_pixels=f.max_pixels)
 
         def file_rows(chunk: list[dict]) -> int:
             jobs = [Job(r["id"], str(store.abspath(r["path"]))) for r in chunk]
@@ -317,14 +318,15 @@ def _outcome(move) -> str:
 class LazyModel:
     """The promoted model, loaded (TensorFlow imported) only when an image needs it."""
 
-    def __init__(self, registry):
+    def __init__(self, registry, max_pixels: int):
         self.registry = registry
+        self.max_pixels = max_pixels
         self._loaded = False
         self._classifier: Classifier | None = None
 
     def get(self) -> Classifier | None:
         if not self._loaded:
-            self._classifier = Classifier.from_registry(self.registry)
+            self._classifier = Classifier.from_registry(self.registry, self.max_pixels)
             self._loaded = True
         return self._classifier
 

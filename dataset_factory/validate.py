@@ -1,27 +1,37 @@
 """Decode-check one image file and normalise it to RGB, or say why it is refused.
 
-Every image is decoded completely (a truncated file fails here, not in training), with
-Pillow's decompression-bomb warning turned into an error. JPEGs are decoded in draft mode:
+Every image is decoded completely (a truncated file fails here, not in training). JPEGs are decoded in draft mode:
 libjpeg scales by 1/2, 1/4 or 1/8 while decoding, which reads every byte of the stream (so
 damage is still found) but costs a fraction of a full-size decode. Nothing downstream needs
 more than ``draft_size`` pixels: hashes use 32x32, the verifier 64x64.
+
+The pixel limit (``factory.max_pixels``) is this module's: every decoder in pingo (validation
+and hashing, the duplicate verifier, classification, training) goes through ``decode`` with
+it, so an image is either refused here with its size in the reason's detail or decoded the
+same way everywhere. The size is checked explicitly from the header, before any pixel is
+decoded. Pillow's own check is switched off because it reads one process-wide setting and
+reports through ``warnings``, which cannot be scoped safely in tf.data's decoding threads.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dataset_factory.errors import InvalidImage
+from pingo.config import FactoryConfig
 from pingo.imageformats import ALLOWED_FORMATS
 
 logger = logging.getLogger(__name__)
 
+# factory.max_pixels's default; callers pass the configured value.
+DEFAULT_MAX_PIXELS: int = FactoryConfig.max_pixels
+# pingo checks every image against its own limit (check_pixels) before decoding it.
+Image.MAX_IMAGE_PIXELS = None
 DRAFT_SIZE = 128
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
@@ -30,7 +40,7 @@ _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 class Limits:
     min_size: int = 32
     max_aspect: float = 8.0
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -50,26 +60,30 @@ def decode(path: str | Path, limits: Limits = Limits(), draft_size: int | None =
             raise InvalidImage("empty", "zero bytes")
     except FileNotFoundError:
         raise InvalidImage("file_missing", str(path)) from None
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as im:
-                return _decode_open(im, limits, draft_size)
-        except InvalidImage:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidImage("decompression_bomb", str(exc)) from None
-        except UnidentifiedImageError as exc:
-            raise InvalidImage("undecodable", str(exc)) from None
-        except MemoryError:
-            raise InvalidImage("decompression_bomb", "out of memory while decoding") from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
-                struct.error) as exc:
-            text = str(exc)
-            reason = ("truncated" if "truncated" in text.lower() or isinstance(exc, EOFError)
-                      else "undecodable")
-            raise InvalidImage(reason, text) from None
+    try:
+        with Image.open(path) as im:
+            return _decode_open(im, limits, draft_size)
+    except InvalidImage:
+        raise
+    except Image.DecompressionBombError as exc:  # e.g. a PNG text chunk over Pillow's limit
+        raise InvalidImage("decompression_bomb", str(exc)) from None
+    except UnidentifiedImageError as exc:
+        raise InvalidImage("undecodable", str(exc)) from None
+    except MemoryError:
+        raise InvalidImage("decompression_bomb", "out of memory while decoding") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+            struct.error) as exc:
+        text = str(exc)
+        reason = ("truncated" if "truncated" in text.lower() or isinstance(exc, EOFError)
+                  else "undecodable")
+        raise InvalidImage(reason, text) from None
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image with more than ``max_pixels`` pixels (factory.max_pixels)."""
+    if width * height > max_pixels:
+        raise InvalidImage("too_many_pixels", f"{width}x{height} = {width * height:,} pixels, "
+                           f"over factory.max_pixels ({max_pixels:,})")
 
 
 def _decode_open(im: Image.Image, limits: Limits, draft_size: int | None) -> Decoded:
@@ -77,6 +91,7 @@ def _decode_open(im: Image.Image, limits: Limits, draft_size: int | None) -> Dec
     if fmt not in ALLOWED_FORMATS:
         raise InvalidImage("unsupported_format", fmt)
     width, height = im.size
+    check_pixels(width, height, limits.max_pixels)  # from the header: nothing decoded yet
     orientation = _orientation(im)
     if orientation in _ROTATED:
         width, height = height, width

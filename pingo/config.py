@@ -206,6 +206,10 @@ class TrainConfig:
     keep_models: int = setting(5, check=at_least(1),
                                doc="model versions `pingo prune` keeps (the newest ones; the "
                                    "promoted and the previous version are kept besides)")
+    cache_memory_mb: int = setting(2048, check=at_least(0),
+                                   doc="decoded images are cached in memory up to this size, "
+                                       "else in a file under data_dir/cache (48 KB an image "
+                                       "at 128 px)")
 
 
 @dataclass(frozen=True)
@@ -435,6 +439,7 @@ schedule = "0 2 * * *"         # cron: nightly retrain (runs only when every cla
 promote_margin = 0.0           # a new model is promoted if test accuracy >= current + margin
 keep_models = 5                # `pingo prune` keeps the newest 5 versions, plus the promoted
                                # and the previous one whatever their age
+cache_memory_mb = 2048         # decoded images cached in memory up to this, else in data/cache
 
 [storage]
 # db_url = "postgresql://user@127.0.0.1/pingo"      # default: sqlite in data_dir

@@ -48,7 +48,7 @@ def hostile_files(real_photo: Path) -> dict[str, tuple[bytes, str, str | None]]:
         "empty": (b"", "jpg", "empty"),
         "html": (b"<!doctype html><html><body>Not found</body></html>", "jpg", "undecodable"),
         "random": (bytes(rng.randrange(256) for _ in range(3000)), "jpg", "undecodable"),
-        "bomb": (bomb, "png", "decompression_bomb"),
+        "bomb": (bomb, "png", "too_many_pixels"),
         "tiny_8x8": (encode(pattern_image(16, (8, 8)), "PNG"), "png", "too_small"),
         "banner": (encode(pattern_image(17, (1000, 40)), "PNG"), "png", "bad_aspect"),
         "ppm": (encode(pattern_image(18), "PPM"), "ppm", "unsupported_format"),

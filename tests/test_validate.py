@@ -64,7 +64,7 @@ def test_pixel_limit_is_configurable(tmp_path):
     path.write_bytes(encode(pattern_image(3, (600, 600)), "PNG"))
     with pytest.raises(InvalidImage) as info:
         decode(path, Limits(max_pixels=100_000))
-    assert info.value.reason == "decompression_bomb"
+    assert info.value.reason == "too_many_pixels"
 
 
 def test_hostile_set_ends_in_the_right_places(project, hostile):

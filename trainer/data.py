@@ -2,8 +2,9 @@
 
 Images come from the store (accepted rows, i.e. ``dataset/<class>/``) or from any folder laid
 out as ``<root>/<class>/<image>``. The pipeline decodes and resizes each file once (as the
-factory does when it classifies: trainer.pixels), caches the small uint8 result in memory,
-then shuffles, batches, augments (training only, after the cache so every epoch sees new
+factory does when it classifies: trainer.pixels, under the same factory.max_pixels), caches
+the small uint8 result (in memory, or in a file under data_dir when it would pass
+train.cache_memory_mb: trainer.cache), then shuffles, batches, augments (training only, after the cache so every epoch sees new
 variants) and prefetches, all with AUTOTUNE parallelism.
 """
 
@@ -132,13 +133,17 @@ def check_enough(plan: DatasetPlan) -> None:
 
 # ---- tf.data ------------------------------------------------------------------------------
 
-def decode_resize(path, image_size: int):
+def decode_resize(path, image_size: int, max_pixels: int | None = None):
     """File path tensor -> uint8 (image_size, image_size, 3), exactly as the factory sees it
-    (trainer.pixels: Pillow, EXIF orientation, alpha over white, bilinear resize)."""
+    (trainer.pixels: Pillow, EXIF orientation, alpha over white, bilinear resize, the same
+    factory.max_pixels; None: its default)."""
     import tensorflow as tf
 
+    from dataset_factory.validate import DEFAULT_MAX_PIXELS
     from trainer.pixels import load_pixels
-    image = tf.numpy_function(load_pixels, [path, image_size], tf.uint8, stateful=False)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    image = tf.numpy_function(lambda p: load_pixels(p, image_size, limit), [path], tf.uint8,
+                              stateful=False)
     image.set_shape((image_size, image_size, 3))
     return image
 
@@ -156,17 +161,23 @@ def augmenter(seed: int):
 
 def make_dataset(items: Sequence[Item], classes: Sequence[str], image_size: int,
                  batch_size: int, *, training: bool, augment: bool = True, seed: int = 0,
-                 cache: bool = True):
-    """(float32 0..255 images, int labels) batches; undecodable files are dropped, logged."""
+                 cache: bool | str = True, max_pixels: int | None = None):
+    """(float32 0..255 images, int labels) batches; undecodable files are dropped, logged.
+
+    ``cache``: True caches the decoded images in memory, a path in files with that prefix
+    (trainer.cache decides which), False not at all. ``max_pixels``: factory.max_pixels.
+    """
     import tensorflow as tf
     autotune = tf.data.AUTOTUNE
     index = {c: i for i, c in enumerate(classes)}
     ds = tf.data.Dataset.from_tensor_slices(
         ([i.path for i in items], [index[i.label] for i in items]))
-    ds = ds.map(lambda p, y: (decode_resize(p, image_size), y), num_parallel_calls=autotune,
-                deterministic=True)
+    ds = ds.map(lambda p, y: (decode_resize(p, image_size, max_pixels), y),
+                num_parallel_calls=autotune, deterministic=True)
     ds = ds.ignore_errors(log_warning=True)
-    if cache:
+    if isinstance(cache, str):
+        ds = ds.cache(cache)
+    elif cache:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(max(len(items), 1), seed=seed, reshuffle_each_iteration=True)

@@ -97,9 +97,10 @@ def load_entry_model(folder: Path) -> LoadedModel:
     return LoadedModel(model, classes, config)
 
 
-def evaluate_on(loaded: LoadedModel, items, batch_size: int) -> dict[str, Any]:
+def evaluate_on(loaded: LoadedModel, items, batch_size: int, max_pixels: int | None = None
+                ) -> dict[str, Any]:
     ds = data.make_dataset(items, loaded.classes, loaded.image_size, batch_size,
-                           training=False, cache=False)
+                           training=False, cache=False, max_pixels=max_pixels)
     y_true, probs = predict(loaded.model, ds)
     return compute_metrics(y_true, probs, loaded.classes)
 
@@ -115,7 +116,8 @@ def _history_csv(history: dict[str, list[float]]) -> str:
 
 
 def write_entry(folder: Path, version: str, plan: data.DatasetPlan, tc: TrainConfig,
-                placement, outcome: FitOutcome, started: float) -> Written:
+                placement, outcome: FitOutcome, started: float,
+                max_pixels: int | None = None) -> Written:
     """Everything but metrics.json: model, classes, config, history, manifest, plots."""
     import keras
     import tensorflow as tf
@@ -132,6 +134,7 @@ def write_entry(folder: Path, version: str, plan: data.DatasetPlan, tc: TrainCon
         "class_weights": ({plan.classes[i]: w for i, w in outcome.class_weights.items()}
                           if outcome.class_weights else None),
         "epochs_run": outcome.epochs_run,
+        "data_cache": outcome.cache.as_json() if outcome.cache else None,
         "best_epoch": outcome.best_epoch,
         "device": placement.description,
         "replicas": placement.replicas,
@@ -147,7 +150,7 @@ def write_entry(folder: Path, version: str, plan: data.DatasetPlan, tc: TrainCon
 
     # Judge the file the factory will load, not the object in memory.
     loaded = load_entry_model(folder)
-    test = evaluate_on(loaded, plan.split("test"), tc.batch_size)
+    test = evaluate_on(loaded, plan.split("test"), tc.batch_size, max_pixels)
     name = curve_name(tc.arch, tc.image_size, outcome.epochs_run, test["accuracy"],
                       test["loss"])
     plot_curves(outcome.history, folder / name,

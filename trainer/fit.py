@@ -11,6 +11,7 @@ from typing import Any
 
 from pingo.config import TrainConfig
 from trainer import data
+from trainer.cache import CachePlan, cache_key, dataset_cache
 from trainer.devices import Placement
 from trainer.models import build_model
 
@@ -27,6 +28,7 @@ class FitOutcome:
     best_epoch: int                    # 1-based epoch whose weights were kept
     seconds: float
     class_weights: dict[int, float] | None
+    cache: CachePlan | None = None     # where decoded images were cached between epochs
 
 
 def _epoch_logger():
@@ -43,15 +45,32 @@ def _epoch_logger():
 
 
 def fit(plan: data.DatasetPlan, tc: TrainConfig, placement: Placement, folder: Path,
-        progress: bool = False) -> FitOutcome:
+        progress: bool = False, *, cache_dir: Path | None = None,
+        max_pixels: int | None = None) -> FitOutcome:
+    """Train on ``plan``; decoded images are cached in memory or, past train.cache_memory_mb,
+    in files under ``cache_dir`` (data_dir/cache), removed when fitting ends.
+    ``max_pixels``: factory.max_pixels, so training reads every image the factory accepted."""
+    cached = [i for i in plan.items if i.split in ("train", "val")]
+    key = cache_key([i.path for i in cached], tc.image_size, max_pixels or 0)
+    with dataset_cache(len(cached), tc.image_size, tc.cache_memory_mb, cache_dir,
+                       key) as cache:
+        outcome = _fit(plan, tc, placement, folder, progress, cache, max_pixels)
+    outcome.cache = cache
+    return outcome
+
+
+def _fit(plan: data.DatasetPlan, tc: TrainConfig, placement: Placement, folder: Path,
+         progress: bool, cache: CachePlan, max_pixels: int | None) -> FitOutcome:
     import keras
     keras.utils.set_random_seed(tc.seed)
     k = len(plan.classes)
     batch = tc.batch_size * placement.replicas
     train_ds = data.make_dataset(plan.split("train"), plan.classes, tc.image_size, batch,
-                                 training=True, augment=tc.augment, seed=tc.seed)
+                                 training=True, augment=tc.augment, seed=tc.seed,
+                                 cache=cache.target("train"), max_pixels=max_pixels)
     val_ds = data.make_dataset(plan.split("val"), plan.classes, tc.image_size, batch,
-                               training=False)
+                               training=False, cache=cache.target("val"),
+                               max_pixels=max_pixels)
     previous_policy = keras.mixed_precision.global_policy()
     if placement.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")

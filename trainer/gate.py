@@ -69,7 +69,8 @@ def promotion_decision(store, config: Config, tc: TrainConfig, plan: data.Datase
         return PromotionDecision(True, f"classes changed from {loaded.classes} to "
                                  f"{plan.classes}; the current model cannot be compared",
                                  current_version=current, **base)
-    cur = evaluate_on(loaded, plan.split("test"), tc.batch_size)["accuracy"]
+    cur = evaluate_on(loaded, plan.split("test"), tc.batch_size,
+                      config.factory.max_pixels)["accuracy"]
     promoted = new >= cur + tc.promote_margin
     verdict = "promoted" if promoted else "not promoted"
     reason = (f"{verdict}: test accuracy {new:.4f} vs {cur:.4f} for current {current} on the "

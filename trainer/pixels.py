@@ -17,20 +17,23 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def load_pixels(path: str | bytes, size: int) -> np.ndarray:
-    """uint8 (size, size, 3); raises ValueError for a file Pillow cannot decode.
+def load_pixels(path: str | bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """uint8 (size, size, 3); raises ValueError for a file Pillow cannot decode or one over
+    ``max_pixels`` (factory.max_pixels; None: its default).
 
     Decoding and resizing are the factory's own (dataset_factory.classify.decode_resized), so
     the two cannot drift.
     """
     from dataset_factory.classify import decode_resized
     from dataset_factory.errors import InvalidImage
+    from dataset_factory.validate import DEFAULT_MAX_PIXELS
     if isinstance(path, np.ndarray):  # tf.numpy_function hands over a 0-d array when eager
         path = path.item()
     if isinstance(path, bytes):
         path = path.decode()
     size = int(size)
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     try:
-        return decode_resized(path, size)
+        return decode_resized(path, size, max_pixels)
     except InvalidImage as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -92,16 +92,18 @@ def train(config: Config, store, force: bool = False, overrides: dict[str, Any] 
     from trainer.fit import fit
     placement = choose_placement()
     if not placement.is_chief:
-        return _train_as_worker(plan, tc, placement, progress)
+        return _train_as_worker(plan, tc, placement, progress, store.data_dir / "cache",
+                                config.factory.max_pixels)
     version, folder = store.registry.new_version()
     logger.info("training %s: %s at %d px on %s; images per split %s", version, tc.arch,
                 tc.image_size, placement.description,
                 {s: sum(c.values()) for s, c in plan.counts().items()})
     started = time.time()
     try:
-        outcome = fit(plan, tc, placement, folder, progress=progress)
+        outcome = fit(plan, tc, placement, folder, progress=progress,
+                      cache_dir=store.data_dir / "cache", max_pixels=config.factory.max_pixels)
         written = entry.write_entry(folder, version, plan, tc, placement, outcome,
-                                    started=started)
+                                    started=started, max_pixels=config.factory.max_pixels)
         decision = gate.promotion_decision(store, config, tc, plan, written)
         entry.finish_entry(folder, written, decision)
     except BaseException as exc:
@@ -116,7 +118,8 @@ def train(config: Config, store, force: bool = False, overrides: dict[str, Any] 
                        entry.summary(written, decision))
 
 
-def _train_as_worker(plan, tc: TrainConfig, placement, progress: bool) -> TrainResult:
+def _train_as_worker(plan, tc: TrainConfig, placement, progress: bool, cache_dir: Path,
+                     max_pixels: int) -> TrainResult:
     """A non-chief worker of a multi-worker run: trains in step with the chief (every worker
     must run every step and save), but writes nothing to the registry."""
     import tempfile
@@ -124,7 +127,8 @@ def _train_as_worker(plan, tc: TrainConfig, placement, progress: bool) -> TrainR
     from trainer.entry import save_model
     from trainer.fit import fit
     with tempfile.TemporaryDirectory(prefix="pingo-worker-") as scratch:
-        outcome = fit(plan, tc, placement, Path(scratch), progress=progress)
+        outcome = fit(plan, tc, placement, Path(scratch), progress=progress,
+                      cache_dir=cache_dir, max_pixels=max_pixels)
         save_model(outcome.model, Path(scratch) / "model.keras")
     return TrainResult(True, f"trained as a worker on {placement.description}; the chief "
                        "writes the registry entry")
