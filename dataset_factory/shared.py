@@ -49,7 +49,9 @@ def dead_local_worker(worker: str) -> bool:
     """Whether ``worker`` ran on this host and its process is gone (its leases can go now)."""
     host, _, rest = worker.partition(":")
     pid = rest.partition(":")[0]
-    return host == files.HOST[:100] and pid.isdigit() and not files.pid_alive(int(pid))
+    if host != files.HOST[:100] or not pid.isdigit():
+        return False
+    return not files.pid_alive(int(pid)) or files.exited(int(pid))
 
 
 class Claims:

@@ -185,7 +185,7 @@ def owner_alive(owner: str, since: float, last_seen: float | None = None) -> boo
         return time.time() - (last_seen or since) < STALE_SECONDS
     if o.boot and BOOT_ID and o.boot != BOOT_ID:
         return False  # recorded before a reboot
-    if not pid_alive(o.pid) or _exited(o.pid):
+    if not pid_alive(o.pid) or exited(o.pid):
         return False
     started = process_start(o.pid)
     if started is None:
@@ -225,7 +225,7 @@ def _proc_stat(pid: int) -> list[str] | None:
     return stat.rsplit(")", 1)[1].split()
 
 
-def _exited(pid: int) -> bool:
+def exited(pid: int) -> bool:
     """A zombie (or dying) process: it has exited, its parent just has not reaped it yet.
 
     A crawl child killed with its CLI is reparented to pid 1, which may reap it late; until
