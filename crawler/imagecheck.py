@@ -2,7 +2,7 @@
 
 A crawled body is remote, untrusted data. :func:`inspect` opens it only as one of
 ``pingo.imageformats.ALLOWED_FORMATS`` (Pillow would otherwise hand an EPS body to
-Ghostscript), with the pixel limit as Pillow's decompression-bomb limit, and decodes it fully.
+Ghostscript), refuses it from its header when it is over the pixel limit, and decodes it fully.
 :class:`ImageChecker` runs :func:`inspect` in long-lived worker processes so that a body that
 decodes for minutes (a progressive JPEG with thousands of scans) or crashes the decoder costs
 one killed worker, never the crawl: past ``timeout`` seconds the worker is killed and the
@@ -27,7 +27,6 @@ import struct
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 from pingo.imageformats import ALLOWED_FORMATS, EXTENSIONS, looks_like_allowed
@@ -45,22 +44,22 @@ def inspect(body: bytes, content_type: str, min_side: int, max_pixels: int) -> V
     """Open and fully decode ``body`` in this process (no time limit: see ImageChecker)."""
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow refuses bombs while parsing the header
     Image.init()
     openers = [f for f in sorted(ALLOWED_FORMATS) if f in Image.OPEN]  # MPO opens as JPEG
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(body), formats=openers) as img:
-                fmt, (width, height) = img.format, img.size
-                if width * height > max_pixels:
-                    return ("refused", "too_large", f"{width}x{height} pixels")
-                if min(width, height) < min_side:
-                    return ("refused", "too_small", f"{width}x{height} pixels")
-                if fmt in ("JPEG", "MPO"):
-                    img.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # fast full pass
-                img.load()  # decodes everything: truncated or garbled data fails here
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
+        # The pixel limit is checked here, from the header, before anything is decoded; not
+        # through Pillow's process-wide MAX_IMAGE_PIXELS, which would also change the limit
+        # of every other decoder in the process (the factory's, in tests and `pingo demo`).
+        with Image.open(io.BytesIO(body), formats=openers) as img:
+            fmt, (width, height) = img.format, img.size
+            if width * height > max_pixels:
+                return ("refused", "too_large", f"{width}x{height} pixels")
+            if min(width, height) < min_side:
+                return ("refused", "too_small", f"{width}x{height} pixels")
+            if fmt in ("JPEG", "MPO"):
+                img.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # fast full pass
+            img.load()  # decodes everything: truncated or garbled data fails here
+    except (Image.DecompressionBombError, MemoryError) as exc:
         return ("refused", "too_large", str(exc)[:120])
     except UnidentifiedImageError:
         reason = "corrupt" if looks_like_allowed(body[:16]) else "not_image"
@@ -204,6 +203,7 @@ def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the crawl decides when to stop
     _die_with_parent()
     _limit_memory()
+    Image.MAX_IMAGE_PIXELS = None  # inspect() applies the configured limit itself
     Image.init()  # load the format plugins now, not within the first body's time limit
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     out.write(b"ready\n")
