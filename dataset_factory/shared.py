@@ -81,8 +81,8 @@ class Claims:
         self._thread.join()
         try:
             self.store.release_claims(self.worker)
-        except Exception as exc:  # leases expire on their own; never mask the real error
-            logger.warning("could not release claims of %s: %s", self.worker, exc)
+        except Exception as err:  # leases expire on their own; never mask the real error
+            logger.warning("could not release claims of %s: %s", self.worker, err)
 
     def take(self, n: int) -> list[dict]:
         """Up to ``n`` inbox rows leased to this worker, in id order (its own unfinished first)."""

@@ -16,7 +16,6 @@ stage, signal and delay, so ``--seed`` replays the same plan.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random

@@ -107,6 +107,45 @@ def pg_url():
         admin.dispose()
 
 
+REDIS_URL = os.environ.get("PINGO_TEST_REDIS", "redis://127.0.0.1:6379/9")
+
+
+@pytest.fixture
+def redis_prefix():
+    """A key prefix no other test uses on the test Redis; every key under it deleted after."""
+    import uuid
+
+    import redis
+    server = redis.Redis.from_url(REDIS_URL)
+    try:
+        server.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no Redis at {REDIS_URL} ({exc}); CI starts one")
+    prefix = f"pingotest:{uuid.uuid4().hex[:10]}"
+    try:
+        yield prefix
+    finally:
+        keys = list(server.scan_iter(match=f"{prefix}:*", count=500))
+        if keys:
+            server.delete(*keys)
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def spec():
+    """How the crawler starts a local headless Chromium (skips where there is none)."""
+    from scrapy.settings import Settings
+
+    from crawler.browser import BrowserSpec
+    from crawler.errors import BrowserError
+    try:
+        return BrowserSpec.from_settings(Settings({"SELENIUM_PAGE_LOAD_TIMEOUT": 10}))
+    except BrowserError as exc:
+        pytest.skip(f"no local browser: {exc}")
+
+
 @pytest.fixture(scope="session")
 def sign_digits() -> Path:
     if not SIGN_DIGITS.is_dir():

@@ -7,12 +7,10 @@ import os
 import signal
 
 import pytest
-from scrapy.settings import Settings
 
 from crawler.browser import BrowserSpec, process_tree
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import make_server
-from crawler.errors import BrowserError
 from crawler.pool import BrowserPool, RenderFailed, RenderJob
 from crawler.selenium_request import Scroll
 
@@ -24,14 +22,6 @@ def site(tmp_path_factory):
     images = ensure_demo_images(tmp_path_factory.mktemp("cache"), count=40, size=32)
     with make_server(images).start() as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def spec():
-    try:
-        return BrowserSpec.from_settings(Settings({"SELENIUM_PAGE_LOAD_TIMEOUT": 10}))
-    except BrowserError as exc:
-        pytest.skip(f"no local browser: {exc}")
 
 
 def make_pool(spec, **kw):

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from scrapy.settings import Settings
 
 from crawler.browser import Browser, BrowserSpec, process_tree
 from crawler.errors import BrowserError
@@ -25,14 +24,6 @@ def browser_processes(root: int) -> list[int]:
         if "chrom" in name:
             found.append(pid)
     return found
-
-
-@pytest.fixture(scope="module")
-def spec():
-    try:
-        return BrowserSpec.from_settings(Settings({"SELENIUM_PAGE_LOAD_TIMEOUT": 10}))
-    except BrowserError as exc:
-        pytest.skip(f"no local browser: {exc}")
 
 
 @pytest.mark.browser

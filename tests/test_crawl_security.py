@@ -18,7 +18,7 @@ from crawler.errors import CrawlError
 from pingo.config import Config, check_safe_name
 from pingo.errors import UnsafeNameError
 
-REDIS_URL = os.environ.get("PINGO_TEST_REDIS", "redis://127.0.0.1:6379/9")
+from conftest import REDIS_URL
 
 
 @pytest.fixture(scope="module")
@@ -89,28 +89,6 @@ def test_the_demo_request_log_keeps_only_the_newest_requests(images):
 
 
 # ---- the shared queue in Redis ---------------------------------------------------------------
-
-@pytest.fixture
-def redis_prefix():
-    import uuid
-
-    import redis
-    server = redis.Redis.from_url(REDIS_URL)
-    try:
-        server.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no Redis at {REDIS_URL} ({exc}); CI starts one")
-    prefix = f"pingotest:{uuid.uuid4().hex[:10]}"
-    try:
-        yield prefix
-    finally:
-        keys = list(server.scan_iter(match=f"{prefix}:*", count=500))
-        if keys:
-            server.delete(*keys)
-        server.close()
-
 
 class _Planted:
     """Unpickling this creates ``marker``: what an attacker's payload would do instead."""

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 
 import pytest
@@ -22,28 +21,7 @@ from crawler.demo_site import make_server
 from crawler.run import crawl
 from crawler_fixtures.helpers import assert_inbox_consistent, crawl_toml, inbox_rows
 
-REDIS_URL = os.environ.get("PINGO_TEST_REDIS", "redis://127.0.0.1:6379/9")
-
-
-@pytest.fixture
-def redis_prefix():
-    """A key prefix no other test uses on the test Redis; every key under it deleted after."""
-    import redis
-    server = redis.Redis.from_url(REDIS_URL)
-    try:
-        server.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no Redis at {REDIS_URL} ({exc}); CI starts one")
-    prefix = f"pingotest:{uuid.uuid4().hex[:10]}"
-    try:
-        yield prefix
-    finally:
-        keys = list(server.scan_iter(match=f"{prefix}:*", count=500))
-        if keys:
-            server.delete(*keys)
-        server.close()
+from conftest import REDIS_URL
 
 
 def frontier(prefix: str, **kw):
