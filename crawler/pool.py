@@ -54,6 +54,19 @@ def kill_all_browsers() -> None:
         pool.kill_all(blocking=False)
 
 
+def end_all_browsers() -> None:
+    """At the crawl process's exit: kill the browsers no ``close()`` quit, remove their
+    folders."""
+    import shutil
+    for pool in list(_POOLS):
+        with pool._lock:
+            browsers, pool._all = list(pool._all), set()
+        for browser in browsers:
+            browser.kill()
+            if browser.profile_dir:
+                shutil.rmtree(browser.profile_dir, ignore_errors=True)
+
+
 class RenderFailed(CrawlError):
     """A page could not be rendered, even by fresh browsers."""
 

@@ -363,5 +363,32 @@ def _child_main(job: str, result: str) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """End the crawl process without waiting for threads: a crawl stopped while it started
+    can leave Twisted thread-pool workers that never quit (threading._shutdown would wait
+    for them forever). Browsers still running are killed first; the stats are written."""
+    try:
+        from crawler.pool import end_all_browsers
+        end_all_browsers()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _main(argv: list[str]) -> None:
+    code = 1
+    try:
+        code = _child_main(*argv[1:3])
+    except KeyboardInterrupt:  # a stop before its handler was set (Python still starting)
+        code = 128 + signal.SIGINT
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        logger.exception("the crawl process failed")
+    _exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(_child_main(*sys.argv[1:3]))
+    _main(sys.argv)
