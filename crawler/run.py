@@ -21,6 +21,11 @@ import pickle
 import signal
 import subprocess
 import sys
+
+_EARLY_STOPS: list[int] = []
+if __name__ == "__main__":  # a stop while this crawl process still imports Scrapy: kept
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, _frame: _EARLY_STOPS.append(signum))
 import tempfile
 import threading
 import time
@@ -276,6 +281,8 @@ class _StopSignals:
     def install(self) -> None:
         signal.signal(signal.SIGINT, self.handle)
         signal.signal(signal.SIGTERM, self.handle)
+        if _EARLY_STOPS:
+            self.handle(_EARLY_STOPS[0], None)
 
     def handle(self, signum, _frame) -> None:
         name = signal.Signals(signum).name
