@@ -2,7 +2,8 @@
 
 Twisted's reactor cannot be restarted inside one process, so every crawl runs Scrapy in a
 fresh child Python (``python -m crawler.run``); ``crawl()`` can then be called any number of
-times from the CLI, ``pingo demo`` or the scheduler. 
+times from the CLI, ``pingo demo`` or the scheduler.
+
 Stopping (see docs/crawler.md): SIGINT or SIGTERM to ``pingo crawl`` (the process group or the
 CLI alone) is passed on to the child, which stops Scrapy (renders and downloads in flight may
 be dropped: the URL memory and storage's add journal make that safe) and quits its browsers;
@@ -21,17 +22,17 @@ import pickle
 import signal
 import subprocess
 import sys
-
-_EARLY_STOPS: list[int] = []
-if __name__ == "__main__":  # a stop while this crawl process still imports Scrapy: kept
-    for _signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signum, lambda signum, _frame: _EARLY_STOPS.append(signum))
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+_EARLY_STOPS: list[int] = []
+if __name__ == "__main__":  # a stop while this crawl process still imports Scrapy: kept
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, _frame: _EARLY_STOPS.append(signum))
 
 from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError
 from crawler.sources import resolve_sources
