@@ -25,3 +25,16 @@ class BrowserError(CrawlError):
 
 class DemoSiteError(PingoError):
     """The demo search site cannot serve as asked (missing folder, port taken)."""
+
+
+class CrawlInterrupted(CrawlError):
+    """The crawl was stopped by SIGINT or SIGTERM before it finished (not a crash).
+
+    ``signame`` names the signal; ``stats`` holds what the crawl did until then, if known.
+    The exit status follows the shell's convention: 128 + the signal number."""
+
+    def __init__(self, message: str, signame: str = "SIGINT", stats: dict | None = None):
+        super().__init__(message)
+        self.signame = signame
+        self.stats = stats or {}
+        self.exit_code = 143 if signame == "SIGTERM" else 130

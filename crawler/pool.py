@@ -11,10 +11,12 @@ times; then the render fails with RenderFailed. Counters go to Scrapy stats unde
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,6 +34,37 @@ STATUS_JS = ("const e = performance.getEntriesByType('navigation')[0];"
 WARM_UP_PAGE = "data:text/html,<title>warm-up</title><p>pingo</p><script>1</script>"
 # Polling for the results every 0.05 s instead of Selenium's default 0.5 s saves ~0.4 s a page.
 WAIT_POLL_SECONDS = 0.05
+
+
+# Pools of this process, so a stop signal can reach them (see abandon_all).
+_POOLS: "weakref.WeakSet[BrowserPool]" = weakref.WeakSet()
+
+
+def abandon_all() -> None:
+    """A stop was asked for: every pool's renders and browser starts in progress give up.
+
+    Safe in a signal handler (only sets flags); the browsers are quit by ``close()``."""
+    for pool in list(_POOLS):
+        pool.abandon()
+
+
+def kill_all_browsers() -> None:
+    """SIGKILL every browser of this process now (a forced exit; safe in a signal handler)."""
+    for pool in list(_POOLS):
+        pool.kill_all(blocking=False)
+
+
+def end_all_browsers() -> None:
+    """At the crawl process's exit: kill the browsers no ``close()`` quit, remove their
+    folders."""
+    import shutil
+    for pool in list(_POOLS):
+        with pool._lock:
+            browsers, pool._all = list(pool._all), set()
+        for browser in browsers:
+            browser.kill()
+            if browser.profile_dir:
+                shutil.rmtree(browser.profile_dir, ignore_errors=True)
 
 
 class RenderFailed(CrawlError):
@@ -84,6 +117,7 @@ class BrowserPool:
         self._lock = threading.Lock()
         self._closed = False
         self._threadpool = None
+        _POOLS.add(self)
 
     # ---- Twisted side ------------------------------------------------------------------------
 
@@ -92,6 +126,9 @@ class BrowserPool:
         from twisted.python.threadpool import ThreadPool
 
         self._threadpool = ThreadPool(minthreads=0, maxthreads=self.size, name="pingo-browser")
+        # Daemon workers: a crawl stopped before close() ran (Ctrl-C while it starts) must not
+        # hang at exit waiting for them; atexit and PR_SET_PDEATHSIG end their browsers.
+        self._threadpool.threadFactory = functools.partial(threading.Thread, daemon=True)
         self._threadpool.start()
         # Even if the crawl is stopped uncleanly, no browser outlives this process.
         atexit.register(self.kill_all)
@@ -127,6 +164,11 @@ class BrowserPool:
             self._threadpool.stop()
         self.quit_all()  # any a render in flight handed back meanwhile
 
+    def abandon(self) -> None:
+        """Stop starting browsers and retrying renders (a stop was asked for); renders in
+        flight end with their page. Only sets a flag: callable from a signal handler."""
+        self._closed = True
+
     def quit_all(self) -> None:
         with self._lock:
             browsers, self._all = list(self._all), set()
@@ -134,9 +176,19 @@ class BrowserPool:
             browser.quit()
             self._stat("selenium/browser_quit", 1)
 
-    def kill_all(self) -> None:
-        with self._lock:
-            browsers = list(self._all)
+    def kill_all(self, blocking: bool = True) -> None:
+        locked = self._lock.acquire(blocking)  # not in a signal handler: it may hold the lock
+        browsers: list[Browser] = []
+        try:
+            for _ in range(5):
+                try:
+                    browsers = list(self._all)
+                    break
+                except RuntimeError:  # changed while copied (unlocked): try again
+                    continue
+        finally:
+            if locked:
+                self._lock.release()
         for browser in browsers:
             browser.kill()
 
@@ -203,6 +255,8 @@ class BrowserPool:
 
     def _prestart(self) -> None:
         from selenium.common.exceptions import WebDriverException
+        if self._closed:
+            return
         try:
             browser = self._acquire(reuse=False)
             try:
@@ -211,7 +265,10 @@ class BrowserPool:
                 browser.driver.get(WARM_UP_PAGE)
             except WebDriverException as exc:
                 logger.debug("browser warm-up failed: %s", exc)
-            self._idle.put(browser)
+            if self._closed:  # the crawl was stopped while this browser started
+                self._discard(browser)
+            else:
+                self._idle.put(browser)
         except BrowserError as exc:
             self._stat("selenium/browser_start_failed", 1)
             logger.warning("%s", exc)

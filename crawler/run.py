@@ -2,8 +2,15 @@
 
 Twisted's reactor cannot be restarted inside one process, so every crawl runs Scrapy in a
 fresh child Python (``python -m crawler.run``); ``crawl()`` can then be called any number of
-times from the CLI, ``pingo demo`` or the scheduler. The child stops by itself if its parent
-dies, and quits every browser it started.
+times from the CLI, ``pingo demo`` or the scheduler.
+
+Stopping (see docs/crawler.md): SIGINT or SIGTERM to ``pingo crawl`` (the process group or the
+CLI alone) is passed on to the child, which stops Scrapy (renders and downloads in flight may
+be dropped: the URL memory and storage's add journal make that safe) and quits its browsers;
+the CLI waits for it (at most STOP_WAIT_SECONDS, then kills it) before it exits and releases
+the job lock, and the run is recorded as interrupted. If the parent dies without a word
+(SIGKILL, OOM) the kernel kills the child at once (PR_SET_PDEATHSIG), and its browsers with it,
+so nothing is stored after the lock is gone.
 """
 
 from __future__ import annotations
@@ -16,10 +23,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from crawler.errors import CrawlError, UnknownCrawlClassError
+_EARLY_STOPS: list[int] = []
+if __name__ == "__main__":  # a stop while this crawl process still imports Scrapy: kept
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, _frame: _EARLY_STOPS.append(signum))
+
+from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError
 from crawler.sources import resolve_sources
 from crawler.spider import ClassPlan
 from crawler.summary import CrawlSummary
@@ -27,6 +42,10 @@ from crawler.summary import CrawlSummary
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STOP_WAIT_SECONDS = 30.0  # a stopped crawl's child gets this long to quit before SIGKILL
+DUPLICATE_SIGNAL_SECONDS = 3.0  # a stop signal this soon after the first is the same stop
+PARENT_ENV = "PINGO_CRAWL_PARENT"
+INTERRUPTED_STAT = "pingo/interrupted"
 
 
 def plan_crawl(config, store, classes: list[str] | None = None,
@@ -123,6 +142,10 @@ def _effective_log_level() -> int | None:
     return (root.level or logging.WARNING) if root.handlers else None
 
 
+class _Terminated(BaseException):
+    """SIGTERM reached the process waiting for the crawl (raised by its handler)."""
+
+
 def _run_child(payload: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pingo-crawl-") as tmp:
         job, result = Path(tmp) / "job.pickle", Path(tmp) / "stats.json"
@@ -130,28 +153,79 @@ def _run_child(payload: dict[str, Any]) -> dict[str, Any]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                           env.get("PYTHONPATH")]))
-        child = subprocess.Popen([sys.executable, "-m", "crawler.run", str(job), str(result)],
-                                 env=env)
-        try:
-            code = child.wait()
-        except BaseException as exc:
-            # Let Scrapy close cleanly (browsers quit). Ctrl-C in a terminal already reached
-            # the child; a second SIGINT would force an unclean stop.
-            if not isinstance(exc, KeyboardInterrupt):
-                child.send_signal(signal.SIGINT)
+        env[PARENT_ENV] = str(os.getpid())
+        with _sigterm_raises():
+            child = subprocess.Popen([sys.executable, "-m", "crawler.run", str(job),
+                                      str(result)], env=env)
             try:
-                child.wait(60)
-            except subprocess.TimeoutExpired:
-                child.kill()
-            raise
+                code = child.wait()
+            except BaseException as exc:
+                signame = _stop_signal_name(exc)
+                # Pass the stop on (the child takes a second copy from a group signal as
+                # the same stop), wait for it to quit its browsers, and only then go on to
+                # release the job lock. A child that does not stop in time is killed: its
+                # browsers die with it (PR_SET_PDEATHSIG).
+                _stop_child(child, signal.SIGTERM if signame == "SIGTERM" else signal.SIGINT)
+                if signame:
+                    raise CrawlInterrupted(f"interrupted by {signame}", signame) from exc
+                raise
         if not result.exists():
             raise CrawlError(f"the crawl process ended with exit code {code} before reporting")
-        return json.loads(result.read_text())
+        stats = json.loads(result.read_text())
+        if stats.get(INTERRUPTED_STAT):  # stopped by a signal sent to it alone
+            raise CrawlInterrupted(f"interrupted by {stats[INTERRUPTED_STAT]}",
+                                   stats[INTERRUPTED_STAT], stats)
+        return stats
+
+
+def _stop_signal_name(exc: BaseException) -> str | None:
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(exc, _Terminated):
+        return "SIGTERM"
+    return None
+
+
+def _stop_child(child: subprocess.Popen, signum: int) -> None:
+    """Ask the child to stop, wait up to STOP_WAIT_SECONDS, then kill it; always reap it."""
+    while True:  # a further Ctrl-C while waiting must not leave the child behind
+        try:
+            if child.poll() is None:
+                child.send_signal(signum)
+                try:
+                    child.wait(STOP_WAIT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    logger.warning("the crawl process did not stop within %.0fs; killing it",
+                                   STOP_WAIT_SECONDS)
+                    child.kill()
+            child.wait()
+            return
+        except (KeyboardInterrupt, _Terminated):
+            child.kill()
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the crawl runs, SIGTERM raises (like SIGINT) instead of killing this process at
+    once, so the child is stopped and waited for. Only the main thread can set handlers
+    (the scheduler runs jobs on a worker thread and handles SIGTERM itself)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, _frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---- the child -------------------------------------------------------------------------------
 
-def run_here(payload: dict[str, Any]) -> dict[str, Any]:
+def run_here(payload: dict[str, Any], stop: "_StopSignals | None" = None) -> dict[str, Any]:
     """Run one crawl in this process (once per process: Twisted cannot restart)."""
     from scrapy.crawler import CrawlerProcess
     from twisted.internet import task
@@ -168,16 +242,103 @@ def run_here(payload: dict[str, Any]) -> dict[str, Any]:
                   demo_url=payload["demo_url"], per_query_limit=payload["per_query_limit"])
     parent = os.getppid()
 
-    def stop_if_orphaned():
+    def stop_if_orphaned():  # where PR_SET_PDEATHSIG is missing (not Linux)
         if os.getppid() != parent:
             logger.warning("the process that started this crawl is gone; stopping")
+            _abandon_browsers()
             process.stop()
 
-    from twisted.internet import reactor
+    from twisted.internet import reactor  # the one Scrapy installed
     watch = task.LoopingCall(stop_if_orphaned)
-    reactor.callWhenRunning(watch.start, 2.0, False)
-    process.start()
-    return dict(crawler.stats.get_stats())
+    reactor.callWhenRunning(watch.start, 0.5, False)
+    if stop is not None:
+        reactor.callWhenRunning(stop.reactor_running, process)
+    # Our own SIGINT/SIGTERM handlers (_StopSignals), installed before Scrapy even started.
+    process.start(install_signal_handlers=stop is None)
+    stats = dict(crawler.stats.get_stats())
+    if stop is not None and stop.signame:
+        stats[INTERRUPTED_STAT] = stop.signame
+    return stats
+
+
+def _abandon_browsers() -> None:
+    """Renders and browser starts in progress give up; no new browser starts."""
+    from crawler.pool import abandon_all
+    abandon_all()
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM in the crawl process, from the moment it starts.
+
+    The first signal stops the crawl gracefully (at once if the reactor runs, else as soon as
+    it does); the same stop arriving twice (the group's signal and the CLI's forward) within
+    DUPLICATE_SIGNAL_SECONDS counts once; a later one kills the browsers and exits now."""
+
+    def __init__(self):
+        self.signame: str | None = None
+        self.first = 0.0
+        self.process = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.handle)
+        if _EARLY_STOPS:
+            self.handle(_EARLY_STOPS[0], None)
+
+    def handle(self, signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self.signame is None:
+            self.signame, self.first = name, now
+            logger.warning("%s: stopping the crawl", name)
+            _abandon_browsers()
+            if self.process is not None:
+                from twisted.internet import reactor
+                reactor.callFromThread(self._stop)
+            return
+        if now - self.first < DUPLICATE_SIGNAL_SECONDS:
+            return
+        logger.warning("second %s: quitting now", name)
+        from crawler.pool import kill_all_browsers
+        kill_all_browsers()
+        os._exit(128 + signum)
+
+    def reactor_running(self, process) -> None:
+        self.process = process
+        if self.signame is not None:  # a stop that came while Scrapy was starting
+            self._stop()
+
+    def _stop(self) -> None:
+        from twisted.internet import reactor
+        d = self.process.stop()
+        # If the crawl never got going, stop_after_crawl may have nothing to wait for.
+        d.addBoth(lambda _: reactor.running and reactor.callLater(0, _stop_reactor))
+
+
+def _stop_reactor() -> None:
+    from twisted.internet import reactor
+    try:
+        reactor.stop()
+    except Exception:  # already stopping
+        pass
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel SIGKILLs this process when the CLI (the thread that started it) dies,
+    so a crawl whose CLI was killed stores nothing more; its browsers die with it."""
+    parent = os.environ.get(PARENT_ENV)
+    if not sys.platform.startswith("linux") or not parent:
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it died before the tie was made
+        os._exit(1)
 
 
 def _quiet_noisy_loggers(level: int | None) -> None:
@@ -190,6 +351,9 @@ def _quiet_noisy_loggers(level: int | None) -> None:
 
 
 def _child_main(job: str, result: str) -> int:
+    _die_with_parent()
+    stop = _StopSignals()
+    stop.install()
     payload = pickle.loads(Path(job).read_bytes())
     level = payload.get("log_level")
     if level is not None:
@@ -201,11 +365,38 @@ def _child_main(job: str, result: str) -> int:
                               or not r.name.startswith(("scrapy", "twisted")))
         logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(level)
-    stats = run_here(payload)
+    stats = run_here(payload, stop)
     from storage.files import atomic_write
     atomic_write(Path(result), json.dumps(stats, default=str))
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """End the crawl process without waiting for threads: a crawl stopped while it started
+    can leave Twisted thread-pool workers that never quit (threading._shutdown would wait
+    for them forever). Browsers still running are killed first; the stats are written."""
+    try:
+        from crawler.pool import end_all_browsers
+        end_all_browsers()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _main(argv: list[str]) -> None:
+    code = 1
+    try:
+        code = _child_main(*argv[1:3])
+    except KeyboardInterrupt:  # a stop before its handler was set (Python still starting)
+        code = 128 + signal.SIGINT
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        logger.exception("the crawl process failed")
+    _exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(_child_main(*sys.argv[1:3]))
+    _main(sys.argv)

@@ -100,6 +100,11 @@ def heartbeat(store: Store, run_id: int, every: float | None = None) -> Iterator
         thread.join()
 
 
+def _interrupted(exc: BaseException) -> bool:
+    from crawler.errors import CrawlInterrupted
+    return isinstance(exc, (KeyboardInterrupt, CrawlInterrupted))
+
+
 def run_job(config: Config, job: str, stage: Stage | None = None, *, wait: float = 0.0) -> Any:
     """Run one stage under the job lock and record it in `runs`; re-raise its failure."""
     stage = stage or STAGES[job]
@@ -113,6 +118,12 @@ def run_job(config: Config, job: str, stage: Stage | None = None, *, wait: float
                     result = stage(config, store)
             except BaseException as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if _interrupted(exc):  # a person or the service manager stopped it
+                    store.finish_run(run_id, "interrupted", as_counts(getattr(exc, "stats", None)
+                                                                      or None), str(exc) or
+                                     "interrupted by SIGINT")
+                    logger.warning("%s interrupted (run %d): %s", job, run_id, exc)
+                    raise
                 store.finish_run(run_id, "failed", None, error)
                 logger.error("%s failed (run %d): %s", job, run_id, error)
                 raise

@@ -20,6 +20,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 from pingo.config import Config
+from crawler.errors import CrawlInterrupted
 from scheduler.errors import BusyError
 from scheduler.jobs import STAGES, Stage, run_job
 
@@ -68,6 +69,8 @@ class Service:
             return True
         except BusyError as exc:
             logger.warning("%s", exc)
+        except CrawlInterrupted as exc:  # recorded as interrupted; not a crash
+            logger.warning("%s %s", job, exc)
         except Exception:
             logger.exception("%s failed; the schedule goes on", job)
         return False
