@@ -74,7 +74,7 @@ def main() -> int:
             for f in r.faults:
                 print("    " + f.replace("\n", "\n    "), flush=True)
             faults += r.faults
-        faults += chaos.finish(photos, site.site.requests)
+        faults += chaos.finish(photos, site.site)
         total = time.monotonic() - started
     print()
     print(chaos.table())

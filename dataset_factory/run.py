@@ -177,7 +177,7 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
                     continue
                 break
             taken += len(chunk)
-            chunk = _without_missing_files(store, chunk, summary)
+            chunk = _without_missing_files(store, claims, chunk, summary)
             if not chunk:
                 continue
             try:
@@ -195,9 +195,12 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
     return summary
 
 
-def _without_missing_files(store, chunk: list[dict], summary: FactorySummary) -> list[dict]:
+def _without_missing_files(store, claims: Claims, chunk: list[dict],
+                           summary: FactorySummary) -> list[dict]:
     """The rows of ``chunk`` whose file is in place; the others are reconciled by storage
-    (the row follows a file found elsewhere, or is rejected as file_missing)."""
+    (the row follows a file found elsewhere, or is rejected as file_missing). A row storage
+    leaves alone (a live process has its add or move in flight) is not taken again in this
+    run: claims hand a worker its own rows first, so it would be taken forever."""
     gone = [r for r in chunk if not r["path"] or not store.abspath(r["path"]).is_file()]
     if not gone:
         return chunk
@@ -208,6 +211,8 @@ def _without_missing_files(store, chunk: list[dict], summary: FactorySummary) ->
         if row["status"] == "rejected" and row["reason"] == "file_missing":
             summary.count(r["keyword_class"], "rejected:file_missing")
             summary.processed += 1
+        elif row["status"] == "inbox" and row["path"] == r["path"]:
+            claims.stuck.add(r["id"])  # the next run retries it
     logger.warning("%d inbox images had no file at their path: %s", len(gone), done)
     ids = {r["id"] for r in gone}
     return [r for r in chunk if r["id"] not in ids]

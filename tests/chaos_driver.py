@@ -482,8 +482,11 @@ class Chaos:
         self.results.append(result)
         return result
 
-    def finish(self, images_dir: Path, site_requests: list[str]) -> list[str]:
-        """A final clean crawl (no limit) and factory; then every served image accounted for."""
+    def finish(self, images_dir: Path, site) -> list[str]:
+        """A final clean crawl (no limit) and factory; then every served image accounted for.
+
+        ``site`` is the DemoSite: its request log is read after the final crawl (the log
+        property returns a copy, so it must not be read before)."""
         faults = []
         for stage in ("crawl", "factory"):
             run = self.d.run_stage(stage, final=True)
@@ -491,7 +494,7 @@ class Chaos:
                 faults.append(f"seed {self.d.seed} final {stage} exited {run.rc}:\n{run.tail()}")
         faults += [f"seed {self.d.seed} final check: {p}" for p in self.d.check()]
         faults += [f"seed {self.d.seed} final accounting: {p}"
-                   for p in final_accounting(self.d.data_dir, images_dir, site_requests)]
+                   for p in final_accounting(self.d.data_dir, images_dir, site.requests)]
         return faults
 
     def table(self) -> str:

@@ -10,7 +10,6 @@ driver for 200 rounds.
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
 
@@ -29,7 +28,9 @@ def photos(tmp_path_factory):
 def test_chaos_rounds_lose_nothing_and_never_wedge(tmp_path, photos):
     from crawler.demo_site import make_server
 
-    seed = int(os.environ.get("PINGO_CHAOS_SEED", random.randrange(1_000_000)))
+    # A fixed plan in CI (a failure there replays exactly); PINGO_CHAOS_SEED tries others, and
+    # bench/chaos.py draws a new seed each run.
+    seed = int(os.environ.get("PINGO_CHAOS_SEED", 4))
     print(f"chaos seed {seed} (PINGO_CHAOS_SEED={seed} replays this plan)")
     classes = sorted(p.name for p in photos.iterdir() if p.is_dir())
     # The whole request log: the final accounting reads every path the site served.
@@ -44,7 +45,7 @@ def test_chaos_rounds_lose_nothing_and_never_wedge(tmp_path, photos):
             print(f"round {number}: {result.kill.describe()} "
                   f"({'landed' if result.landed else 'missed'}), {result.seconds:.1f}s")
             faults += result.faults
-        faults += chaos.finish(photos, site.site.requests)  # the live log: read after the final crawl
+        faults += chaos.finish(photos, site.site)
     print(chaos.table())
     assert not faults, f"seed {seed}:\n" + "\n\n".join(faults)
     landed = [r for r in chaos.results if r.landed]

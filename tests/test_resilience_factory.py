@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from storage import files
 from storage.files import STATUS_DIRS
 from test_factory_helpers import encode, pattern_image
@@ -50,12 +52,36 @@ def test_a_vanished_inbox_file_is_recorded_and_the_run_goes_on(project, run_cli)
     assert "set aside: 1 (file_missing 1)" in run_cli("stats").output
 
 
+@pytest.mark.timeout(120)
+def test_an_inbox_row_whose_add_a_live_process_still_finishes_does_not_loop_the_run(
+        project, run_cli):
+    """A crawler (alive: here, this very process) has committed an add but not yet renamed
+    the file into the inbox. Storage rightly leaves the row alone; the factory used to take
+    it again and again (claims give a worker its own rows first) and never finished."""
+    from sqlalchemy import insert
+
+    from storage.schema import pending_moves
+    from storage.store import utcnow
+    with project.store() as store:
+        good, busy = add(store, [30, 31])
+        path = store.get_image(busy)["path"]
+        store.abspath(path).unlink()
+        with store.engine.begin() as conn:
+            conn.execute(insert(pending_moves).values(
+                image_id=busy, kind="add", src=f"inbox/.{busy}.part", dst=path, changes={},
+                owner=files.current_owner(), created_at=utcnow()))
+    result = run_cli("factory")
+    assert result.exit_code == 0, result.output
+    with project.store() as store:
+        assert store.get_image(good)["status"] == "accepted"
+        assert store.get_image(busy)["status"] == "inbox"  # the live add's, for a later run
+
+
 def test_a_row_that_fails_twice_is_set_aside_and_the_rest_is_filed(project, run_cli):
     with project.store() as store:
         good = add(store, range(10, 14))
         # a row an older pingo let in: its keyword class cannot become a folder
         (bad,) = add(store, [20], keyword_class="../outside")
-        late = None
     first = run_cli("factory", "--json")
     assert first.exit_code == 0, first.output
     assert json.loads(first.output)["failed"] == 1
