@@ -200,7 +200,11 @@ def _serve() -> None:
     """A worker: one verdict line per request on stdin, until stdin ends."""
     from PIL import Image
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the crawl decides when to stop
+    # The crawl decides when to stop (it closes stdin; PR_SET_PDEATHSIG if it dies). A Ctrl-C
+    # or SIGTERM sent to the whole process group must not kill a worker mid-check: the body
+    # would be recorded as a crashing not_image, refused for good, and the image lost.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     _die_with_parent()
     _limit_memory()
     Image.MAX_IMAGE_PIXELS = None  # inspect() applies the configured limit itself

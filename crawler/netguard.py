@@ -113,8 +113,11 @@ class PrivateAddressMiddleware:
         host, port = where
         try:
             addresses = await maybe_deferred_to_future(deferToThread(resolve, host, port))
-        except OSError:
-            return None  # not resolvable: the download fails as a network error by itself
+        except (OSError, ValueError) as exc:  # ValueError: e.g. an over-long IDNA label
+            # Fail the download here, as the network error it is: letting it through would
+            # have Scrapy resolve the name again, and a second answer may be private.
+            from twisted.internet.error import DNSLookupError
+            raise DNSLookupError(f"{host}: {exc}") from None
         private = [a for a in addresses if not is_public(a)]
         verdict = f"{host} is {', '.join(private)}, a private address" if private else None
         if not private and addresses:

@@ -132,6 +132,50 @@ def session_processes(sid: int) -> list[tuple[int, str]]:
     return found
 
 
+def image_rows(db: Path) -> int:
+    """Rows in the images table, read without opening a Store (0 before it exists)."""
+    import sqlite3
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def crawl_then_signal(root: Path, photos: Path, signum: int, to: str = "cli",
+                      settle: float = 10.0):
+    """Start `pingo crawl --limit 15` on a demo site serving ``photos`` slowly (0.3 s an
+    image); once 3 images are stored send ``signum`` to the CLI alone (``to="cli"``) or to its
+    whole process group (``"group"``). Returns (exit status, rows when the CLI exited, rows
+    once nothing of its session is left or ``settle`` seconds passed, processes still alive
+    then, the Driver)."""
+    from conftest import wait_for
+    from crawler.demo_site import make_server
+
+    with make_server(photos, image_delay=0.3).start() as site:
+        driver = Driver(root, site.url, ["one", "two", "zero"], seed=0)
+        db = driver.data_dir / "pingo.db"
+        child = subprocess.Popen(driver.cli("crawl", "--limit", "15"), cwd=driver.root,
+                                 env=driver.env, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: image_rows(db) >= 3 or child.poll() is not None,
+                     "3 images are stored")
+            assert child.poll() is None, "the crawl ended before it could be stopped"
+            (os.killpg if to == "group" else os.kill)(child.pid, signum)
+            code = child.wait(60)
+            at_exit = image_rows(db)
+            deadline = time.monotonic() + settle
+            while session_processes(child.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            left = session_processes(child.pid)
+            after = image_rows(db)
+        finally:
+            for pid, _ in session_processes(child.pid):
+                os.kill(pid, signal.SIGKILL)
+    return code, at_exit, after, left, driver
+
+
 class Driver:
     """One chaos project: config, demo site URL, the stage runner and the checks."""
 

@@ -59,41 +59,12 @@ def test_sigterm_stops_the_whole_crawl_before_the_cli_exits(tmp_path, photos, to
     while its crawl process runs on, storing images with the job lock already released (a
     second job may start beside it). Whatever is stopped, the crawl must end with the CLI."""
     import signal
-    import sqlite3
-    import subprocess
-    import time
 
-    from chaos_driver import session_processes
-    from crawler.demo_site import make_server
-    from conftest import wait_for
+    from chaos_driver import crawl_then_signal
 
-    with make_server(photos, image_delay=0.3).start() as site:
-        driver = Driver(tmp_path / "project", site.url, ["one", "two", "zero"], seed=0)
-        db = driver.data_dir / "pingo.db"
-
-        def rows() -> int:
-            try:
-                with sqlite3.connect(db) as conn:
-                    return conn.execute("SELECT count(*) FROM images").fetchone()[0]
-            except sqlite3.OperationalError:
-                return 0
-
-        child = subprocess.Popen(driver.cli("crawl", "--limit", "15"), cwd=driver.root,
-                                 env=driver.env, start_new_session=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: rows() >= 3 or child.poll() is not None, "3 images are stored")
-            assert child.poll() is None, "the crawl ended before it could be stopped"
-            (os.killpg if to == "group" else os.kill)(child.pid, signal.SIGTERM)
-            child.wait(60)
-            at_exit = rows()
-            time.sleep(2.0)  # the crawl process's orphan check runs every 2 s
-            left = session_processes(child.pid)
-            after = rows()
-        finally:
-            for pid, _ in session_processes(child.pid):
-                os.kill(pid, signal.SIGKILL)
-    assert left == [], f"SIGTERM to the {to}: alive 2 s after the CLI exited: {left}"
+    _, at_exit, after, left, _ = crawl_then_signal(tmp_path / "project", photos,
+                                                   signal.SIGTERM, to=to)
+    assert left == [], f"SIGTERM to the {to}: alive 10 s after the CLI exited: {left}"
     assert after == at_exit, (f"SIGTERM to the {to}: {after - at_exit} images stored after "
                               "the CLI exited (and released the job lock)")
 

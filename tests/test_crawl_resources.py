@@ -86,6 +86,33 @@ def test_a_body_that_decodes_for_too_long_is_refused_within_the_time_limit():
     assert all(w.process.poll() is not None for w in workers)
 
 
+def test_a_stop_signal_to_the_crawls_group_does_not_kill_a_check_in_progress():
+    """Found by the chaos rounds: SIGTERM to `pingo crawl`'s group killed the image-check
+    worker mid-decode; the body was refused as not_image ("the decoder crashed") and its URL
+    never fetched again: a good photo lost for good."""
+    import signal
+    import threading
+    import time
+
+    from conftest import png_bytes
+    from crawler.imagecheck import ImageChecker
+
+    checker = ImageChecker(min_side=16, max_pixels=40_000_000, timeout=120.0)
+    try:
+        assert checker.check(png_bytes(), "image/png")[0] == "ok"
+        (worker,) = checker._all
+        verdicts = []
+        slow = threading.Thread(target=lambda: verdicts.append(
+            checker.check(scan_bomb(repeats=400), "image/jpeg")))
+        slow.start()
+        time.sleep(0.3)  # the decode takes about a second
+        worker.process.send_signal(signal.SIGTERM)
+        slow.join(120)
+        assert verdicts and verdicts[0][0] == "ok", verdicts
+    finally:
+        checker.close()
+
+
 # ---- browsers of a killed crawl --------------------------------------------------------------
 
 def _cmdline(pid: int) -> str:
