@@ -140,9 +140,13 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                           env.get("PYTHONPATH")]))
+        # Its own session: Ctrl-C or SIGTERM sent to the crawl's process group must not kill
+        # a worker, not even while it starts (before it ignores them); a killed check would be
+        # recorded as a body that crashed the decoder and the image refused for good. It ends
+        # when the crawl closes its stdin, or dies with the crawl (PR_SET_PDEATHSIG, EOF).
         self.process = subprocess.Popen([sys.executable, "-m", "crawler.imagecheck"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env=env, close_fds=True)
+                                        env=env, close_fds=True, start_new_session=True)
         self.timed_out = False
         self._ready = False
 
@@ -200,9 +204,7 @@ def _serve() -> None:
     """A worker: one verdict line per request on stdin, until stdin ends."""
     from PIL import Image
 
-    # The crawl decides when to stop (it closes stdin; PR_SET_PDEATHSIG if it dies). A Ctrl-C
-    # or SIGTERM sent to the whole process group must not kill a worker mid-check: the body
-    # would be recorded as a crashing not_image, refused for good, and the image lost.
+    # The crawl decides when to stop (see _Worker): a stop signal sent to this pid is ignored.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     _die_with_parent()

@@ -79,7 +79,9 @@ def open_index(store, analyser: Analyser, method: str, hard: bool) -> NearDuplic
             if len(missing) >= STREAM_PAGE:
                 add_missing()
     add_missing()
-    gone = have[~seen]
+    # Ids not seen at all: a sidecar that lists an id twice must not lose it (remove() drops
+    # every copy of an id).
+    gone = np.setdiff1d(have[~seen], have[seen])
     if len(gone):
         index.remove(set(gone.tolist()))
     if len(gone) or added:

@@ -87,8 +87,8 @@ def test_a_body_that_decodes_for_too_long_is_refused_within_the_time_limit():
 
 
 def test_a_stop_signal_to_the_crawls_group_does_not_kill_a_check_in_progress():
-    """Found by the chaos rounds: SIGTERM to `pingo crawl`'s group killed the image-check
-    worker mid-decode; the body was refused as not_image ("the decoder crashed") and its URL
+    """Found by the chaos rounds: SIGTERM to `pingo crawl`'s group killed image-check
+    workers (just started, or mid-decode); the body was refused as not_image ("the decoder crashed") and its URL
     never fetched again: a good photo lost for good."""
     import signal
     import threading
@@ -101,6 +101,8 @@ def test_a_stop_signal_to_the_crawls_group_does_not_kill_a_check_in_progress():
     try:
         assert checker.check(png_bytes(), "image/png")[0] == "ok"
         (worker,) = checker._all
+        # a signal to the crawl's process group never reaches it, even while it starts
+        assert os.getsid(worker.process.pid) != os.getsid(0)
         verdicts = []
         slow = threading.Thread(target=lambda: verdicts.append(
             checker.check(scan_bomb(repeats=400), "image/jpeg")))
