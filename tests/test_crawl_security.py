@@ -238,22 +238,23 @@ def test_public_addresses_and_demo_origins():
     assert origin("file:///etc/passwd") is None and origin("http://[::1") is None
 
 
-class _Recorder:
-    """A server on 127.0.0.1 that serves the given files and records every request."""
+class _Server:
+    """A server on 127.0.0.1: ``answer(path) -> (status, content type, body)``; every
+    request path is recorded in ``paths``."""
 
-    def __init__(self, files: dict[str, bytes]):
+    def __init__(self, answer):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.paths: list[str] = []
-        recorder = self
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                recorder.paths.append(self.path)
-                body = files.get(self.path, b"no")
-                self.send_response(200 if self.path in files else 404)
-                self.send_header("Content-Type", "image/png")
+                server.paths.append(self.path)
+                status, ctype, body = answer(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -263,6 +264,7 @@ class _Recorder:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -270,17 +272,36 @@ class _Recorder:
         self.server.server_close()
 
 
-@pytest.mark.browser
+def _recorder(files: dict[str, bytes]) -> _Server:
+    """Serves the given files (404 otherwise) and records every request."""
+    return _Server(lambda path: (200 if path in files else 404, "image/png",
+                                 files.get(path, b"no")))
+
+
+def _engine(links: dict[str, list[str]]) -> _Server:
+    """Answers like Bing: one results page per query word, with the given image URLs."""
+    import html as html_lib
+    from urllib.parse import parse_qs, urlsplit
+
+    def page(path: str):
+        query = parse_qs(urlsplit(path).query).get("q", [""])[0]
+        anchors = "".join(
+            f"<a class='iusc' m='{html_lib.escape(json.dumps({'murl': u}))}'>x</a>"
+            for u in links.get(query, []))
+        return 200, "text/html; charset=utf-8", f"<html><body>{anchors}</body></html>".encode()
+    return _Server(page)
+
+
 def test_result_pages_cannot_make_the_crawler_fetch_private_addresses(project, images):
     from crawler.run import crawl
     from crawler_fixtures.helpers import crawl_toml
 
-    inner = _Recorder({f"/{q}{i}.png": (images / q / f"{q}_00{i}.png").read_bytes()
+    inner = _recorder({f"/{q}{i}.png": (images / q / f"{q}_00{i}.png").read_bytes()
                        for q in ("circle", "square") for i in (1, 2)})
     # A results page (Bing's markup) naming images on loopback under two names.
     links = {q: [f"http://localhost:{inner.port}/{q}1.png", f"http://127.0.0.1:{inner.port}/{q}2.png"]
              for q in ("circle", "square")}
-    engine = _Engine(links)
+    engine = _engine(links)
     try:
         settings = f'''
 [crawl.profiles.bing]
@@ -300,37 +321,3 @@ search_url = "{engine.url}/images/search?q={{query}}"
     finally:
         engine.close()
         inner.close()
-
-
-class _Engine:
-    """Answers like Bing: one results page per query word, with the given image URLs."""
-
-    def __init__(self, links: dict[str, list[str]]):
-        import html as html_lib
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import parse_qs, urlsplit
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                query = parse_qs(urlsplit(self.path).query).get("q", [""])[0]
-                anchors = "".join(
-                    f"<a class='iusc' m='{html_lib.escape(json.dumps({'murl': u}))}'>x</a>"
-                    for u in links.get(query, []))
-                body = f"<html><body>{anchors}</body></html>".encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
