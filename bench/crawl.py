@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from crawler.demo_images import ensure_demo_images  # noqa: E402
 from crawler.demo_site import make_server  # noqa: E402
 from crawler.run import crawl  # noqa: E402
-from pingo.config import Config  # noqa: E402
+from core.config import Config  # noqa: E402
 
 SIGN_DIGITS = ROOT.parent / "shared" / "datasets" / "sign-language-digits"
 logger = logging.getLogger("bench.crawl")

@@ -36,7 +36,7 @@ def run(site, workers: int, concurrency: int, per_class: int, redis_url: str,
         tmp: Path) -> dict:
     from crawler.run import crawl
     from crawler_fixtures.helpers import crawl_toml
-    from pingo.config import load_config
+    from core.config import load_config
     from storage import Store
 
     project = tmp / f"w{workers}-c{concurrency}-{uuid.uuid4().hex[:6]}"

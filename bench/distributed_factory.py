@@ -44,7 +44,7 @@ PG_ADMIN_URL = os.environ.get("PINGO_TEST_PG", "postgresql://postgres@127.0.0.1/
 WORKER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from pingo.config import load_config
+    from core.config import load_config
     from storage import Store
     from dataset_factory.run import process_inbox
 
@@ -119,7 +119,7 @@ def _children_cpu() -> float:
 
 
 def run_once(files, backend: str, workers: int, pool: int, chunk: int) -> dict:
-    from pingo.config import load_config
+    from core.config import load_config
     from storage import Store
 
     with tempfile.TemporaryDirectory(prefix="pingo-bench-dist-") as tmp, \

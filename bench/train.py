@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         print(f"dataset not found: {args.dataset}", file=sys.stderr)
         return 2
 
-    from pingo.config import TrainConfig
+    from core.config import TrainConfig
     from trainer import data, entry
     from trainer.devices import choose_placement
     from trainer.fit import fit

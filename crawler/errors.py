@@ -1,18 +1,10 @@
 """Named crawler errors (PingoError subclasses, so the CLI prints them as one line)."""
 
-from pingo.errors import ConfigError, PingoError
+from core.errors import ConfigError, PingoError
 
 
 class CrawlError(PingoError):
     """A crawl could not run or did not finish."""
-
-
-class UnknownSourceError(ConfigError):
-    """A search source that no built-in or configured profile defines."""
-
-
-class BadProfileError(ConfigError):
-    """A search-source profile in the config is malformed."""
 
 
 class UnknownCrawlClassError(ConfigError):

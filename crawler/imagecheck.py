@@ -1,7 +1,7 @@
 """Is a downloaded body an image pingo keeps? Checked in worker processes, under a time limit.
 
 A crawled body is remote, untrusted data. :func:`inspect` opens it only as one of
-``pingo.imageformats.ALLOWED_FORMATS`` (Pillow would otherwise hand an EPS body to
+``core.imageformats.ALLOWED_FORMATS`` (Pillow would otherwise hand an EPS body to
 Ghostscript), refuses it from its header when it is over the pixel limit, and decodes it fully.
 :class:`ImageChecker` runs :func:`inspect` in long-lived worker processes so that a body that
 decodes for minutes (a progressive JPEG with thousands of scans) or crashes the decoder costs
@@ -29,7 +29,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pingo.imageformats import ALLOWED_FORMATS, EXTENSIONS, looks_like_allowed
+from core.imageformats import ALLOWED_FORMATS, EXTENSIONS, looks_like_allowed
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ if __name__ == "__main__":  # a stop while this crawl process still imports Scra
         signal.signal(_signum, lambda signum, _frame: _EARLY_STOPS.append(signum))
 
 from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError
-from crawler.sources import resolve_sources
+from core.sources import resolve_sources
 from crawler.spider import ClassPlan
 from crawler.summary import CrawlSummary
 

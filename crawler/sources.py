@@ -1,137 +1,42 @@
-"""Search-source profiles: how to search one engine and read full-size image URLs off it.
+"""Read full-size image URLs (and the pages they are on) off a rendered results page.
 
-A profile says how to build the results URL for a keyword, which elements on the rendered page
-are results, where on each element the full-size image URL sits (an attribute; optionally a
-JSON object inside that attribute, or a URL inside a query parameter of that attribute), and
-whether scrolling loads more. Live engines change their markup; a profile can be fixed or
-added in ``[crawl.profiles.<name>]`` without touching code (see docs/crawler.md).
+What to read is a ``core.sources.SourceProfile``; this module applies it to a Scrapy response.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any, Iterator
-from urllib.parse import parse_qs, quote_plus, urljoin, urlsplit
+from typing import Iterator
+from urllib.parse import parse_qs, urljoin, urlsplit
 
-from crawler.errors import BadProfileError, UnknownSourceError
+from core.sources import SourceProfile
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SourceProfile:
-    name: str
-    search_url: str  # "{query}" is replaced by the url-encoded keyword, "{demo_url}" by crawl.demo_url
-    result_css: str  # one element per result
-    url_attr: str = "href"  # attribute of a result element that holds the image URL
-    json_key: str | None = None  # the attribute holds JSON; the URL is under this key
-    page_json_key: str | None = None  # ... and the page the image is on, under this key
-    url_param: str | None = None  # the attribute is a proxy URL; the image URL is this parameter
-    wait_css: str | None = None  # wait for this before reading (default: result_css)
-    scroll: bool = True  # more results appear when the page is scrolled
-    max_scrolls: int = 30  # stop scrolling after this many tries
-    scroll_pause: float = 1.5  # most seconds to wait for new results after one scroll
-
-    def results_url(self, query: str, demo_url: str = "") -> str:
-        return self.search_url.format(query=quote_plus(query), demo_url=demo_url.rstrip("/"))
-
-    def extract(self, response) -> Iterator[tuple[str, str | None]]:
-        """Yield (absolute image URL, page URL or None) from a rendered results page."""
-        for element in response.css(self.result_css):
-            raw = element.attrib.get(self.url_attr)
-            if not raw:
+def extract(profile: SourceProfile, response) -> Iterator[tuple[str, str | None]]:
+    """Yield (absolute image URL, page URL or None) from a rendered results page."""
+    for element in response.css(profile.result_css):
+        raw = element.attrib.get(profile.url_attr)
+        if not raw:
+            continue
+        page = None
+        if profile.json_key:
+            try:
+                meta = json.loads(raw)
+            except ValueError:
+                logger.debug("%s: result attribute is not JSON: %.80r", profile.name, raw)
                 continue
-            page = None
-            if self.json_key:
-                try:
-                    meta = json.loads(raw)
-                except ValueError:
-                    logger.debug("%s: result attribute is not JSON: %.80r", self.name, raw)
-                    continue
-                if not isinstance(meta, dict) or not meta.get(self.json_key):
-                    continue
-                raw = meta[self.json_key]
-                page = meta.get(self.page_json_key) if self.page_json_key else None
-            if self.url_param:
-                values = parse_qs(urlsplit(raw).query).get(self.url_param)
-                if not values:
-                    continue
-                raw = values[0]
-            url = response.urljoin(raw)
-            if url.startswith(("http://", "https://")):
-                yield url, (urljoin(response.url, page) if isinstance(page, str) else None)
-
-
-BUILTIN: dict[str, SourceProfile] = {
-    # The local demo search site (crawler/demo_site.py).
-    "demo": SourceProfile(
-        name="demo", search_url="{demo_url}/search?q={query}", result_css="#results a.result",
-        url_attr="data-meta", json_key="murl", page_json_key="purl", scroll_pause=1.0),
-    # Bing Images: each result is <a class="iusc" m='{"murl": full image, "purl": page, ...}'>.
-    "bing": SourceProfile(
-        name="bing", search_url="https://www.bing.com/images/search?q={query}&form=HDRSC2&first=1",
-        result_css="a.iusc", url_attr="m", json_key="murl", page_json_key="purl"),
-    # Naver image search: thumbnails are served through search.pstatic.net, the original
-    # image URL is the thumbnail URL's "src" parameter.
-    "naver": SourceProfile(
-        name="naver", search_url="https://search.naver.com/search.naver?where=image&query={query}",
-        result_css="img._fe_image_tab_content_thumbnail_image", url_attr="src",
-        url_param="src"),
-}
-
-_FIELDS = {f.name: f for f in dataclasses.fields(SourceProfile)}
-
-
-def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = None) -> SourceProfile:
-    """A profile from a ``[crawl.profiles.<name>]`` table, over a built-in one of that name."""
-    if not isinstance(table, dict):
-        raise BadProfileError(f"crawl.profiles.{name}: must be a table")
-    unknown = sorted(set(table) - set(_FIELDS) - {"name"})
-    if unknown:
-        raise BadProfileError(f"crawl.profiles.{name}.{unknown[0]}: unknown key; allowed keys "
-                              "are " + ", ".join(k for k in _FIELDS if k != "name"))
-    values = dataclasses.asdict(base) if base else {}
-    values.update(table, name=name)
-    for key in ("search_url", "result_css"):
-        if not isinstance(values.get(key), str) or not values[key]:
-            raise BadProfileError(f"crawl.profiles.{name}.{key}: required, a non-empty string")
-    if "{query}" not in values["search_url"]:
-        raise BadProfileError(f"crawl.profiles.{name}.search_url: must contain {{query}}")
-    for key, value in values.items():
-        expected = {"scroll": bool, "max_scrolls": int, "scroll_pause": (int, float)}.get(key, str)
-        if value is not None and not isinstance(value, expected) or (
-                expected is int and isinstance(value, bool)):
-            raise BadProfileError(f"crawl.profiles.{name}.{key}: got {value!r}; wrong type")
-    values["scroll_pause"] = float(values.get("scroll_pause", 1.5))
-    return SourceProfile(**values)
-
-
-def check_profiles(profiles: dict) -> str | None:
-    """Config check for ``crawl.profiles``: None when fine, else what is allowed."""
-    try:
-        for name, table in profiles.items():
-            profile_from_mapping(name, table, BUILTIN.get(name))
-    except BadProfileError as exc:
-        return str(exc)
-    return None
-
-
-def load_profiles(configured: dict | None = None) -> dict[str, SourceProfile]:
-    """Built-in profiles, overridden or extended by the config's ``crawl.profiles``."""
-    profiles = dict(BUILTIN)
-    for name, table in (configured or {}).items():
-        profiles[name] = profile_from_mapping(name, table, BUILTIN.get(name))
-    return profiles
-
-
-def resolve_sources(names: list[str], configured: dict | None = None) -> list[SourceProfile]:
-    profiles = load_profiles(configured)
-    missing = [n for n in names if n not in profiles]
-    if missing:
-        raise UnknownSourceError(f"unknown search source {missing[0]!r}; known sources are "
-                                 + ", ".join(sorted(profiles))
-                                 + " (add one in [crawl.profiles.<name>])")
-    return [profiles[n] for n in names]
+            if not isinstance(meta, dict) or not meta.get(profile.json_key):
+                continue
+            raw = meta[profile.json_key]
+            page = meta.get(profile.page_json_key) if profile.page_json_key else None
+        if profile.url_param:
+            values = parse_qs(urlsplit(raw).query).get(profile.url_param)
+            if not values:
+                continue
+            raw = values[0]
+        url = response.urljoin(raw)
+        if url.startswith(("http://", "https://")):
+            yield url, (urljoin(response.url, page) if isinstance(page, str) else None)

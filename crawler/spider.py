@@ -18,7 +18,8 @@ from functools import cached_property
 import scrapy
 
 from crawler.selenium_request import Scroll, SeleniumRequest
-from crawler.sources import SourceProfile
+from core.sources import SourceProfile
+from crawler.sources import extract
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class ImageSearchSpider(scrapy.Spider):
             stats.inc_value(f"pingo/source/{source_name}/page_errors")
             yield from self._continue(class_name)
             return
-        found = list(self.sources[source_name].extract(response))[:self.per_query_limit]
+        found = list(extract(self.sources[source_name], response))[:self.per_query_limit]
         stats.inc_value(f"pingo/source/{source_name}/results", len(found))
         fresh = [(u, p) for u, p in dict(found).items() if u not in self.taken]
         seen = self._open_store().seen_urls([u for u, _ in fresh], self.url_retry) \

@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from dataset_factory.errors import InvalidImage, ModelLoadError
-from pingo.config import check_safe_name
-from pingo.errors import PingoError
+from core.config import check_safe_name
+from core.errors import PingoError
 from dataset_factory.validate import DEFAULT_MAX_PIXELS, Limits, decode
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Named errors of the dataset factory (PingoError subclasses: the CLI prints them cleanly)."""
 
-from pingo.errors import PingoError
+from core.errors import PingoError
 
 
 class FactoryError(PingoError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pingo.config import check_safe_name
+from core.config import check_safe_name
 from dataset_factory.errors import ReviewError
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dataset_factory.errors import InvalidImage
-from pingo.config import FactoryConfig
-from pingo.imageformats import ALLOWED_FORMATS
+from core.config import FactoryConfig
+from core.imageformats import ALLOWED_FORMATS
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import logging
 import re
 from pathlib import Path
 
-from pingo.config import Config
-from pingo.errors import PingoError
+from core.config import Config
+from core.errors import PingoError
 from scheduler.lock import JobLock
 from storage import Store
 from storage.check import Problem, Report, check_storage

@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 from pingo import __version__
-from pingo.config import Config, find_config_path, load_config, write_starter_config
-from pingo.errors import PingoError
+from core.config import Config, find_config_path, load_config, write_starter_config
+from core.errors import PingoError
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _log_to_file(data_dir: Path) -> None:
 @pass_ctx
 def demo(ctx: Context):
     """The whole loop once against the local demo site: crawl, factory, train, crawl, factory."""
-    from scheduler.demo import run_demo
+    from pingo.demo import run_demo
 
     run_demo(ctx.config, echo=click.echo)
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pingo.config import Config
+from core.config import Config
 from storage import Store
 from storage.files import atomic_write
 

@@ -1,6 +1,6 @@
 """Named scheduler errors."""
 
-from pingo.errors import PingoError
+from core.errors import PingoError
 
 
 class BusyError(PingoError):

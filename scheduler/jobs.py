@@ -15,7 +15,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from pingo.config import Config
+from core.config import Config
 from scheduler.lock import JobLock
 from storage import Store
 

@@ -19,7 +19,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
-from pingo.config import Config
+from core.config import Config
 from crawler.errors import CrawlInterrupted
 from scheduler.errors import BusyError
 from scheduler.jobs import STAGES, Stage, run_job

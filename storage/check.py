@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import select, update
 
-from pingo.errors import PingoError, UnsafeNameError
+from core.errors import PingoError, UnsafeNameError
 from storage import files
 from storage.errors import StorageError
 from storage.schema import images, pending_moves

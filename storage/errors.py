@@ -1,6 +1,6 @@
 """Named storage errors (all PingoError, so the CLI prints them cleanly)."""
 
-from pingo.errors import PingoError
+from core.errors import PingoError
 
 
 class StorageError(PingoError):

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pingo.config import check_safe_name
+from core.config import check_safe_name
 
 logger = logging.getLogger(__name__)
 

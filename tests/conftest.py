@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pingo.config import Config, load_config
+from core.config import Config, load_config
 
 SIGN_DIGITS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sign-language-digits"
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pingo.config import (STARTER_CONFIG, Config, check_safe_name, load_config,
+from core.config import (STARTER_CONFIG, Config, check_safe_name, load_config,
                           write_starter_config)
-from pingo.errors import ConfigError, UnsafeNameError
+from core.errors import ConfigError, UnsafeNameError
 
 
 def test_defaults_work_without_any_section(tmp_path):

@@ -15,7 +15,8 @@ import pytest
 
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import FAULTS, make_server
-from crawler.errors import UnknownCrawlClassError, UnknownSourceError
+from core.errors import UnknownSourceError
+from crawler.errors import UnknownCrawlClassError
 from crawler.run import crawl
 from crawler_fixtures.helpers import (assert_inbox_consistent, browser_pids_under,
                                       crawl_toml, inbox_rows, kill_all)

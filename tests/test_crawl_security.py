@@ -15,8 +15,8 @@ import pytest
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import DemoSite, make_server
 from crawler.errors import CrawlError
-from pingo.config import Config, check_safe_name
-from pingo.errors import UnsafeNameError
+from core.config import Config, check_safe_name
+from core.errors import UnsafeNameError
 
 from conftest import REDIS_URL
 

@@ -8,11 +8,12 @@ import pytest
 from scrapy.http import HtmlResponse
 
 from conftest import png_bytes
-from crawler.errors import UnknownSourceError
+from core.errors import UnknownSourceError
 from crawler.pipeline import ImageRefused, check_image, failure_reason
-from crawler.sources import BUILTIN, load_profiles, resolve_sources
+from core.sources import BUILTIN, load_profiles, resolve_sources
+from crawler.sources import extract
 from crawler_fixtures.helpers import saved_page
-from pingo.errors import ConfigError
+from core.errors import ConfigError
 
 BASE = "http://127.0.0.1:9999"
 
@@ -26,7 +27,7 @@ def test_bing_profile_reads_full_size_urls_from_json_attributes():
     assert bing.results_url("red circle") == \
         "https://www.bing.com/images/search?q=red+circle&form=HDRSC2&first=1"
     response = page(bing.results_url("circle"), saved_page("bing_results.html", BASE))
-    found = list(bing.extract(response))
+    found = list(extract(bing, response))
     assert found == [(f"{BASE}/image/circle/circle_00{i}.png", f"{BASE}/page/circle_00{i}.png")
                      for i in range(4)]  # the result with a non-JSON attribute is skipped
 
@@ -35,7 +36,7 @@ def test_naver_profile_reads_the_original_url_inside_the_thumbnail_url():
     naver = BUILTIN["naver"]
     assert naver.results_url("고양이").endswith("query=%EA%B3%A0%EC%96%91%EC%9D%B4")
     response = page(naver.results_url("square"), saved_page("naver_results.html", BASE))
-    assert [u for u, _ in naver.extract(response)] == \
+    assert [u for u, _ in extract(naver, response)] == \
         [f"{BASE}/image/square/square_00{i}.png" for i in range(3)]
 
 
@@ -45,7 +46,7 @@ def test_demo_profile_resolves_relative_urls():
     demo = BUILTIN["demo"]
     url = demo.results_url("a b", "http://127.0.0.1:8765/")
     assert url == "http://127.0.0.1:8765/search?q=a+b"
-    assert list(demo.extract(page(url, html))) == [
+    assert list(extract(demo, page(url, html))) == [
         ("http://127.0.0.1:8765/image/a/1.png", "http://127.0.0.1:8765/page/1.png")]
 
 
@@ -65,7 +66,7 @@ scroll = false
     mysite = profiles["mysite"]
     assert (mysite.url_attr, mysite.scroll) == ("src", False)
     html = '<img class="full" src="/big/1.jpg"><img class="thumb" src="/t/1.jpg">'
-    assert [u for u, _ in mysite.extract(page(mysite.results_url("x"), html))] == \
+    assert [u for u, _ in extract(mysite, page(mysite.results_url("x"), html))] == \
         ["https://images.example.org/big/1.jpg"]
 
 

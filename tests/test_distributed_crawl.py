@@ -135,7 +135,7 @@ def test_a_dead_workers_requests_go_back_to_the_queue(redis_prefix):
 
 def test_projects_on_one_redis_get_their_own_keys(tmp_path):
     from crawler.settings import build_settings
-    from pingo.config import load_config
+    from core.config import load_config
 
     prefixes = []
     for name in ("one", "two", "one"):

@@ -37,7 +37,7 @@ LEASE = 3  # seconds: a killed worker's rows are taken over this soon
 WORKER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from pingo.config import load_config
+    from core.config import load_config
     from storage import Store
     from dataset_factory.run import process_inbox
 

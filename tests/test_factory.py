@@ -109,7 +109,7 @@ def test_a_broken_promoted_model_is_a_named_error(project):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys
-    from pingo.config import load_config
+    from core.config import load_config
     from storage import Store
     from dataset_factory.run import process_inbox
 

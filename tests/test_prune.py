@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from conftest import png_bytes
-from pingo.errors import ConfigError
+from core.errors import ConfigError
 from storage.errors import DuplicateImageError
 from storage.schema import images
 from storage.store import utcnow

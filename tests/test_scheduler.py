@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
-    from pingo.config import load_config
+    from core.config import load_config
     from scheduler.jobs import run_job
     config = load_config({config!r})
     def slow(config, store):
@@ -105,7 +105,7 @@ SERVICE = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
     from apscheduler.triggers.interval import IntervalTrigger
-    from pingo.config import load_config
+    from core.config import load_config
     from scheduler.service import Service
     config = load_config({config!r})
     log = open({log!r}, "a")

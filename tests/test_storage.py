@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import inspect, select
 
 from conftest import png_bytes
-from pingo.errors import UnsafeNameError
+from core.errors import UnsafeNameError
 from storage import (DuplicateImageError, ImageNotFoundError, Move, SchemaVersionError, Store,
                      StorageError, UrlRetry)
 from storage import schema

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from pingo.config import load_config
+from core.config import load_config
 from storage import Store
 from train_helpers import CONFIG, fill
 from trainer import cache, data

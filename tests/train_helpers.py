@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from pingo.config import load_config
+from core.config import load_config
 from storage import Store
 
 CLASSES = ["blue", "green", "red"]  # sorted: the model's output order

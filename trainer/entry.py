@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pingo.config import TrainConfig
+from core.config import TrainConfig
 from storage.files import atomic_write, replace
 from trainer import data
 from trainer.errors import ModelLoadError

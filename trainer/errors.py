@@ -1,6 +1,6 @@
 """Named trainer errors (all PingoError, so the CLI prints them as one line)."""
 
-from pingo.errors import PingoError
+from core.errors import PingoError
 
 
 class TrainerError(PingoError):

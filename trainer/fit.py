@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pingo.config import TrainConfig
+from core.config import TrainConfig
 from trainer import data
 from trainer.cache import CachePlan, cache_key, dataset_cache
 from trainer.devices import Placement

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pingo.config import Config, TrainConfig
+from core.config import Config, TrainConfig
 from trainer import data
 from trainer.errors import ModelLoadError
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pingo.config import Config, TrainConfig
-from pingo.errors import ConfigError
+from core.config import Config, TrainConfig
+from core.errors import ConfigError
 from trainer import data, entry, gate
 from trainer.errors import TrainerError
 

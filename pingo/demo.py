@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from pingo.config import Config
-from pingo.errors import PingoError
+from core.config import Config
+from core.errors import PingoError
 from scheduler.jobs import factory_stage, run_job
 
 logger = logging.getLogger(__name__)

@@ -15,3 +15,11 @@ class ConfigError(PingoError):
 
 class UnsafeNameError(ConfigError):
     """A class name that would not be a safe single folder name."""
+
+
+class UnknownSourceError(ConfigError):
+    """A search source that no built-in or configured profile defines."""
+
+
+class BadProfileError(ConfigError):
+    """A search-source profile in the config is malformed."""

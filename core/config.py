@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pingo.errors import ConfigError, UnsafeNameError
+from core.errors import ConfigError, UnsafeNameError
+from core.sources import check_profiles
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +152,7 @@ class CrawlConfig:
     user_agent: str = setting("pingo/0.1 (+https://github.com/pingo/pingo; image dataset crawler)",
                               check=non_empty)
     max_seconds: float = setting(3600.0, check=at_least(1), doc="a crawl stops after this long")
-    # Checked by the crawler's own profile rules (imported only when a config has profiles).
-    profiles: dict = setting(default_factory=dict, check=lambda v: __import__(
-        "crawler.sources", fromlist=["check_profiles"]).check_profiles(v),
+    profiles: dict = setting(default_factory=dict, check=check_profiles,
         doc="[crawl.profiles.<name>] tables: add or fix search sources")
 
 
