@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from pingo import __version__
+from pingo.tables import progress_lines, totals_line
 from core.config import Config, find_config_path, load_config, write_starter_config
 from core.errors import PingoError
 
@@ -68,6 +69,17 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def json_option(help: str = "Print machine-readable JSON.", **kwargs):
+    """``--json``, the same flag name and parameter (``as_json``) on every command."""
+    return click.option("--json", "as_json", is_flag=True, help=help, **kwargs)
+
+
+def class_option(help: str, multiple: bool = False):
+    """``--class C``: one class (or, with ``multiple``, a repeatable list as ``classes``)."""
+    return click.option("--class", "classes" if multiple else "class_name", metavar="C",
+                        multiple=multiple, help=help)
+
+
 def _as_job(ctx: Context, job: str, work):
     """Run ``work(store)`` as a recorded job under the job lock, like the scheduler does: a
     second job never overlaps it (it stops with "busy", exit status 75)."""
@@ -92,18 +104,30 @@ def cli(ctx, config_path, verbose, quiet):
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @pass_ctx
 def init(ctx: Context, force):
-    """Write a commented starter pingo.toml (and create the data folders)."""
+    """Write a commented starter pingo.toml (and create the data folders).
+
+    \b
+    Examples:
+      pingo init
+      pingo --config other.toml init --force
+    """
     path = write_starter_config(find_config_path(ctx.config_path), force=force)
     ctx.store().close()
     click.echo(f"wrote {path}; data in {ctx.config.data_dir}")
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 @click.option("--history", is_flag=True, help="Also show how each class grew per day.")
 @pass_ctx
 def stats(ctx: Context, as_json, history):
-    """Per class: accepted, review, target; inbox and rejected totals; disk use per folder."""
+    """Per class: accepted, review, target; inbox and rejected totals; disk use per folder.
+
+    \b
+    Examples:
+      pingo stats
+      pingo stats --json --history
+    """
     from storage.disk import disk_usage, human_bytes
 
     with ctx.store() as store:
@@ -117,18 +141,8 @@ def stats(ctx: Context, as_json, history):
             out["history"] = grown
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
-    width = max([len("class"), *map(len, result.classes)])
-    click.echo(f"{'class':<{width}}  accepted  review  target  of target")
-    for name, c in sorted(result.classes.items()):
-        target = c["target"]
-        pct = 100.0 * c["accepted"] / target if target else None
-        bar = "#" * int(min(pct, 100) // 5) if pct is not None else ""
-        click.echo(f"{name:<{width}}  {c['accepted']:>8}  {c['review']:>6}  "
-                   f"{target if target is not None else '-':>6}  "
-                   f"{f'{pct:5.1f}%' if pct is not None else '     -'} {bar}")
-    click.echo(f"inbox: {result.inbox}")
-    rejected = ", ".join(f"{r} {n}" for r, n in result.rejected.items()) or "none"
-    click.echo(f"rejected: {sum(result.rejected.values())} ({rejected})")
+    for line in [*progress_lines(result), totals_line(result)]:
+        click.echo(line)
     if result.set_aside:
         aside = ", ".join(f"{r} {n}" for r, n in result.set_aside.items())
         click.echo(f"set aside: {sum(result.set_aside.values())} ({aside}); "
@@ -146,13 +160,17 @@ def stats(ctx: Context, as_json, history):
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, required=True,
-              help="One JSON object per line per image (the only format).")
+@json_option("One JSON object per line per image (the only format).", required=True)
 @click.option("--status", type=click.Choice(["inbox", "accepted", "review", "rejected"]))
-@click.option("--class", "class_name", metavar="C", help="Label (or keyword class) C only.")
+@class_option("Label (or keyword class) C only.")
 @pass_ctx
 def images(ctx: Context, as_json, status, class_name):
-    """Export image metadata as JSON lines."""
+    """Export image metadata as JSON lines.
+
+    \b
+    Example:
+      pingo images --json --status review --class cat
+    """
     with ctx.store() as store:
         for row in store.iter_images(status=status, class_name=class_name):
             click.echo(json.dumps(row, ensure_ascii=False))
@@ -162,7 +180,12 @@ def images(ctx: Context, as_json, status, class_name):
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @pass_ctx
 def import_(ctx: Context, folder):
-    """Copy FOLDER/<class>/<image> files into the inbox, labelled by a person."""
+    """Copy FOLDER/<class>/<image> files into the inbox, labelled by a person.
+
+    \b
+    Example:
+      pingo import ~/photos/labelled   # ~/photos/labelled/<class>/*.jpg
+    """
     from tqdm import tqdm
 
     from storage.importer import import_folder, plan_import
@@ -192,7 +215,12 @@ def _log_to_file(data_dir: Path) -> None:
 @cli.command()
 @pass_ctx
 def demo(ctx: Context):
-    """The whole loop once against the local demo site: crawl, factory, train, crawl, factory."""
+    """The whole loop once against the local demo site: crawl, factory, train, crawl, factory.
+
+    \b
+    Example:
+      pingo demo
+    """
     from pingo.demo import run_demo
 
     run_demo(ctx.config, echo=click.echo)
@@ -201,7 +229,12 @@ def demo(ctx: Context):
 @cli.command()
 @pass_ctx
 def report(ctx: Context):
-    """Write data/reports/index.html (progress, yield, models, contact sheets); print its path."""
+    """Write data/reports/index.html (progress, yield, models, contact sheets); print its path.
+
+    \b
+    Example:
+      xdg-open $(pingo report)
+    """
     from pingo.report import build_report
 
     with ctx.store() as store:
@@ -212,7 +245,12 @@ def report(ctx: Context):
 @click.option("--run-now", is_flag=True, help="Run crawl -> factory -> train once at start.")
 @pass_ctx
 def schedule(ctx: Context, run_now):
-    """Run the loop unattended: crawl+factory on crawl.schedule, train on train.schedule."""
+    """Run the loop unattended: crawl+factory on crawl.schedule, train on train.schedule.
+
+    \b
+    Example:
+      pingo schedule --run-now
+    """
     from scheduler.service import Service
 
     config = ctx.config
@@ -224,17 +262,22 @@ def schedule(ctx: Context, run_now):
     Service(config).start(run_now=run_now)
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@cli.command("status")
+@json_option()
 @click.option("--limit", default=10, show_default=True, help="How many recent runs.")
 @pass_ctx
-def status(ctx: Context, as_json, limit):
-    """The last runs and when each job fires next."""
-    from scheduler.service import status as service_status
+def status_command(ctx: Context, as_json, limit):
+    """The last runs and when each job fires next.
+
+    \b
+    Example:
+      pingo status --limit 20
+    """
+    from scheduler.service import status
 
     with ctx.store() as store:
         store.fail_stale_runs()
-        result = service_status(ctx.config, store, limit)
+        result = status(ctx.config, store, limit)
         result["set_aside"] = store.set_aside_rows(limit)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -254,22 +297,28 @@ def status(ctx: Context, as_json, limit):
         click.echo(f"set aside: image {row['id']} ({row['reason']}) {row['path'] or '-'}: {why}")
 
 
-@cli.command()
+@cli.command("train")
 @click.option("--force", is_flag=True, help="Train even if no class changed or some are "
               "below target.")
 @click.option("--epochs", type=int, help="Most epochs (early stopping may end sooner).")
 @click.option("--image-size", type=int, metavar="PX", help="Train at PX x PX pixels.")
 @click.option("--batch-size", type=int, metavar="N")
 @click.option("--arch", metavar="NAME", help="small_cnn (default), seed_cnn or mobilenet_v2.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 @pass_ctx
-def train(ctx: Context, force, epochs, image_size, batch_size, arch, as_json):
-    """Train a model on dataset/<class>/ and promote it if it beats the current one."""
-    from trainer.run import train as run_train
+def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, as_json):
+    """Train a model on dataset/<class>/ and promote it if it beats the current one.
+
+    \b
+    Examples:
+      pingo train
+      pingo train --force --epochs 5 --image-size 64
+    """
+    from trainer.run import train
 
     overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size,
                  "arch": arch}
-    result = _as_job(ctx, "train", lambda store: run_train(
+    result = _as_job(ctx, "train", lambda store: train(
         ctx.config, store, force=force, overrides=overrides, progress=sys.stderr.isatty()))
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
@@ -283,10 +332,17 @@ def train(ctx: Context, force, epochs, image_size, batch_size, arch, as_json):
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 @click.pass_context
 def models(click_ctx, as_json):
-    """List model versions; `models promote V` and `models rollback` change the one in service."""
+    """List model versions; `models promote V` and `models rollback` change the one in service.
+
+    \b
+    Examples:
+      pingo models
+      pingo models promote v0003
+      pingo models rollback
+    """
     if click_ctx.invoked_subcommand is not None:
         return
     from trainer.versions import list_models
@@ -314,7 +370,12 @@ def models(click_ctx, as_json):
 @click.argument("version")
 @pass_ctx
 def models_promote(ctx: Context, version):
-    """Put VERSION in service (it must be complete and load in Keras safe mode)."""
+    """Put VERSION in service (it must be complete and load in Keras safe mode).
+
+    \b
+    Example:
+      pingo models promote v0003
+    """
     from trainer.versions import promote
 
     with ctx.store() as store:
@@ -325,7 +386,12 @@ def models_promote(ctx: Context, version):
 @models.command("rollback")
 @pass_ctx
 def models_rollback(ctx: Context):
-    """Put the previous usable model back in service."""
+    """Put the previous usable model back in service.
+
+    \b
+    Example:
+      pingo models rollback
+    """
     from trainer.versions import rollback
 
     with ctx.store() as store:
@@ -333,25 +399,30 @@ def models_rollback(ctx: Context):
     click.echo(f"rolled back from {old} to {new}")
 
 
-@cli.command()
-@click.option("--class", "classes", multiple=True, metavar="C",
-              help="Crawl class C only (repeatable). Default: every class below target.")
+@cli.command("crawl")
+@class_option("Crawl class C only (repeatable). Default: every class below target.",
+              multiple=True)
 @click.option("--source", "sources", multiple=True, metavar="S",
               help="Search source S only (repeatable). Default: crawl.sources.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N",
               help="Take at most N new images per class.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
 @pass_ctx
-def crawl(ctx: Context, classes, sources, limit, as_json):
+def crawl_command(ctx: Context, classes, sources, limit, as_json):
     """Search the keywords of classes below target; download images into the inbox.
 
     With crawl.redis_url set, every `pingo crawl` started with the same config (on any
     machine) shares one frontier and one per-class budget; each exits when the shared queue
     has been empty for crawl.idle_timeout seconds.
-    """
-    from crawler.run import crawl as run_crawl
 
-    summary = _as_job(ctx, "crawl", lambda store: run_crawl(
+    \b
+    Examples:
+      pingo crawl
+      pingo crawl --class cat --source demo --limit 20
+    """
+    from crawler.run import crawl
+
+    summary = _as_job(ctx, "crawl", lambda store: crawl(
         ctx.config, store, classes=list(classes) or None, sources=list(sources) or None,
         limit=limit))
     if as_json:
@@ -369,7 +440,12 @@ def crawl(ctx: Context, classes, sources, limit, as_json):
               help="Seconds before each result page answers (a slow engine).")
 @click.option("--faults", is_flag=True, help="Start every result list with broken images.")
 def demo_site(images, port, host, page_delay, faults):
-    """Serve a folder of class subfolders as a JavaScript image search engine."""
+    """Serve a folder of class subfolders as a JavaScript image search engine.
+
+    \b
+    Example:
+      pingo demo-site --images ~/photos --port 8765
+    """
     from crawler.demo_site import make_server
 
     server = make_server(images, port, host, page_delay=page_delay, faults=faults)
@@ -383,13 +459,18 @@ def demo_site(images, port, host, page_delay, faults):
 
 @cli.command()
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Process at most N inbox images.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
 @pass_ctx
 def factory(ctx: Context, limit, as_json):
     """Validate, dedupe and sort the inbox into dataset/, review/ and rejected/.
 
     Several `pingo factory` processes (on one machine, or on several sharing data_dir and a
     PostgreSQL storage.db_url) may run at once: each claims its own inbox images.
+
+    \b
+    Examples:
+      pingo factory
+      pingo factory --limit 500 --json
     """
     from tqdm import tqdm
 
@@ -420,11 +501,18 @@ def factory(ctx: Context, limit, as_json):
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--class", "class_name", metavar="C", help="Only images whose best guess is C.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per image.")
+@class_option("Only images whose best guess is C.")
+@json_option("One JSON object per line per image.")
 @click.pass_context
 def review(click_ctx, class_name, as_json):
-    """List review images; `review accept ID [--label C]`, `review reject ID` decide them."""
+    """List review images; `review accept ID [--label C]`, `review reject ID` decide them.
+
+    \b
+    Examples:
+      pingo review --class cat
+      pingo review accept 201 204 --label dog
+      pingo review reject 207
+    """
     if click_ctx.invoked_subcommand is not None:
         return
     from dataset_factory.review import list_review
@@ -448,7 +536,13 @@ def review(click_ctx, class_name, as_json):
 @click.option("--label", metavar="C", help="File under class C instead of the best guess.")
 @pass_ctx
 def review_accept(ctx: Context, image_ids, label):
-    """Accept IMAGE_IDS into dataset/ (label source: human)."""
+    """Accept IMAGE_IDS into dataset/ (label source: human).
+
+    \b
+    Examples:
+      pingo review accept 201 204
+      pingo review accept 205 --label dog
+    """
     from dataset_factory.review import accept
 
     with ctx.store() as store:
@@ -462,7 +556,12 @@ def review_accept(ctx: Context, image_ids, label):
               help="Folder name under rejected/.")
 @pass_ctx
 def review_reject(ctx: Context, image_ids, reason):
-    """Reject IMAGE_IDS into rejected/<reason>/ (label source: human)."""
+    """Reject IMAGE_IDS into rejected/<reason>/ (label source: human).
+
+    \b
+    Example:
+      pingo review reject 207 --reason blurry
+    """
     from dataset_factory.review import reject
 
     with ctx.store() as store:
@@ -471,22 +570,27 @@ def review_reject(ctx: Context, image_ids, reason):
             click.echo(f"{image_id}: rejected ({reason})")
 
 
-@cli.command()
+@cli.command("check")
 @click.option("--repair", is_flag=True, help="Fix what can be fixed without guessing, then "
               "check again.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 @click.option("--examples", default=5, show_default=True, metavar="N",
               help="Example paths shown per kind of problem.")
 @pass_ctx
-def check(ctx: Context, repair, as_json, examples):
+def check_command(ctx: Context, repair, as_json, examples):
     """Is the data folder sound? Rows vs files, folder counts, the index, models/CURRENT.
 
     Exit status 0 only when sound (after repairing, with --repair), 1 when not.
+
+    \b
+    Examples:
+      pingo check
+      pingo check --repair --json
     """
-    from pingo.checkup import check as run_check
+    from pingo.checkup import check
     from storage.check import HINTS
 
-    report = run_check(ctx.config, repair=repair)
+    report = check(ctx.config, repair=repair)
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2, sort_keys=True))
     else:
@@ -512,11 +616,17 @@ def check(ctx: Context, repair, as_json, examples):
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option()
 @pass_ctx
 def prune(ctx: Context, dry_run, as_json):
     """Delete rejected files older than storage.keep_rejected_days and model versions beyond
-    train.keep_models (never the promoted or previous one). Rows stay: nothing is refetched."""
+    train.keep_models (never the promoted or previous one). Rows stay: nothing is refetched.
+
+    \b
+    Examples:
+      pingo prune --dry-run
+      pingo prune
+    """
     from scheduler.jobs import prune_stage
     from storage.disk import human_bytes
 

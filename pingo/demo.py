@@ -60,6 +60,7 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
     """Run the demo loop; return the report's path."""
     from crawler.run import crawl
     from pingo.report import build_report, model_accuracy
+    from pingo.tables import progress_lines, totals_line
     from storage import Store
     from trainer.run import train
 
@@ -95,10 +96,8 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
         echo("[6/6] stats and report")
         with Store.from_config(config) as store:
             stats = store.stats(targets)
-            for name, c in sorted(stats.classes.items()):
-                echo(f"  {name}: {c['accepted']} accepted, {c['review']} review, "
-                     f"target {c['target']}")
-            echo(f"  inbox {stats.inbox}; rejected {dict(stats.rejected)}")
+            for line in [*progress_lines(stats), *totals_line(stats).splitlines()]:
+                echo("  " + line)
             report = build_report(config, store)
         echo(f"report: {report}")
         return report

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
+from pingo.tables import class_progress
 from storage import Store
 from storage.files import atomic_write
 
@@ -104,13 +105,12 @@ def build_report(config: Config, store: Store) -> Path:
 
     # -- progress per class
     rows = []
-    for name, c in sorted(stats.classes.items()):
-        target = c["target"]
-        pct = f"{100.0 * c['accepted'] / target:.0f}%" if target else "-"
-        rows.append(f"<tr><td>{esc(name)}</td><td>{c['accepted']}</td><td>{c['review']}</td>"
-                    f"<td>{target if target is not None else '-'}</td><td>{pct}</td>"
-                    f"<td>{_bar(c['accepted'], target, '#228833')}"
-                    f"{_bar(c['review'], target, '#ccbb44')}</td></tr>")
+    for r in class_progress(stats):
+        pct = f"{r.percent:.0f}%" if r.percent is not None else "-"
+        rows.append(f"<tr><td>{esc(r.name)}</td><td>{r.accepted}</td><td>{r.review}</td>"
+                    f"<td>{r.target if r.target is not None else '-'}</td><td>{pct}</td>"
+                    f"<td>{_bar(r.accepted, r.target, '#228833')}"
+                    f"{_bar(r.review, r.target, '#ccbb44')}</td></tr>")
     rejected = ", ".join(f"{esc(str(r))}: {n}" for r, n in stats.rejected.items()) or "none"
     parts.append(
         "<h2>Classes</h2><table><tr><th>class</th><th>accepted</th><th>review</th>"
