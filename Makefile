@@ -6,14 +6,14 @@ PINGO  := $(VENV)/bin/pingo
 STAMP  := $(VENV)/.installed
 CONFIG ?= pingo.toml
 
-.PHONY: install browser config demo crawl factory train stats report schedule test bench clean
+.PHONY: install browser config demo crawl factory train stats report schedule test lint format bench clean
 
 install: $(STAMP) browser
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test,distributed]'
+	$(PY) -m pip install -q -e '.[test,distributed,lint]'
 	touch $(STAMP)
 
 # Headless Chromium + chromedriver render the search pages. Debian/Ubuntu: installed with apt.
@@ -55,6 +55,19 @@ schedule: install config
 
 test: install
 	$(PY) -m pytest
+
+# Style, import order and bugs (ruff), formatting at 100 columns, types (mypy), and the import
+# layers of docs/architecture.md (import-linter). CI runs this before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+# Rewrites files: sorts imports, applies safe fixes, formats.
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: install
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
