@@ -55,6 +55,8 @@ BUILTIN: dict[str, SourceProfile] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SourceProfile)}
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "scroll": bool, "max_scrolls": int, "scroll_pause": (int, float)}  # others: str
 
 
 def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = None) -> SourceProfile:
@@ -73,7 +75,7 @@ def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = Non
     if "{query}" not in values["search_url"]:
         raise BadProfileError(f"crawl.profiles.{name}.search_url: must contain {{query}}")
     for key, value in values.items():
-        expected = {"scroll": bool, "max_scrolls": int, "scroll_pause": (int, float)}.get(key, str)
+        expected = _FIELD_TYPES.get(key, str)
         if value is not None and not isinstance(value, expected) or (
                 expected is int and isinstance(value, bool)):
             raise BadProfileError(f"crawl.profiles.{name}.{key}: got {value!r}; wrong type")

@@ -43,7 +43,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                                "%H:%M:%S"))
-        handler._pingo = True
+        handler._pingo = True  # type: ignore[attr-defined]  # marks pingo's own handler
         root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("scrapy", "selenium", "urllib3", "tensorflow", "absl", "PIL", "matplotlib"):
@@ -151,7 +151,7 @@ def stats(ctx: Context, as_json, history):
     click.echo("disk: " + (", ".join(f"{name} {human_bytes(u['bytes'])} ({u['files']} files)"
                                      for name, u in used) or "empty")
                + f"; total {human_bytes(sum(u['bytes'] for _, u in used))}")
-    if history:
+    if grown is not None:
         names = sorted(result.classes)
         click.echo("\naccepted per day: " + "  ".join(names))
         for day, counts in grown.items():

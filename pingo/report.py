@@ -63,8 +63,8 @@ def contact_sheet(paths: list[Path], out: Path) -> int:
 
 
 def _accuracy_plot(models: list[dict[str, Any]], out: Path) -> bool:
-    points = [(m["version"], model_accuracy(m["metrics"]), m["promoted"]) for m in models]
-    points = [p for p in points if p[1] is not None]
+    points = [(m["version"], acc, m["promoted"]) for m in models
+              if (acc := model_accuracy(m["metrics"])) is not None]
     if not points:
         return False
     import matplotlib
@@ -161,8 +161,8 @@ def build_report(config: Config, store: Store) -> Path:
     sheets = 0
     for status, title in (("accepted", "accepted"), ("review", "review queue")):
         for name in sorted(stats.classes):
-            rows = (r for r in store.iter_images(status, name) if r["label"] == name)
-            paths = [store.abspath(r["path"]) for r in itertools.islice(rows, SHEET_MAX)]
+            labelled = (r for r in store.iter_images(status, name) if r["label"] == name)
+            paths = [store.abspath(r["path"]) for r in itertools.islice(labelled, SHEET_MAX)]
             if not paths:
                 continue
             sheets += 1

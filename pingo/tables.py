@@ -28,7 +28,7 @@ class ClassProgress:
 
 def class_progress(stats: Stats) -> list[ClassProgress]:
     """One row per class, sorted by name."""
-    return [ClassProgress(name, c["accepted"], c["review"], c["target"])
+    return [ClassProgress(name, c["accepted"] or 0, c["review"] or 0, c["target"])
             for name, c in sorted(stats.classes.items())]
 
 

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from sqlalchemy import select, update
 
@@ -141,7 +141,8 @@ def _pending(store: Store) -> tuple[list, list]:
     """(live, stale) pending moves: live ones belong to a process still running."""
     with store.engine.connect() as conn:
         rows = conn.execute(select(pending_moves)).all()
-    live, stale = [], []
+    live: list = []
+    stale: list = []
     for p in rows:
         since = p.created_at.replace(tzinfo=timezone.utc).timestamp()
         (live if files.owner_alive(p.owner, since) else stale).append(p)
@@ -265,13 +266,13 @@ def scan(store: Store) -> list[Problem]:
     strays: dict[str, list[str]] = defaultdict(list)   # 24-hex name -> stray paths
     for rel in unnamed:
         name = hash_name(rel)
-        row = by_name.get(name) if name else None
-        if row is None:
+        owner = by_name.get(name) if name else None
+        if name is None or owner is None:
             problems.append(Problem("unknown_file", rel))
-        elif row.id in busy_ids:
+        elif owner.id in busy_ids:
             continue
-        elif pruned(row):
-            problems.append(Problem("pruned_leftover", rel, row.id))
+        elif pruned(owner):
+            problems.append(Problem("pruned_leftover", rel, owner.id))
         else:
             strays[name].append(rel)
     missing_names = {row.sha256[:24] for row in missing}
@@ -322,29 +323,31 @@ def repair(store: Store, problems: list[Problem]) -> Counter:
     done: Counter = Counter()
     data_dir = store.data_dir
     for p in problems:
+        # every kind repaired below carries the path and image id it needs
+        path, image_id = cast(str, p.path), cast(int, p.image_id)
         try:
             if p.kind in ("extra_copy", "pruned_leftover"):
-                (data_dir / p.path).unlink(missing_ok=True)
+                (data_dir / path).unlink(missing_ok=True)
                 logger.warning("check: removed %s (%s)", p.path, KINDS[p.kind])
             elif p.kind == "missing_file" and p.found:
-                row = store.get_image(p.image_id)
+                row = store.get_image(image_id)
                 target = row["path"] or _expected(_Row(
                     row["id"], row["sha256"], row["status"], row["reason"], row["label"],
                     p.found))
                 files.replace(data_dir / p.found, data_dir / target)
                 if row["path"] is None:
-                    _set_path(store, p.image_id, target)
-                logger.warning("check: put image %d back at %s (was at %s)", p.image_id,
+                    _set_path(store, image_id, target)
+                logger.warning("check: put image %d back at %s (was at %s)", image_id,
                                target, p.found)
             elif p.kind == "missing_file":
-                _mark_missing(store, p.image_id)
+                _mark_missing(store, image_id)
             elif p.kind == "misfiled":
-                row = store.get_image(p.image_id)
+                row = store.get_image(image_id)
                 # to where status + label say; the same label source, so a person's
                 # decision is carried along, not overridden
-                store.move(p.image_id, row["status"], label_source=row["label_source"])
+                store.move(image_id, row["status"], label_source=row["label_source"])
                 logger.warning("check: moved image %d from %s into its folder",
-                               p.image_id, p.path)
+                               image_id, p.path)
             else:
                 continue
         except (OSError, PingoError, ValueError) as exc:

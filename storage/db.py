@@ -67,7 +67,7 @@ def make_engine(url: str) -> Engine:
             with conn.begin():
                 yield conn
 
-    engine.begin = begin_write
+    engine.begin = begin_write  # type: ignore[method-assign]
     return engine
 
 
@@ -79,7 +79,7 @@ def begin(engine: Engine, durable: bool = False):
     """``engine.begin()``; with ``durable``, the commit survives power loss on SQLite too
     (other databases commit durably anyway)."""
     if durable and engine.dialect.name == "sqlite":
-        return engine.begin(durable=True)
+        return engine.begin(durable=True)  # type: ignore[call-arg]  # begin_write above
     return engine.begin()
 
 

@@ -232,7 +232,7 @@ def exited(pid: int) -> bool:
     then kill(pid, 0) succeeds and its start time still matches, yet it will never finish
     its move."""
     fields = _proc_stat(pid)
-    return bool(fields) and fields[0] in ("Z", "X", "x")
+    return fields is not None and bool(fields) and fields[0] in ("Z", "X", "x")
 
 
 def started_at(ticks: str) -> float | None:

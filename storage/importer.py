@@ -74,6 +74,6 @@ def import_folder(store: Store, root: Path, classes: Iterable[str],
             result.duplicates[class_name] += 1
         if progress:
             progress(1)
-    for path, why in result.skipped:
-        logger.warning("not imported: %s (%s)", path, why)
+    for skipped, why in result.skipped:
+        logger.warning("not imported: %s (%s)", skipped, why)
     return result

@@ -147,7 +147,7 @@ def add_column(table: str, column: str) -> Callable[[Connection], None]:
 def add_indexes(table: str, *names: str) -> Callable[[Connection], None]:
     """A migration step that creates the named indexes (as declared above) on ``table``."""
     def step(conn: Connection) -> None:
-        declared = {ix.name: ix for ix in metadata.tables[table].indexes}
+        declared = {str(ix.name): ix for ix in metadata.tables[table].indexes}
         for name in names:
             declared[name].create(conn, checkfirst=True)
     return step
