@@ -14,9 +14,10 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.errors import ConfigError, UnsafeNameError
 from core.sources import check_profiles
@@ -264,7 +265,7 @@ class Config:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], base_dir: Path | None = None,
-                     path: Path | None = None) -> "Config":
+                     path: Path | None = None) -> Config:
         """Build and validate a Config from parsed TOML; raise ConfigError naming the key."""
         if not isinstance(data, dict):
             raise ConfigError("config must be a TOML table")

@@ -22,7 +22,8 @@ from core.errors import BadProfileError, UnknownSourceError
 @dataclass(frozen=True)
 class SourceProfile:
     name: str
-    search_url: str  # "{query}" is replaced by the url-encoded keyword, "{demo_url}" by crawl.demo_url
+    # "{query}" is replaced by the url-encoded keyword, "{demo_url}" by crawl.demo_url
+    search_url: str
     result_css: str  # one element per result
     url_attr: str = "href"  # attribute of a result element that holds the image URL
     json_key: str | None = None  # the attribute holds JSON; the URL is under this key

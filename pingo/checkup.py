@@ -31,20 +31,20 @@ _SIDECAR = re.compile(r"^near-duplicates-(phash|dhash|whash|ahash)(-plain)?\.npz
 def check(config: Config, repair: bool = False, wait: float = 0.0) -> Report:
     """Check the data folder (and with ``repair`` fix what needs no guess); never raises for
     a problem found, only when the folder cannot be checked at all (BusyError, CheckError)."""
-    with JobLock(config.data_dir).hold("check", wait=wait):
-        # repair=False: opening must not hide what the check is meant to find
-        with Store.from_config(config, repair=False) as store:
-            report = check_storage(store, repair_too=repair)
-            report.kinds.update(MORE_KINDS)
-            report.fixable |= MORE_FIXABLE
+    # repair=False: opening must not hide what the check is meant to find
+    with JobLock(config.data_dir).hold("check", wait=wait), \
+            Store.from_config(config, repair=False) as store:
+        report = check_storage(store, repair_too=repair)
+        report.kinds.update(MORE_KINDS)
+        report.fixable |= MORE_FIXABLE
+        found = index_problems(store)
+        if repair and found:
+            report.repaired.update(rebuild_indexes(config, store, found))
             found = index_problems(store)
-            if repair and found:
-                report.repaired.update(rebuild_indexes(config, store, found))
-                found = index_problems(store)
-            report.problems += found + model_problems(store, config)
+        report.problems += found + model_problems(store, config)
     logger.info("check: %s, %d problems, repaired %s",
-                "sound" if report.sound else "NOT sound", len(report.problems),
-                dict(report.repaired) or "nothing")
+            "sound" if report.sound else "NOT sound", len(report.problems),
+            dict(report.repaired) or "nothing")
     return report
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
-from pingo import __version__
-from pingo.tables import progress_lines, totals_line
 from core.config import Config, find_config_path, load_config, write_starter_config
 from core.errors import PingoError
+from pingo import __version__
+from pingo.tables import progress_lines, totals_line
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +458,8 @@ def demo_site(images, port, host, page_delay, faults):
 
 
 @cli.command()
-@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Process at most N inbox images.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="Process at most N inbox images.")
 @json_option("Print the summary as JSON.")
 @pass_ctx
 def factory(ctx: Context, limit, as_json):
@@ -525,8 +526,8 @@ def review(click_ctx, class_name, as_json):
                 click.echo(json.dumps(row, ensure_ascii=False))
                 continue
             conf = f"{row['confidence']:.2f}" if row["confidence"] is not None else "-"
-            click.echo(f"{row['id']:>7}  guess {row['label']:<12} keyword {row['keyword_class']:<12} "
-                       f"conf {conf:>4}  {row['reason'] or '':<14} {store.abspath(row['path'])}")
+            click.echo(f"{row['id']:>7}  guess {row['label']:<12} "
+                       f"keyword {row['keyword_class']:<12} conf {conf:>4}  {row['reason'] or '':<14} {store.abspath(row['path'])}")
     if not rows and not as_json:
         click.echo("nothing to review")
 
@@ -647,8 +648,9 @@ def prune(ctx: Context, dry_run, as_json):
     if result.models_skipped:
         click.echo(f"models: not pruned: {result.models_skipped}")
     else:
+        which = ": " + ", ".join(result.models) if result.models else ""
         click.echo(f"{verb} {len(result.models)} model versions "
-                   f"({human_bytes(result.model_bytes)}){': ' + ', '.join(result.models) if result.models else ''}")
+                   f"({human_bytes(result.model_bytes)}){which}")
         click.echo("kept: " + (", ".join(f"{v} ({why})" for v, why in result.kept_models.items())
                                or "no model versions"))
 

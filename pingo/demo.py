@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 from core.config import Config

@@ -12,7 +12,7 @@ import html
 import itertools
 import logging
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,7 @@ def build_report(config: Config, store: Store) -> Path:
                             f'<img src="assets/{out.name}" alt="{esc(name)} {title}">')
     parts.append(section)
 
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pingo report</title>
 <style>

@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from scheduler.errors import BusyError
 from storage.files import HOST, atomic_write

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -31,13 +31,13 @@ LOCK_WAIT_SECONDS = 3600.0
 
 
 def config_triggers(config: Config) -> dict[str, BaseTrigger]:
-    return {"crawl": CronTrigger.from_crontab(config.crawl.schedule, timezone=timezone.utc),
-            "train": CronTrigger.from_crontab(config.train.schedule, timezone=timezone.utc)}
+    return {"crawl": CronTrigger.from_crontab(config.crawl.schedule, timezone=UTC),
+            "train": CronTrigger.from_crontab(config.train.schedule, timezone=UTC)}
 
 
 def next_fire_times(config: Config, now: datetime | None = None) -> dict[str, str]:
     """When each scheduled job fires next, from the config's cron expressions."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return {job: trigger.get_next_fire_time(None, now).isoformat()
             for job, trigger in config_triggers(config).items()}
 
@@ -59,7 +59,7 @@ class Service:
             job_defaults={"coalesce": True, "max_instances": 1,
                           # None: a run missed while the machine slept still happens (once).
                           "misfire_grace_time": None},
-            timezone=timezone.utc)
+            timezone=UTC)
 
     def _run(self, job: str) -> bool:
         if self.stopping.is_set():
@@ -96,7 +96,7 @@ class Service:
         self.scheduler.add_job(self.train, self.triggers["train"], id="train", name="train")
         if run_now:
             self.scheduler.add_job(self.chain, id="run-now", name="run now",
-                                   next_run_time=datetime.now(timezone.utc))
+                                   next_run_time=datetime.now(UTC))
         self._install_signal_handlers()
         for job in self.scheduler.get_jobs():
             logger.info("scheduled %s: %s", job.name, job.trigger)

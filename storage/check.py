@@ -18,10 +18,11 @@ import hashlib
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import Any, cast
 
 from sqlalchemy import select, update
 
@@ -144,7 +145,7 @@ def _pending(store: Store) -> tuple[list, list]:
     live: list = []
     stale: list = []
     for p in rows:
-        since = p.created_at.replace(tzinfo=timezone.utc).timestamp()
+        since = p.created_at.replace(tzinfo=UTC).timestamp()
         (live if files.owner_alive(p.owner, since) else stale).append(p)
     return live, stale
 

@@ -9,11 +9,26 @@ rows survive upgrades. To add a column: add it to the table below, bump SCHEMA_V
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
-from sqlalchemy import (JSON, BigInteger, Boolean, Column, Connection, DateTime, Float,
-                        ForeignKey, Index, Integer, MetaData, String, Table, Text, inspect,
-                        select)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+)
 from sqlalchemy.schema import CreateColumn
 
 from storage.errors import SchemaVersionError
