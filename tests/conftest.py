@@ -120,6 +120,18 @@ def pg_url():
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request) -> str | None:
+    """The test once per metadata DB: None (the embedded SQLite default, under data_dir), then
+    a fresh PostgreSQL database (``pg_url``, as several machines share one)."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
+def storage_toml(db_url: str | None) -> str:
+    """The pingo.toml lines that put the metadata DB at ``db_url`` (none for the default)."""
+    return "" if db_url is None else f'\n[storage]\ndb_url = "{db_url}"\n'
+
+
 REDIS_URL = os.environ.get("PINGO_TEST_REDIS", "redis://127.0.0.1:6379/9")
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import insert, select, update
 
-from conftest import png_bytes
+from conftest import png_bytes, storage_toml
 from storage.files import HOST
 from storage.schema import images, pending_moves
 
@@ -256,7 +256,7 @@ def test_busy_data_folder_exits_75(project, run_cli, filled):
 
 
 def test_check_on_postgresql(project, run_cli, pg_url):
-    project.write(project.DEFAULT + f'\n[storage]\ndb_url = "{pg_url}"\n')
+    project.write(project.DEFAULT + storage_toml(pg_url))
     with project.store() as store:
         ids = [add(store, (10, 0, 0)), add(store, (0, 30, 0), "review", "dog")]
         gone = store.get_image(ids[0])["path"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import wait_for
+from conftest import storage_toml, wait_for
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
 from storage import Store
@@ -60,18 +60,15 @@ COPIES = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_project(request, project):
+@pytest.fixture
+def shared_project(project, db_url):
     """The test project with small chunks and short leases, on SQLite or PostgreSQL."""
-    storage = ""
-    if request.param == "postgresql":
-        storage = f'\n[storage]\ndb_url = "{request.getfixturevalue("pg_url")}"\n'
     project.write(project.DEFAULT + textwrap.dedent(f"""
         [factory]
         workers = 1
         chunk_size = {CHUNK}
         claim_lease = {LEASE}
-        """) + storage)
+        """) + storage_toml(db_url))
     return project
 
 
@@ -183,10 +180,9 @@ def test_a_killed_worker_s_rows_are_taken_over(shared_project, sign_digits, tmp_
 
 # ---- the storage pieces the workers rely on ---------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    return tmp_path / "data", url
+@pytest.fixture
+def store_url(tmp_path, db_url):
+    return tmp_path / "data", db_url
 
 
 def test_exclusive_serialises_holders_across_connections(store_url):

@@ -27,11 +27,6 @@ from test_factory_helpers import assert_consistent
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request):
-    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-
-
 def add(store, n: int, start: int = 0) -> list[int]:
     return [store.add_image(png_bytes((i % 256, i // 256, 7)), keyword_class="cat",
                             source="demo", ext="png") for i in range(start, start + n)]

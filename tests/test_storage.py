@@ -23,11 +23,10 @@ from test_factory_helpers import assert_consistent
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
+@pytest.fixture
+def store(tmp_path, db_url):
     """The same tests on the embedded default and on PostgreSQL (several machines)."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    with Store.open(tmp_path / "data", url) as s:
+    with Store.open(tmp_path / "data", db_url) as s:
         yield s
 
 
@@ -298,11 +297,9 @@ def test_duplicates_of_a_replaced_image_point_at_its_replacement(store):
     assert_consistent(store)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_rows(request, tmp_path, backend):
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_rows(tmp_path, db_url):
     data_dir = tmp_path / "data"
-    with Store.open(data_dir, url) as store:
+    with Store.open(data_dir, db_url) as store:
         image_id = store.add_image(png_bytes(), keyword_class="cat", source="demo", ext="png")
         store.record_url("http://a/slow.jpg", "timeout")
         with store.engine.begin() as conn:  # what a v1 pingo left behind
@@ -315,7 +312,7 @@ def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_r
                         "ALTER TABLE runs DROP COLUMN heartbeat",
                         "UPDATE meta SET value = '1' WHERE key = 'schema_version'"):
                 conn.exec_driver_sql(ddl)
-    with Store.open(data_dir, url) as store:
+    with Store.open(data_dir, db_url) as store:
         assert store.get_image(image_id)["keyword_class"] == "cat"
         # the v1 row (no attempts, no last_tried) reads as one attempt at its creation time
         retry = UrlRetry(lambda outcome: True, timedelta(0), max_attempts=2)
