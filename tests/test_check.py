@@ -241,7 +241,7 @@ def test_current_must_name_a_loadable_model(project, run_cli, filled):
 
 @pytest.mark.slow
 def test_current_naming_a_good_model_is_sound(project, run_cli, filled):
-    from test_factory_helpers import save_color_model
+    from factory_helpers import save_color_model
     with project.store() as store:
         version = save_color_model(store, classes=("bird", "cat", "dog"))
         (store.registry.path(version) / "metrics.json").write_text("{}")

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.run import process_inbox
-from test_factory_helpers import assert_consistent, jpeg_of
+from factory_helpers import assert_consistent, jpeg_of
 
 EASY = {
     "resize": lambda im: im.resize((70, 70), Image.Resampling.LANCZOS),

@@ -26,9 +26,9 @@ from child_process import start_script
 from conftest import storage_toml, wait_for
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
+from factory_helpers import assert_consistent, encode, jpeg_of
 from storage import Store
 from storage.store import utcnow
-from test_factory_helpers import assert_consistent, encode, jpeg_of
 
 CHUNK = 8
 LEASE = 3  # seconds: a killed worker's rows are taken over this soon

@@ -14,7 +14,7 @@ from dataset_factory.dedupe import index_path
 from dataset_factory.errors import ModelLoadError
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.run import process_inbox
-from test_factory_helpers import (assert_consistent, encode, jpeg_of, pattern_image,
+from factory_helpers import (assert_consistent, encode, jpeg_of, pattern_image,
                                   save_color_model)
 
 RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)

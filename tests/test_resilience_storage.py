@@ -19,10 +19,10 @@ from sqlalchemy import insert, select, update
 
 from child_process import run_script, start_script
 from conftest import png_bytes
+from factory_helpers import assert_consistent
 from storage import Move, Store, files
 from storage.schema import pending_moves, runs
 from storage.store import utcnow
-from test_factory_helpers import assert_consistent
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,11 @@ from sqlalchemy import inspect, select
 from child_process import run_script, start_script
 from conftest import png_bytes
 from core.errors import UnsafeNameError
+from factory_helpers import assert_consistent
 from storage import (DuplicateImageError, ImageNotFoundError, Move, SchemaVersionError, Store,
                      StorageError, UrlRetry)
 from storage import schema
 from storage.files import atomic_write
-from test_factory_helpers import assert_consistent
 
 
 @pytest.fixture
