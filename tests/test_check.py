@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import insert, select, update
 
-from conftest import png_bytes
+from conftest import png_bytes, storage_toml
 from storage.files import HOST
 from storage.schema import images, pending_moves
 
@@ -241,7 +241,7 @@ def test_current_must_name_a_loadable_model(project, run_cli, filled):
 
 @pytest.mark.slow
 def test_current_naming_a_good_model_is_sound(project, run_cli, filled):
-    from test_factory_helpers import save_color_model
+    from factory_helpers import save_color_model
     with project.store() as store:
         version = save_color_model(store, classes=("bird", "cat", "dog"))
         (store.registry.path(version) / "metrics.json").write_text("{}")
@@ -256,7 +256,7 @@ def test_busy_data_folder_exits_75(project, run_cli, filled):
 
 
 def test_check_on_postgresql(project, run_cli, pg_url):
-    project.write(project.DEFAULT + f'\n[storage]\ndb_url = "{pg_url}"\n')
+    project.write(project.DEFAULT + storage_toml(pg_url))
     with project.store() as store:
         ids = [add(store, (10, 0, 0)), add(store, (0, 30, 0), "review", "dog")]
         gone = store.get_image(ids[0])["path"]

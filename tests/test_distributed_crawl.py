@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import wait_for
+from conftest import storage_toml, wait_for
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import make_server
 from crawler.run import crawl
@@ -170,20 +170,12 @@ def test_unreachable_redis_is_a_named_error(project, images):
 
 # ---- crawlers sharing a frontier (browsers) ---------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_toml(request) -> str:
-    """The metadata DB of the crawl: embedded SQLite, or a real PostgreSQL (several machines)."""
-    if request.param == "sqlite":
-        return ""
-    return f'\n[storage]\ndb_url = "{request.getfixturevalue("pg_url")}"\n'
-
-
 @pytest.mark.browser
 def test_two_crawlers_share_the_work_and_fetch_each_image_once(project, images, redis_prefix,
-                                                              storage_toml):
+                                                              db_url):
     targets = {"circle": 15, "square": 15, "triangle": 15}
     with make_server(images, image_delay=0.2).start() as site:
-        project.write(distributed_toml(site.url, targets, redis_prefix) + storage_toml)
+        project.write(distributed_toml(site.url, targets, redis_prefix) + storage_toml(db_url))
         summaries = crawl_side_by_side(project.config)
         fetched = Counter(p for p in site.site.requests if p.startswith("/image/"))
     rows = assert_inbox_consistent(project)

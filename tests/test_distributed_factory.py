@@ -18,23 +18,22 @@ import textwrap
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import wait_for
+from child_process import start_script
+from conftest import storage_toml, wait_for
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
+from factory_helpers import assert_consistent, encode, jpeg_of
 from storage import Store
 from storage.store import utcnow
-from test_factory_helpers import assert_consistent, encode, jpeg_of
 
-REPO = Path(__file__).resolve().parents[1]
 CHUNK = 8
 LEASE = 3  # seconds: a killed worker's rows are taken over this soon
 
-WORKER = textwrap.dedent("""
+WORKER = """
     import json, sys, time
     from pathlib import Path
     from core.config import load_config
@@ -50,7 +49,7 @@ WORKER = textwrap.dedent("""
                 time.sleep(0.01)
             summary = process_inbox(config, store)
         print(json.dumps(summary.as_json()))
-""")
+"""
 
 COPIES = {
     "exact": lambda im: encode(im, "PNG"),                       # the same pixels, other bytes
@@ -60,18 +59,15 @@ COPIES = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_project(request, project):
+@pytest.fixture
+def shared_project(project, db_url):
     """The test project with small chunks and short leases, on SQLite or PostgreSQL."""
-    storage = ""
-    if request.param == "postgresql":
-        storage = f'\n[storage]\ndb_url = "{request.getfixturevalue("pg_url")}"\n'
     project.write(project.DEFAULT + textwrap.dedent(f"""
         [factory]
         workers = 1
         chunk_size = {CHUNK}
         claim_lease = {LEASE}
-        """) + storage)
+        """) + storage_toml(db_url))
     return project
 
 
@@ -97,16 +93,12 @@ def plant(store, sign_digits, n_photos=48) -> list[list[int]]:
 
 
 def start_workers(project, tmp_path, n=2) -> list[subprocess.Popen]:
-    script = tmp_path / "factory_worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + str(REPO / "tests")}
     go = tmp_path / "go"
     procs, ready = [], []
     for i in range(n):
         ready.append(tmp_path / f"ready-{i}")
-        procs.append(subprocess.Popen(
-            [sys.executable, str(script), str(project.path), str(ready[-1]), str(go)],
-            env=env, stdout=subprocess.PIPE, text=True, start_new_session=True))
+        procs.append(start_script(tmp_path, WORKER, str(project.path), str(ready[-1]), str(go),
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True))
 
     def started() -> bool:
         if all(r.exists() for r in ready):
@@ -183,10 +175,9 @@ def test_a_killed_worker_s_rows_are_taken_over(shared_project, sign_digits, tmp_
 
 # ---- the storage pieces the workers rely on ---------------------------------------------------
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path):
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    return tmp_path / "data", url
+@pytest.fixture
+def store_url(tmp_path, db_url):
+    return tmp_path / "data", db_url
 
 
 def test_exclusive_serialises_holders_across_connections(store_url):

@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
+from child_process import start_script
 from dataset_factory.dedupe import index_path
 from dataset_factory.errors import ModelLoadError
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.run import process_inbox
-from test_factory_helpers import (assert_consistent, encode, jpeg_of, pattern_image,
+from factory_helpers import (assert_consistent, encode, jpeg_of, pattern_image,
                                   save_color_model)
 
 RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
@@ -107,7 +105,7 @@ def test_a_broken_promoted_model_is_a_named_error(project):
         assert store.get_image(image_id)["status"] == "inbox"  # nothing decided, nothing lost
 
 
-KILL_SCRIPT = textwrap.dedent("""
+KILL_SCRIPT = """
     import sys
     from core.config import load_config
     from storage import Store
@@ -117,7 +115,7 @@ KILL_SCRIPT = textwrap.dedent("""
         config = load_config(sys.argv[1])
         with Store.from_config(config) as store:
             process_inbox(config, store, chunk_size=8)
-""")
+"""
 
 
 def test_kill_9_mid_run_then_rerun_accounts_for_every_image(project, sign_digits, tmp_path):
@@ -128,14 +126,9 @@ def test_kill_9_mid_run_then_rerun_accounts_for_every_image(project, sign_digits
         # copies, so duplicates are decided (and replaced) across the kill as well
         ids += [store.add_image(jpeg_of(p, lambda im: im.resize((120, 120))),
                                 keyword_class="dog", source="t", ext="jpg") for p in files[:30]]
-    script = tmp_path / "factory_child.py"
-    script.write_text(KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + str(
-        __import__("pathlib").Path(__file__).resolve().parents[1])}
     killed_after = []
     for attempt in range(2):
-        child = subprocess.Popen([sys.executable, str(script), str(project.path)], env=env,
-                                 start_new_session=True)
+        child = start_script(tmp_path, KILL_SCRIPT, str(project.path), start_new_session=True)
         deadline = time.time() + 120
         with project.store() as store:
             start_inbox = sum(store.inbox_counts().values())

@@ -13,7 +13,7 @@ from dataset_factory.cache import BoundedCache
 from dataset_factory.dedupe import Deduper, Kept, index_path, open_index
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.validate import Limits
-from test_factory_helpers import encode, pattern_image
+from factory_helpers import encode, pattern_image
 
 
 class Row(dict):

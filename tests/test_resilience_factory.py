@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from factory_helpers import encode, pattern_image
 from storage import files
 from storage.files import STATUS_DIRS
-from test_factory_helpers import encode, pattern_image
 
 
 def add(store, seeds, keyword_class="cat") -> list[int]:

@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -18,18 +17,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select, update
 
+from child_process import run_script, start_script
 from conftest import png_bytes
+from factory_helpers import assert_consistent
 from storage import Move, Store, files
 from storage.schema import pending_moves, runs
 from storage.store import utcnow
-from test_factory_helpers import assert_consistent
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request):
-    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
 
 
 def add(store, n: int, start: int = 0) -> list[int]:
@@ -39,9 +34,7 @@ def add(store, n: int, start: int = 0) -> list[int]:
 
 # ---- fault 2: Ctrl-C during a batch of moves ------------------------------------------------
 
-MOVER = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {repo!r})
+MOVER = """
     from storage import Move, Store
     store = Store.open({data!r})
     ids = [r["id"] for r in store.iter_images()]
@@ -54,7 +47,7 @@ MOVER = textwrap.dedent("""
         for i in range(0, len(ids), 50):
             store.move_many([Move(j, status, changes) for j in ids[i:i + 50]])
         n += 1
-""")
+"""
 
 
 def test_sigint_at_random_moments_during_moves_leaves_db_and_disk_agreeing(tmp_path):
@@ -63,10 +56,10 @@ def test_sigint_at_random_moments_during_moves_leaves_db_and_disk_agreeing(tmp_p
     with Store.open(data_dir) as store:
         add(store, 300)
     rng = random.Random(10)
-    script = MOVER.format(repo=str(REPO), data=str(data_dir))
+    script = MOVER.format(data=str(data_dir))
     for _ in range(8):
-        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        child = start_script(tmp_path, script, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
         time.sleep(rng.uniform(0.05, 0.6))
         child.send_signal(signal.SIGINT)
@@ -196,24 +189,22 @@ def test_run_job_beats_while_the_stage_runs(project):
 
 # ---- fault 17: two repairs at once ----------------------------------------------------------
 
-KILLED_MOVE = textwrap.dedent("""
-    import os, signal, sys
-    sys.path.insert(0, {repo!r})
+KILLED_MOVE = """
+    import os, signal
     from storage import Store, Move
     from storage import store as store_mod
     store = Store.open({data!r}, {url!r})
     store_mod.files.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
     store.move_many([Move(r["id"], "accepted", {{"label": "cat"}}) for r in store.iter_images()])
-""")
+"""
 
-REPAIR = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {repo!r})
+REPAIR = """
+    import time
     from storage import Store
     while time.time() < {at!r}:
         pass
     Store.open({data!r}, {url!r}).close()
-""")
+"""
 
 
 def test_two_repairs_of_the_same_leftovers_at_once(tmp_path, db_url):
@@ -221,16 +212,15 @@ def test_two_repairs_of_the_same_leftovers_at_once(tmp_path, db_url):
     with Store.open(data_dir, db_url) as store:
         add(store, 80)
     for round_ in range(2):
-        subprocess.run([sys.executable, "-c", KILLED_MOVE.format(
-            repo=str(REPO), data=str(data_dir), url=db_url)], timeout=120)
+        run_script(tmp_path, KILLED_MOVE.format(data=str(data_dir), url=db_url), timeout=120)
         for i in range(200):  # a dead writer's temp files, on another host sharing data_dir
             part = data_dir / "inbox" / f".x{round_}{i}.png~otherhost~4242~abc{i}.part"
             part.write_bytes(b"half")
             os.utime(part, (time.time() - 3600, time.time() - 3600))
         at = time.time() + 1.5
-        script = REPAIR.format(repo=str(REPO), data=str(data_dir), at=at, url=db_url)
-        procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+        script = REPAIR.format(data=str(data_dir), at=at, url=db_url)
+        procs = [start_script(tmp_path, script, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], errors
         with Store.open(data_dir, db_url) as store:
@@ -340,9 +330,8 @@ def test_a_move_decided_before_a_persons_decision_does_not_undo_it(tmp_path, db_
 
 # ---- fault 6: readers never block writers ---------------------------------------------------
 
-WRITER = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {repo!r})
+WRITER = """
+    import time
     from storage import db
     db.BUSY_TIMEOUT_MS = 300
     from storage import Store
@@ -351,7 +340,7 @@ WRITER = textwrap.dedent("""
         store.add_image(b"written while a report reads", keyword_class="cat", source="demo")
         store.record_url("http://example.test/a.jpg", "image")
         print(round(time.monotonic() - t, 3))
-""")
+"""
 
 
 def test_a_long_read_does_not_block_another_process_writing(tmp_path):
@@ -361,9 +350,8 @@ def test_a_long_read_does_not_block_another_process_writing(tmp_path):
         with store.engine.connect() as conn:  # a report's long read, still open
             conn.execute(select(runs)).all()
             store.stats({"cat": 5})
-            out = subprocess.run([sys.executable, "-c", WRITER.format(repo=str(REPO),
-                                                                      data=str(data_dir))],
-                                 capture_output=True, text=True, timeout=120)
+            out = run_script(tmp_path, WRITER.format(data=str(data_dir)), capture_output=True,
+                             text=True, timeout=120)
             assert out.returncode == 0, out.stderr[-2000:]
         assert len(list(store.iter_images())) == 21
 

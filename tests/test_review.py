@@ -9,7 +9,7 @@ import pytest
 from dataset_factory.errors import ReviewError
 from dataset_factory.review import accept, reject
 from dataset_factory.run import process_inbox
-from test_factory_helpers import encode, pattern_image
+from factory_helpers import encode, pattern_image
 
 
 def in_review(store, seed, keyword_class="cat", guess="dog") -> int:

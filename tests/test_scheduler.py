@@ -7,23 +7,20 @@ tests); the lock, the run records, APScheduler and the signals are all real.
 import json
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from child_process import start_script
 from conftest import wait_for
 from scheduler.errors import BusyError
 from scheduler.jobs import run_job
 from scheduler.lock import JobLock
 
-REPO = Path(__file__).resolve().parents[1]
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {repo!r})
+HOLDER = """
+    import time
     from core.config import load_config
     from scheduler.jobs import run_job
     config = load_config({config!r})
@@ -33,13 +30,13 @@ HOLDER = textwrap.dedent("""
         return {{"slept": {seconds}}}
     run_job(config, {job!r}, slow)
     print("done", flush=True)
-""")
+"""
 
 
 def start_holder(project, job="crawl", seconds=60) -> subprocess.Popen:
     """A real process running a job that holds the lock; returns once the job has started."""
-    script = HOLDER.format(repo=str(REPO), config=str(project.path), job=job, seconds=seconds)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    script = HOLDER.format(config=str(project.path), job=job, seconds=seconds)
+    proc = start_script(project.root, script, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "started"
     return proc
 
@@ -101,9 +98,8 @@ def test_kill_9_during_a_job_marks_it_failed_then_the_next_run_succeeds(project,
         assert store.recent_runs(1)[0]["status"] == "succeeded"
 
 
-SERVICE = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {repo!r})
+SERVICE = """
+    import time
     from apscheduler.triggers.interval import IntervalTrigger
     from core.config import load_config
     from scheduler.service import Service
@@ -123,14 +119,13 @@ SERVICE = textwrap.dedent("""
     print("ready", flush=True)
     service.start(run_now=True)
     log.write("exited cleanly\\n"); log.flush()
-""")
+"""
 
 
 def start_service(project, tmp_path, crawl_seconds=0.0) -> tuple[subprocess.Popen, Path]:
     log = tmp_path / "stages.log"
-    script = SERVICE.format(repo=str(REPO), config=str(project.path), log=str(log),
-                            crawl_seconds=crawl_seconds)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    script = SERVICE.format(config=str(project.path), log=str(log), crawl_seconds=crawl_seconds)
+    proc = start_script(tmp_path, script, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     return proc, log
 

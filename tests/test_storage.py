@@ -5,29 +5,26 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select
 
+from child_process import run_script, start_script
 from conftest import png_bytes
 from core.errors import UnsafeNameError
+from factory_helpers import assert_consistent
 from storage import (DuplicateImageError, ImageNotFoundError, Move, SchemaVersionError, Store,
                      StorageError, UrlRetry)
 from storage import schema
 from storage.files import atomic_write
-from test_factory_helpers import assert_consistent
-
-REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
+@pytest.fixture
+def store(tmp_path, db_url):
     """The same tests on the embedded default and on PostgreSQL (several machines)."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    with Store.open(tmp_path / "data", url) as s:
+    with Store.open(tmp_path / "data", db_url) as s:
         yield s
 
 
@@ -175,9 +172,8 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
 
 # ---- crash between the two halves of a move: a real process killed with SIGKILL -----------
 
-CRASH_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
-    sys.path.insert(0, {repo!r})
+CRASH_SCRIPT = """
+    import os, signal
     from storage import Store, Move
     from storage import store as store_mod
     store = Store.open({data!r})
@@ -193,14 +189,12 @@ CRASH_SCRIPT = textwrap.dedent("""
     else:
         store.move_many([Move(i, "accepted", {{"label": "cat"}}) for i in {ids!r}])
     print("not killed")
-""")
+"""
 
 
 def run_and_kill(data_dir: Path, point: str, op: str, ids=()) -> None:
-    script = CRASH_SCRIPT.format(repo=str(REPO), data=str(data_dir), point=point, op=op,
-                                 ids=list(ids))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    script = CRASH_SCRIPT.format(data=str(data_dir), point=point, op=op, ids=list(ids))
+    proc = run_script(data_dir.parent, script, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr + proc.stdout
 
 
@@ -298,11 +292,9 @@ def test_duplicates_of_a_replaced_image_point_at_its_replacement(store):
     assert_consistent(store)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_rows(request, tmp_path, backend):
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_rows(tmp_path, db_url):
     data_dir = tmp_path / "data"
-    with Store.open(data_dir, url) as store:
+    with Store.open(data_dir, db_url) as store:
         image_id = store.add_image(png_bytes(), keyword_class="cat", source="demo", ext="png")
         store.record_url("http://a/slow.jpg", "timeout")
         with store.engine.begin() as conn:  # what a v1 pingo left behind
@@ -315,7 +307,7 @@ def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_r
                         "ALTER TABLE runs DROP COLUMN heartbeat",
                         "UPDATE meta SET value = '1' WHERE key = 'schema_version'"):
                 conn.exec_driver_sql(ddl)
-    with Store.open(data_dir, url) as store:
+    with Store.open(data_dir, db_url) as store:
         assert store.get_image(image_id)["keyword_class"] == "cat"
         # the v1 row (no attempts, no last_tried) reads as one attempt at its creation time
         retry = UrlRetry(lambda outcome: True, timedelta(0), max_attempts=2)
@@ -329,9 +321,7 @@ def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_r
     assert version == str(schema.SCHEMA_VERSION) == "3"
 
 
-MIGRATION_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {repo!r})
+MIGRATION_SCRIPT = """
     from sqlalchemy import Column, Text, select
     from storage import Store, schema
     # What a later release does: declare the column, bump the version, add the step.
@@ -343,7 +333,7 @@ MIGRATION_SCRIPT = textwrap.dedent("""
             print(conn.execute(select(schema.images.c.keyword_class,
                                       schema.images.c.caption)).all())
             print(conn.execute(select(schema.meta.c.value)).scalar())
-""")
+"""
 
 
 def test_migration_adds_a_column_and_keeps_rows(tmp_path):
@@ -351,9 +341,8 @@ def test_migration_adds_a_column_and_keeps_rows(tmp_path):
     data_dir = tmp_path / "data"
     with Store.open(data_dir) as store:
         store.add_image(png_bytes(), keyword_class="cat", source="demo", ext="png")
-    script = MIGRATION_SCRIPT.format(repo=str(REPO), data=str(data_dir))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    script = MIGRATION_SCRIPT.format(data=str(data_dir))
+    out = run_script(tmp_path, script, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[('cat', None)]", str(schema.SCHEMA_VERSION + 1)]
     with pytest.raises(SchemaVersionError):  # and this older pingo now refuses the DB
@@ -376,9 +365,8 @@ def test_claims_split_the_inbox_and_expire(store):
     assert [r["id"] for r in store.claim_inbox("worker-d", 5)] == ids[3:]  # c's lease expired
 
 
-OPEN_TOGETHER_SCRIPT = textwrap.dedent("""
+OPEN_TOGETHER_SCRIPT = """
     import sys
-    sys.path.insert(0, {repo!r})
     from storage import Store
     print("ready", flush=True)
     for data_dir in sys.stdin:
@@ -387,14 +375,14 @@ OPEN_TOGETHER_SCRIPT = textwrap.dedent("""
             print("ok", flush=True)
         except Exception as exc:
             print(repr(exc).replace("\\n", " "), flush=True)
-""")
+"""
 
 
 def open_together(data_dirs: list[Path], url: str | None = None, workers: int = 4) -> None:
     """``workers`` processes open each of ``data_dirs`` (all on ``url``) at the same moment."""
-    script = OPEN_TOGETHER_SCRIPT.format(repo=str(REPO), url=url)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+    script = OPEN_TOGETHER_SCRIPT.format(url=url)
+    procs = [start_script(data_dirs[0].parent, script, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) for _ in range(workers)]
     try:
         assert [p.stdout.readline().strip() for p in procs] == ["ready"] * workers
         for n, data_dir in enumerate(data_dirs):
