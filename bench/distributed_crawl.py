@@ -95,7 +95,7 @@ def main() -> None:
 
     from crawler.demo_images import ensure_demo_images
     from crawler.demo_site import make_server
-    from crawler.distributed import check_redis
+    from crawler.frontier import check_redis
 
     check_redis(args.redis_url)
     with tempfile.TemporaryDirectory(prefix="pingo-bench-dcrawl-") as tmp:

@@ -121,7 +121,7 @@ class InboxImagesPipeline(FilesPipeline):
             raise NotConfigured("PINGO_DATA_DIR is not set: no inbox to store images in")
         frontier = None
         if settings.get("REDIS_URL"):
-            from crawler.distributed import SharedFrontier
+            from crawler.frontier import SharedFrontier
             frontier = SharedFrontier.from_crawler(crawler)
         return cls(data_dir, crawler=crawler, data_dir=data_dir,
                    db_url=settings.get("PINGO_DB_URL"),

@@ -27,7 +27,7 @@ import logging
 from scrapy_redis.scheduler import Scheduler
 
 from crawler import queue_codec
-from crawler.distributed import SharedFrontier
+from crawler.frontier import SharedFrontier
 
 logger = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ def crawl(config, store=None, classes: list[str] | None = None,
         from crawler.leftovers import remove_leftovers
         remove_leftovers()  # browser folders (and processes) of crawls that were killed
     if scrapy_settings.get("REDIS_URL"):
-        from crawler.distributed import check_redis
+        from crawler.frontier import check_redis
         check_redis(scrapy_settings["REDIS_URL"])
     payload = {
         "plan": plan, "sources": profiles, "demo_url": demo_url or config.crawl.demo_url,

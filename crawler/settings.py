@@ -64,7 +64,7 @@ def build_settings(config, data_dir: str, db_url: str | None,
     if crawl.redis_url:
         # Several crawlers share one frontier: scrapy-redis's queue and dupefilter, through
         # pingo's scheduler (rounds, shared budgets, work taken back from dead workers).
-        from crawler.distributed import default_key_prefix
+        from crawler.frontier import default_key_prefix
         settings.update({
             "SCHEDULER": "crawler.redis_scheduler.SharedScheduler",
             "REDIS_URL": crawl.redis_url,

@@ -1,4 +1,4 @@
-"""Distributed crawling: several `pingo crawl` processes share one frontier in Redis.
+"""The Redis frontier: several `pingo crawl` processes share one request queue and budget.
 
 Built on scrapy-redis: its priority queue holds every request (result pages and images) and
 its dupefilter makes sure one URL is requested once per crawl round, whichever worker yields
