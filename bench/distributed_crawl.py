@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-CLASSES = ("circle", "square", "triangle")
+from core.names import DEMO_CLASSES as CLASSES  # noqa: E402
 
 
 def run(site, workers: int, concurrency: int, per_class: int, redis_url: str,
