@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from core.errors import ConfigError, UnsafeNameError
 from core.names import ARCHITECTURES, DEMO_CLASSES, HASH_METHODS
@@ -27,7 +27,10 @@ from core.sources import check_profiles
 
 logger = logging.getLogger(__name__)
 
-S = TypeVar("S")  # a section dataclass
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+S = TypeVar("S", bound="DataclassInstance")  # a section dataclass
 
 CONFIG_ENV = "PINGO_CONFIG"
 DEFAULT_CONFIG_NAME = "pingo.toml"
@@ -334,11 +337,11 @@ def _build(section_cls: type, raw: Any, prefix: str, fixed: dict[str, Any] | Non
     """One section from its TOML table; ``fixed`` values come from pingo, not the user."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: must be a table [{prefix}]")
-    return section_cls(**(fixed or {}), **_checked(section_cls, raw, prefix, set(fixed or ())))
+    return section_cls(**(fixed or {}), **_checked(section_cls, raw, prefix, tuple(fixed or ())))
 
 
 def _checked(section_cls: type, raw: dict[str, Any], prefix: str,
-             fixed: set[str] = frozenset()) -> dict[str, Any]:
+             fixed: tuple[str, ...] = ()) -> dict[str, Any]:
     """``raw``'s values, each type-checked and checked like a config file's; ConfigError
     naming the first key that is unknown or not allowed."""
     fields = {f.name: f for f in dataclasses.fields(section_cls) if f.name not in fixed}
