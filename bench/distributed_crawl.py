@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-CLASSES = ("circle", "square", "triangle")
+from core.names import DEMO_CLASSES as CLASSES  # noqa: E402
 
 
 def run(site, workers: int, concurrency: int, per_class: int, redis_url: str,
@@ -95,7 +95,7 @@ def main() -> None:
 
     from crawler.demo_images import ensure_demo_images
     from crawler.demo_site import make_server
-    from crawler.distributed import check_redis
+    from crawler.frontier import check_redis
 
     check_redis(args.redis_url)
     with tempfile.TemporaryDirectory(prefix="pingo-bench-dcrawl-") as tmp:

@@ -2,27 +2,36 @@
 
 Every section is a dataclass. A field's type is checked as declared and an optional ``check``
 in its metadata rejects impossible values; the error names the key and what is allowed.
-Adding a setting is adding a field.
+Adding a setting is adding a field (with its ``doc``): the starter file ``pingo init`` writes
+is generated from the fields, and ``override`` checks one-run overrides (CLI flags) the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
+import textwrap
 import tomllib
 import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import ConfigError, UnsafeNameError
+from core.names import ARCHITECTURES, DEMO_CLASSES, HASH_METHODS
 from core.sources import check_profiles
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+S = TypeVar("S", bound="DataclassInstance")  # a section dataclass
 
 CONFIG_ENV = "PINGO_CONFIG"
 DEFAULT_CONFIG_NAME = "pingo.toml"
@@ -90,8 +99,11 @@ def http_url(v: str | None) -> str | None:
 
 
 def setting(default: Any = None, *, check: Callable[[Any], str | None] | None = None,
-            default_factory: Callable[[], Any] | None = None, doc: str = "") -> Any:
-    meta = {"check": check, "doc": doc}
+            default_factory: Callable[[], Any] | None = None, doc: str = "",
+            example: Any = None) -> Any:
+    """A config field. ``doc`` is its comment in the starter file; ``example`` is the value
+    shown there (commented out) for a setting whose default is unset."""
+    meta = {"check": check, "doc": doc, "example": example}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -101,36 +113,46 @@ def setting(default: Any = None, *, check: Callable[[Any], str | None] | None = 
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    data_dir: str = setting("data", check=non_empty, doc="folder for the DB, images and models")
-    log_level: str = setting("INFO", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    data_dir: str = setting("data", check=non_empty, doc="DB, inbox/, dataset/, review/, "
+                            "rejected/, models/, reports/")
+    log_level: str = setting("INFO", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"),
+                             doc="DEBUG, INFO, WARNING or ERROR")
 
 
 @dataclass(frozen=True)
 class ClassConfig:
     name: str
-    keywords: list[str] = setting(default_factory=list, doc="search queries for this class")
+    keywords: list[str] = setting(default_factory=list, doc="what to search for (any "
+                                  "language); default: the class name")
     target: int = setting(1000, check=at_least(1), doc="images wanted in dataset/<class>/")
     confidence: float | None = setting(None, check=lambda v: between(0, 1)(v) if v is not None
-                                       else None, doc="overrides factory.confidence")
+                                       else None, doc="per-class override of factory.confidence",
+                                       example=0.95)
 
 
 @dataclass(frozen=True)
 class CrawlConfig:
-    sources: list[str] = setting(default_factory=lambda: ["demo"], check=non_empty)
-    schedule: str = setting("0 */6 * * *", check=cron)
-    demo_url: str = setting("http://127.0.0.1:8765", check=http_url)
+    sources: list[str] = setting(default_factory=lambda: ["demo"], check=non_empty,
+                                 doc='search-source profiles: "demo" (local), "bing", ...')
+    schedule: str = setting("0 */6 * * *", check=cron, doc="cron: when the scheduler crawls")
+    demo_url: str = setting("http://127.0.0.1:8765", check=http_url,
+                            doc="the local demo search site (`pingo demo-site`)")
     per_query_limit: int = setting(200, check=at_least(1), doc="most results taken per query")
     concurrency: int = setting(16, check=at_least(1), doc="parallel image downloads")
     download_delay: float = setting(0.0, check=at_least(0), doc="seconds between requests to a host")
     max_drivers: int = setting(2, check=at_least(1), doc="headless browsers rendering pages")
-    page_load_timeout: float = setting(30.0, check=at_least(1))
+    page_load_timeout: float = setting(30.0, check=at_least(1),
+                                       doc="seconds a result page may take to load")
     redis_url: str | None = setting(None, check=redis_address, doc="shared frontier for several "
-                                    "crawlers, e.g. redis://host:6379/0 (scrapy-redis)")
+                                    "crawlers, e.g. on several machines (scrapy-redis)",
+                                    example="redis://127.0.0.1:6379/0")
     redis_key_prefix: str | None = setting(None, check=redis_key_name, doc="namespace of this "
-                                           "project's Redis keys; default derived from the DB")
+                                           "project's Redis keys; default derived from the DB",
+                                           example="pingo-shapes")
     idle_timeout: float = setting(30.0, check=at_least(1), doc="with redis_url: a crawler exits "
                                   "after the shared queue has been empty this many seconds")
-    selenium_remote_url: str | None = setting(None, check=http_url, doc="Selenium Grid URL")
+    selenium_remote_url: str | None = setting(None, check=http_url, doc="browsers from a "
+                                              "Selenium Grid", example="http://127.0.0.1:4444")
     pages_per_browser: int = setting(50, check=at_least(1),
                                      doc="result pages a browser renders before it is recycled")
     download_timeout: float = setting(20.0, check=at_least(1), doc="seconds per image download")
@@ -151,17 +173,20 @@ class CrawlConfig:
                                            "link-local and private addresses too (an intranet "
                                            "crawl); crawl.demo_url is always allowed")
     user_agent: str = setting("pingo/0.1 (+https://github.com/pingo/pingo; image dataset crawler)",
-                              check=non_empty)
+                              check=non_empty, doc="the User-Agent header of every request")
     max_seconds: float = setting(3600.0, check=at_least(1), doc="a crawl stops after this long")
     profiles: dict = setting(default_factory=dict, check=check_profiles,
-        doc="[crawl.profiles.<name>] tables: add or fix search sources")
+        doc="[crawl.profiles.<name>] tables: add or fix search sources (docs/crawler.md)")
 
 
 @dataclass(frozen=True)
 class FactoryConfig:
-    hash: str = setting("phash", check=one_of("phash", "dhash", "whash", "ahash"))
-    max_distance: int = setting(6, check=between(0, 64), doc="Hamming bits for near duplicates")
-    confidence: float = setting(0.90, check=between(0, 1), doc="auto-accept threshold")
+    hash: str = setting("phash", check=one_of(*HASH_METHODS),
+                        doc="perceptual hash: " + ", ".join(HASH_METHODS))
+    max_distance: int = setting(6, check=between(0, 64),
+                                doc="Hamming bits: closer hashes are near duplicates")
+    confidence: float = setting(0.90, check=between(0, 1),
+                                doc="top-1 confidence needed to auto-accept; else review/")
     min_size: int = setting(32, check=at_least(1), doc="smallest accepted width/height, pixels")
     batch_size: int = setting(128, check=at_least(1), doc="images per classification batch")
     workers: int = setting(0, check=at_least(0), doc="hashing processes; 0 = one per core")
@@ -170,7 +195,8 @@ class FactoryConfig:
                               doc="larger images are refused as decompression bombs")
     decode_timeout: float = setting(30.0, check=at_least(0.01),
                                     doc="seconds one image may take to decode and hash")
-    hard_duplicates: bool = setting(True, doc="also catch crops, borders, captions, flips")
+    hard_duplicates: bool = setting(True, doc="also catch crops, borders, captions and mirror "
+                                    "flips")
     hard_distance: int = setting(14, check=between(0, 64),
                                  doc="Hamming bits between views before verification")
     verify_threshold: float = setting(0.86, check=between(-1, 1),
@@ -184,17 +210,23 @@ class FactoryConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    image_size: int = setting(128, check=between(8, 1024))
-    epochs: int = setting(100, check=at_least(1))
-    batch_size: int = setting(32, check=at_least(1))
-    arch: str = setting("small_cnn", check=one_of("small_cnn", "seed_cnn", "mobilenet_v2"),
-                        doc="model architecture (trainer.models.ARCHS)")
+    image_size: int = setting(128, check=between(8, 1024),
+                              doc="pixels; the model sees image_size x image_size")
+    epochs: int = setting(100, check=at_least(1),
+                          doc="upper bound; early stopping usually ends sooner")
+    batch_size: int = setting(32, check=at_least(1), doc="images per training step")
+    arch: str = setting("small_cnn", check=one_of(*ARCHITECTURES),
+                        doc="model architecture: " + ", ".join(ARCHITECTURES)
+                            + " (mobilenet_v2 can start from train.weights_path)")
     weights_path: str | None = setting(None, check=non_empty, doc="local weights file for a "
-                                       "keras.applications backbone (never downloaded)")
-    schedule: str = setting("0 2 * * *", check=cron)
-    promote_margin: float = setting(0.0, check=between(-1, 1),
-                                    doc="new test accuracy must be >= current + margin")
-    seed: int = setting(1337)
+                                       "keras.applications backbone (never downloaded)",
+                                       example="mobilenet_v2_no_top.h5")
+    schedule: str = setting("0 2 * * *", check=cron, doc="cron: nightly retrain (runs only "
+                            "when every class is at target)")
+    promote_margin: float = setting(0.0, check=between(-1, 1), doc="a new model is promoted if "
+                                    "its test accuracy >= current + margin")
+    seed: int = setting(1337, doc="random seed of the initial weights, shuffling and "
+                        "augmentation")
     learning_rate: float = setting(1e-3, check=between(0, 1), doc="Adam's initial step size")
     patience: int = setting(10, check=at_least(1),
                             doc="epochs without a better val_loss before stopping early")
@@ -214,10 +246,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    db_url: str | None = setting(None, doc="SQLAlchemy URL; default sqlite in data_dir")
+    db_url: str | None = setting(None, doc="SQLAlchemy URL; default: sqlite in data_dir",
+                                 example="postgresql://user@127.0.0.1/pingo")
     keep_rejected_days: float = setting(30.0, check=at_least(0),
                                         doc="days a rejected image's file is kept before "
-                                            "`pingo prune` deletes it (its row stays)")
+                                            "`pingo prune` deletes it (its row stays, so "
+                                            "nothing is fetched twice)")
 
 
 _SECTIONS: dict[str, type] = {
@@ -302,16 +336,22 @@ def _build_classes(raw: Any) -> dict[str, ClassConfig]:
 
 def _build(section_cls: type, raw: Any, prefix: str, fixed: dict[str, Any] | None = None):
     """One section from its TOML table; ``fixed`` values come from pingo, not the user."""
-    fixed = fixed or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: must be a table [{prefix}]")
+    return section_cls(**(fixed or {}), **_checked(section_cls, raw, prefix, tuple(fixed or ())))
+
+
+def _checked(section_cls: type, raw: dict[str, Any], prefix: str,
+             fixed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``raw``'s values, each type-checked and checked like a config file's; ConfigError
+    naming the first key that is unknown or not allowed."""
     fields = {f.name: f for f in dataclasses.fields(section_cls) if f.name not in fixed}
     hints = typing.get_type_hints(section_cls)
     for key in raw:
         if key not in fields:
             raise ConfigError(f"{prefix}.{key}: unknown key; allowed keys are "
                               + ", ".join(fields))
-    values = dict(fixed)
+    values = {}
     for key, value in raw.items():
         full = f"{prefix}.{key}"
         value = _check_type(full, value, hints[key])
@@ -320,7 +360,15 @@ def _build(section_cls: type, raw: Any, prefix: str, fixed: dict[str, Any] | Non
         if problem:
             raise ConfigError(f"{full}: got {value!r}; allowed is {problem}")
         values[key] = value
-    return section_cls(**values)
+    return values
+
+
+def override(section: S, values: dict[str, Any]) -> S:
+    """``section`` (one section's dataclass, e.g. ``config.train``) with ``values`` replaced,
+    each checked as in the config file: the same parsing, checks and ConfigError messages
+    (for one run's overrides, e.g. ``pingo train --epochs 3``)."""
+    prefix = next(name for name, cls in _SECTIONS.items() if isinstance(section, cls))
+    return dataclasses.replace(section, **_checked(type(section), values, prefix))
 
 
 def _type_name(tp: Any) -> str:
@@ -384,68 +432,67 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     return config
 
 
-STARTER_CONFIG = '''\
-# pingo configuration. Every key is optional; the values shown are the defaults unless noted.
-# Reference: README.md, section "Configuration".
-
-[project]
-data_dir = "data"              # DB, inbox/, dataset/, review/, rejected/, models/, reports/
-
-# One table per class. The table name becomes the folder name dataset/<class>/.
-# keywords: what to search for (any language); target: images wanted in dataset/<class>/.
-# The starter classes match the local demo search site, so `make demo` works offline.
-[classes.circle]
-keywords = ["circle"]
-target = 100
-
-[classes.square]
-keywords = ["square"]
-target = 100
-
-[classes.triangle]
-keywords = ["triangle"]
-target = 100
-# confidence = 0.95            # per-class override of factory.confidence
-
-[crawl]
-sources = ["demo"]             # search-source profiles: "demo" (local), "bing", ...
-schedule = "0 */6 * * *"       # cron: when the scheduler crawls
-demo_url = "http://127.0.0.1:8765"
-per_query_limit = 200          # most results taken from one query
-concurrency = 16               # parallel image downloads
-download_delay = 0.0           # seconds between requests to one host
-max_drivers = 2                # headless browsers rendering result pages
-obey_robots = true             # honour robots.txt
-allow_private_networks = false # true: also fetch from 10.x, 192.168.x, 127.x ... (intranet)
-max_image_bytes = 8388608      # larger downloads are refused (too_large)
-# redis_url = "redis://127.0.0.1:6379/0"            # share one frontier between machines
-# idle_timeout = 30                                 # a shared crawler exits after this idle time
-# selenium_remote_url = "http://127.0.0.1:4444"     # browsers from a Selenium Grid
-
-[factory]
-hash = "phash"                 # phash, dhash, whash or ahash
-max_distance = 6               # Hamming bits: closer hashes are near duplicates
-confidence = 0.90              # top-1 confidence needed to auto-accept; else review/
-min_size = 32                  # smallest width/height kept, pixels
-hard_duplicates = true         # also catch crops, borders, captions and mirror flips
-
-[train]
-image_size = 128               # pixels; the model sees image_size x image_size
-epochs = 100                   # upper bound; early stopping usually ends sooner
-batch_size = 32
-arch = "small_cnn"             # small_cnn, seed_cnn, or mobilenet_v2 with train.weights_path
-patience = 10                  # epochs without a better val_loss before stopping early
-schedule = "0 2 * * *"         # cron: nightly retrain (runs only when every class is at target)
-promote_margin = 0.0           # a new model is promoted if test accuracy >= current + margin
-keep_models = 5                # `pingo prune` keeps the newest 5 versions, plus the promoted
-                               # and the previous one whatever their age
-cache_memory_mb = 2048         # decoded images cached in memory up to this, else in data/cache
-
-[storage]
-# db_url = "postgresql://user@127.0.0.1/pingo"      # default: sqlite in data_dir
-keep_rejected_days = 30        # `pingo prune` (nightly, after train) deletes older rejected
-                               # files; their rows stay, so nothing is fetched twice
+STARTER_HEADER = f'''\
+# pingo configuration. Every key is optional; the values shown are the defaults (a class's
+# target: {ClassConfig.target}). Written by `pingo init` from the settings in core/config.py;
+# reference: README.md, section "Configuration".
 '''
+
+STARTER_CLASSES_NOTE = '''\
+# One table per class. The table name becomes the folder name dataset/<class>/.
+# The starter classes match the local demo search site, so `make demo` works offline.
+'''
+
+STARTER_TARGET = 100  # images per demo class: enough for `make demo`, quick to crawl
+_COMMENT_COLUMN = 31
+_WIDTH = 100
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)  # strings and lists of strings: JSON's escapes are TOML's
+
+
+def _setting_lines(f: dataclasses.Field, value: Any) -> list[str]:
+    """One setting as starter lines: ``key = value  # doc``; an unset one commented out
+    with its example; a table (crawl.profiles) as a comment only."""
+    doc = f.metadata.get("doc", "")
+    if isinstance(value, dict):
+        return textwrap.wrap(f"{f.name}: {doc}", _WIDTH, initial_indent="# ",
+                             subsequent_indent="# ")
+    if value is None:
+        line = f"# {f.name} = {_toml_value(f.metadata['example'])}"
+    else:
+        line = f"{f.name} = {_toml_value(value)}"
+    if len(line) >= _COMMENT_COLUMN:  # no room for the comment beside it: above it
+        return textwrap.wrap(doc, _WIDTH, initial_indent="# ", subsequent_indent="# ") + [line]
+    indent = " " * _COMMENT_COLUMN + "# "
+    wrapped = textwrap.wrap(doc, _WIDTH, initial_indent=indent, subsequent_indent=indent)
+    return [line.ljust(_COMMENT_COLUMN) + wrapped[0].lstrip(), *wrapped[1:]]
+
+
+def _section_lines(instance: Any, skip: tuple[str, ...] = ()) -> list[str]:
+    return [line for f in dataclasses.fields(instance) if f.name not in skip
+            for line in _setting_lines(f, getattr(instance, f.name))]
+
+
+def starter_config() -> str:
+    """The commented starter pingo.toml, generated from the section dataclasses: every
+    setting with its default and its doc, and the demo classes as the example classes."""
+    lines = STARTER_HEADER.splitlines()
+    lines += ["", "[project]", *_section_lines(ProjectConfig()), ""]
+    lines += STARTER_CLASSES_NOTE.splitlines()
+    for i, name in enumerate(DEMO_CLASSES):
+        example = ClassConfig(name, keywords=[name], target=STARTER_TARGET)
+        skip = ("name",) if i == len(DEMO_CLASSES) - 1 else ("name", "confidence")
+        lines += [f"[classes.{name}]", *_section_lines(example, skip), ""]
+    for section, section_cls in _SECTIONS.items():
+        if section != "project":
+            lines += [f"[{section}]", *_section_lines(section_cls()), ""]
+    return "\n".join(lines[:-1]) + "\n"
 
 
 def write_starter_config(path: str | os.PathLike, force: bool = False) -> Path:
@@ -453,5 +500,5 @@ def write_starter_config(path: str | os.PathLike, force: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists (use --force to overwrite)")
-    path.write_text(STARTER_CONFIG, encoding="utf-8")
+    path.write_text(starter_config(), encoding="utf-8")
     return path

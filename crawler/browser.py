@@ -20,6 +20,7 @@ from typing import Any
 
 from crawler import leftovers
 from crawler.errors import BrowserError
+from crawler.settings import default, get
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,16 @@ HEADLESS_FIREFOX_ARGS = ("-headless",)
 class BrowserSpec:
     """How to start a browser (parsed once from the SELENIUM_* settings)."""
 
-    driver_name: str = "chrome"  # chrome (Chromium too) or firefox
+    driver_name: str = default("SELENIUM_DRIVER_NAME")  # chrome (Chromium too) or firefox
     driver_executable_path: str | None = None
     driver_arguments: tuple[str, ...] = HEADLESS_CHROME_ARGS
     browser_executable_path: str | None = None
     command_executor: str | None = None
-    page_load_timeout: float = 30.0
+    page_load_timeout: float = default("SELENIUM_PAGE_LOAD_TIMEOUT")
 
     @classmethod
     def from_settings(cls, settings) -> "BrowserSpec":
-        name = (settings.get("SELENIUM_DRIVER_NAME") or "chrome").lower()
+        name = (settings.get("SELENIUM_DRIVER_NAME") or default("SELENIUM_DRIVER_NAME")).lower()
         if name == "chromium":
             name = "chrome"
         if name not in ("chrome", "firefox"):
@@ -64,7 +65,7 @@ class BrowserSpec:
                 browser_path = next(filter(None, map(shutil.which, (
                     "chromium", "chromium-browser", "google-chrome", "chrome"))), None)
         return cls(name, driver_path, tuple(args), browser_path, remote,
-                   settings.getfloat("SELENIUM_PAGE_LOAD_TIMEOUT", 30.0))
+                   get(settings, "SELENIUM_PAGE_LOAD_TIMEOUT"))
 
 
 @dataclass(eq=False)

@@ -18,9 +18,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.names import DEMO_CLASSES
+
 logger = logging.getLogger(__name__)
 
-CLASSES = ("circle", "square", "triangle")
+CLASSES = DEMO_CLASSES
 VERSION = 2  # bump whenever draw() changes: it keys the cache
 DEFAULT_COUNT = 120
 DEFAULT_SIZE = 96

@@ -3,11 +3,12 @@
 Settings (scrapy-selenium's names, plus pool controls):
 SELENIUM_DRIVER_NAME (chrome|firefox), SELENIUM_DRIVER_EXECUTABLE_PATH,
 SELENIUM_DRIVER_ARGUMENTS, SELENIUM_BROWSER_EXECUTABLE_PATH, SELENIUM_COMMAND_EXECUTOR (a
-Selenium Grid / remote driver URL), SELENIUM_MAX_DRIVERS (browsers, default 2),
-SELENIUM_PAGES_PER_BROWSER (recycle after, default 50), SELENIUM_PAGE_LOAD_TIMEOUT (s),
-SELENIUM_RETRY_TIMES (fresh-browser retries of a failed render, default 2),
-SELENIUM_RENDER_DEADLINE (s until a render is presumed hung), SELENIUM_ENABLED (default on),
+Selenium Grid / remote driver URL), SELENIUM_MAX_DRIVERS (browsers),
+SELENIUM_PAGES_PER_BROWSER (recycle after), SELENIUM_PAGE_LOAD_TIMEOUT (s),
+SELENIUM_RETRY_TIMES (fresh-browser retries of a failed render),
+SELENIUM_RENDER_DEADLINE (s until a render is presumed hung), SELENIUM_ENABLED,
 SELENIUM_ON_REACTOR_THREAD (render synchronously, like scrapy-selenium; a benchmark baseline).
+Their defaults: crawler.settings.
 
 Other requests pass through untouched, so Scrapy's downloader keeps fetching images while
 pages render. Stats: selenium/page_count, selenium/browser_started, selenium/browser_crashed,
@@ -27,6 +28,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from crawler.browser import BrowserSpec
 from crawler.pool import BrowserPool, RenderJob, Rendered
 from crawler.selenium_request import SeleniumRequest
+from crawler.settings import get
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class SeleniumMiddleware:
     @classmethod
     def from_crawler(cls, crawler):
         settings = crawler.settings
-        if not settings.getbool("SELENIUM_ENABLED", True):
+        if not get(settings, "SELENIUM_ENABLED"):
             raise NotConfigured("SELENIUM_ENABLED is off")
         spec = BrowserSpec.from_settings(settings)
         stats = crawler.stats
@@ -50,12 +52,12 @@ class SeleniumMiddleware:
             from twisted.internet import reactor
             reactor.callFromThread(stats.inc_value, key, n)
 
-        pool = BrowserPool(spec, size=settings.getint("SELENIUM_MAX_DRIVERS", 2),
-                           pages_per_browser=settings.getint("SELENIUM_PAGES_PER_BROWSER", 50),
-                           retries=settings.getint("SELENIUM_RETRY_TIMES", 2),
-                           deadline=settings.getfloat("SELENIUM_RENDER_DEADLINE", 0) or None,
+        pool = BrowserPool(spec, size=get(settings, "SELENIUM_MAX_DRIVERS"),
+                           pages_per_browser=get(settings, "SELENIUM_PAGES_PER_BROWSER"),
+                           retries=get(settings, "SELENIUM_RETRY_TIMES"),
+                           deadline=get(settings, "SELENIUM_RENDER_DEADLINE") or None,
                            stat=stat)
-        middleware = cls(crawler, pool, settings.getbool("SELENIUM_ON_REACTOR_THREAD", False))
+        middleware = cls(crawler, pool, get(settings, "SELENIUM_ON_REACTOR_THREAD"))
         crawler.signals.connect(middleware.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(middleware.spider_closed, signal=signals.spider_closed)
         return middleware

@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - other Scrapy versions
 
 from crawler.imagecheck import ImageChecker, inspect
 from crawler.netguard import PrivateAddressRefused
+from crawler.settings import default, get
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +96,12 @@ def failure_reason(exc: BaseException) -> str:
 
 class InboxImagesPipeline(FilesPipeline):
     """Settings: PINGO_DATA_DIR, PINGO_DB_URL, PINGO_MIN_IMAGE_SIDE, PINGO_MAX_IMAGE_PIXELS,
-    PINGO_INBOX_WRITERS (threads storing images, default 4), PINGO_DECODE_TIMEOUT (seconds one
-    body may take to decode, default 30; 0 = decode in the writer threads, unbounded)."""
+    PINGO_INBOX_WRITERS (threads storing images), PINGO_DECODE_TIMEOUT (seconds one body may
+    take to decode; 0 = decode in the writer threads, unbounded). Defaults: crawler.settings."""
 
     def __init__(self, store_uri, *, crawler, data_dir: str, db_url: str | None,
-                 min_side: int, max_pixels: int, writers: int = 4, frontier=None,
-                 decode_timeout: float = 30.0):
+                 min_side: int, max_pixels: int, writers: int = default("PINGO_INBOX_WRITERS"),
+                 frontier=None, decode_timeout: float = default("PINGO_DECODE_TIMEOUT")):
         super().__init__(store_uri, crawler=crawler)
         self.frontier = frontier  # the shared budget of a distributed crawl, else None
         self.writers = writers
@@ -121,14 +122,14 @@ class InboxImagesPipeline(FilesPipeline):
             raise NotConfigured("PINGO_DATA_DIR is not set: no inbox to store images in")
         frontier = None
         if settings.get("REDIS_URL"):
-            from crawler.distributed import SharedFrontier
+            from crawler.frontier import SharedFrontier
             frontier = SharedFrontier.from_crawler(crawler)
         return cls(data_dir, crawler=crawler, data_dir=data_dir,
                    db_url=settings.get("PINGO_DB_URL"),
-                   min_side=settings.getint("PINGO_MIN_IMAGE_SIDE", 16),
-                   max_pixels=settings.getint("PINGO_MAX_IMAGE_PIXELS", 40_000_000),
-                   writers=settings.getint("PINGO_INBOX_WRITERS", 4), frontier=frontier,
-                   decode_timeout=settings.getfloat("PINGO_DECODE_TIMEOUT", 30.0))
+                   min_side=get(settings, "PINGO_MIN_IMAGE_SIDE"),
+                   max_pixels=get(settings, "PINGO_MAX_IMAGE_PIXELS"),
+                   writers=get(settings, "PINGO_INBOX_WRITERS"), frontier=frontier,
+                   decode_timeout=get(settings, "PINGO_DECODE_TIMEOUT"))
 
     def open_spider(self) -> None:
         from twisted.python.threadpool import ThreadPool

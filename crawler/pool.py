@@ -23,6 +23,7 @@ from typing import Any, Callable
 from crawler.browser import Browser, BrowserSpec
 from crawler.errors import BrowserError, CrawlError
 from crawler.selenium_request import Scroll
+from crawler.settings import default
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +102,9 @@ class _Lease:
 
 
 class BrowserPool:
-    def __init__(self, spec: BrowserSpec, size: int = 2, pages_per_browser: int = 50,
-                 retries: int = 2, deadline: float | None = None,
+    def __init__(self, spec: BrowserSpec, size: int = default("SELENIUM_MAX_DRIVERS"),
+                 pages_per_browser: int = default("SELENIUM_PAGES_PER_BROWSER"),
+                 retries: int = default("SELENIUM_RETRY_TIMES"), deadline: float | None = None,
                  stat: Callable[[str, int], None] | None = None):
         self.spec = spec
         self.size = size

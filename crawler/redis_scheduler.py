@@ -27,7 +27,8 @@ import logging
 from scrapy_redis.scheduler import Scheduler
 
 from crawler import queue_codec
-from crawler.distributed import SharedFrontier
+from crawler.frontier import SharedFrontier
+from crawler.settings import get
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class SharedScheduler(Scheduler):
                         dupefilter_key=frontier.dupefilter_key, idle_before_close=0,
                         serializer=queue_codec)
         scheduler.stats = crawler.stats
-        scheduler.max_renders = crawler.settings.getint("SELENIUM_MAX_DRIVERS", 2)
+        scheduler.max_renders = get(crawler.settings, "SELENIUM_MAX_DRIVERS")
         return scheduler
 
     # ---- lifecycle -----------------------------------------------------------------------

@@ -103,13 +103,13 @@ def crawl(config, store=None, classes: list[str] | None = None,
     scrapy_settings = build_settings(config, data_dir, db_url, settings)
     if demo_url:  # a demo site started elsewhere (e.g. on port 0) is as local as the configured
         scrapy_settings["PINGO_TRUSTED_ORIGINS"] = [
-            *scrapy_settings.get("PINGO_TRUSTED_ORIGINS", []), demo_url]
+            *scrapy_settings["PINGO_TRUSTED_ORIGINS"], demo_url]
     _check_browser(scrapy_settings)
     if not scrapy_settings.get("SELENIUM_COMMAND_EXECUTOR"):
         from crawler.leftovers import remove_leftovers
         remove_leftovers()  # browser folders (and processes) of crawls that were killed
     if scrapy_settings.get("REDIS_URL"):
-        from crawler.distributed import check_redis
+        from crawler.frontier import check_redis
         check_redis(scrapy_settings["REDIS_URL"])
     payload = {
         "plan": plan, "sources": profiles, "demo_url": demo_url or config.crawl.demo_url,
@@ -129,7 +129,7 @@ def crawl(config, store=None, classes: list[str] | None = None,
 
 def _check_browser(settings: dict[str, Any]) -> None:
     """Fail here, with a clear BrowserError, if no browser can be started at all."""
-    if settings.get("SELENIUM_ENABLED", True):
+    if settings["SELENIUM_ENABLED"]:  # build_settings sets it
         from scrapy.settings import Settings
 
         from crawler.browser import BrowserSpec

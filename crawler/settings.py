@@ -1,9 +1,19 @@
-"""Scrapy settings for a pingo crawl, built from the [crawl] config section."""
+"""Scrapy settings for a pingo crawl, built from the [crawl] config section.
+
+This module owns every Scrapy-level default: ``DEFAULTS`` holds those no config key sets, and
+the config-derived ones come from core.config's defaults through ``build_settings``.
+Components read a setting with ``get(settings, NAME)`` and take a constructor default with
+``default(NAME)``, so no value is written twice.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +35,15 @@ DEFAULTS: dict[str, Any] = {
     "ITEM_PIPELINES": {"crawler.pipeline.InboxImagesPipeline": 300},
     "LOG_LEVEL": "INFO",
     "SELENIUM_DRIVER_NAME": "chrome",
+    "SELENIUM_ENABLED": True,
+    "SELENIUM_ON_REACTOR_THREAD": False,  # render on the reactor thread (tests only)
+    "SELENIUM_RENDER_DEADLINE": 0.0,  # seconds a render may take; 0 = from the page load timeout
+    "PINGO_INBOX_WRITERS": 4,  # threads storing images
+    "PINGO_REDIS_WORKER_TTL": 10.0,  # seconds a silent worker counts as alive
 }
 
 
-def build_settings(config, data_dir: str, db_url: str | None,
+def build_settings(config: Config, data_dir: str, db_url: str | None,
                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     crawl = config.crawl
     settings = dict(DEFAULTS)
@@ -60,16 +75,40 @@ def build_settings(config, data_dir: str, db_url: str | None,
         "PINGO_TRUSTED_ORIGINS": [crawl.demo_url],  # the local demo site
         "PINGO_URL_RETRY_AFTER": crawl.retry_failed_after * 3600,  # seconds
         "PINGO_URL_MAX_ATTEMPTS": crawl.max_url_attempts,
+        "PINGO_IDLE_TIMEOUT": crawl.idle_timeout,  # read by the frontier (with redis_url)
     })
     if crawl.redis_url:
         # Several crawlers share one frontier: scrapy-redis's queue and dupefilter, through
         # pingo's scheduler (rounds, shared budgets, work taken back from dead workers).
-        from crawler.distributed import default_key_prefix
+        from crawler.frontier import default_key_prefix
         settings.update({
             "SCHEDULER": "crawler.redis_scheduler.SharedScheduler",
             "REDIS_URL": crawl.redis_url,
             "PINGO_REDIS_PREFIX": crawl.redis_key_prefix or default_key_prefix(db_url, data_dir),
-            "PINGO_IDLE_TIMEOUT": crawl.idle_timeout,
         })
     settings.update(overrides or {})
     return settings
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    from core.config import Config
+    return build_settings(Config(), "", None)
+
+
+def default(name: str) -> Any:
+    """What setting ``name`` is in a crawl of the default config (KeyError if no such one)."""
+    return _defaults()[name]
+
+
+def get(settings: Any, name: str) -> Any:
+    """Setting ``name`` from a crawler's Scrapy settings, typed like its default, and that
+    default when it is unset (a crawler built without build_settings, as tests do)."""
+    fallback = default(name)
+    if isinstance(fallback, bool):
+        return settings.getbool(name, fallback)
+    if isinstance(fallback, int):
+        return settings.getint(name, fallback)
+    if isinstance(fallback, float):
+        return settings.getfloat(name, fallback)
+    return settings.get(name, fallback)

@@ -1,7 +1,7 @@
 """SharedImageSearchSpider: the image search spider as one of several workers of a round.
 
 Same pages, same extraction and the same pipeline as ImageSearchSpider, with the decisions
-that were per process moved to the shared frontier (crawler.distributed):
+that were per process moved to the shared frontier (crawler.frontier):
 
 * how much a class still needs is ``left - open`` in Redis, not a local counter;
 * the queries to render come from the round's shared list, so each is rendered once;
@@ -20,7 +20,7 @@ import time
 
 import scrapy
 
-from crawler.distributed import SharedFrontier
+from crawler.frontier import SharedFrontier
 from crawler.spider import ImageSearchSpider
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,10 @@ from functools import cached_property
 
 import scrapy
 
-from crawler.selenium_request import Scroll, SeleniumRequest
+from core.config import CrawlConfig
 from core.sources import SourceProfile
+from crawler.selenium_request import Scroll, SeleniumRequest
+from crawler.settings import get
 from crawler.sources import extract
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class ImageSearchSpider(scrapy.Spider):
     name = "pingo_images"
 
     def __init__(self, plan: list[ClassPlan], sources: list[SourceProfile], demo_url: str = "",
-                 per_query_limit: int = 200, render_wait: float = 10.0, **kwargs):
+                 per_query_limit: int = CrawlConfig.per_query_limit, render_wait: float = 10.0, **kwargs):
         super().__init__(**kwargs)
         self.plan = {p.name: p for p in plan}
         self.sources = {s.name: s for s in sources}
@@ -74,8 +76,8 @@ class ImageSearchSpider(scrapy.Spider):
         from storage import UrlRetry
         settings = self.crawler.settings
         return UrlRetry(passing_failure,
-                        timedelta(seconds=settings.getfloat("PINGO_URL_RETRY_AFTER", 86400.0)),
-                        settings.getint("PINGO_URL_MAX_ATTEMPTS", 3))
+                        timedelta(seconds=get(settings, "PINGO_URL_RETRY_AFTER")),
+                        get(settings, "PINGO_URL_MAX_ATTEMPTS"))
 
     def on_closed(self) -> None:
         if self.store is not None:

@@ -1,10 +1,16 @@
 """Config: typed sections, defaults that work, every bad value refused with its key named."""
 
+import dataclasses
+import re
+
 import pytest
 
-from core.config import (STARTER_CONFIG, Config, check_safe_name, load_config,
-                          write_starter_config)
+from core.config import (ClassConfig, Config, TrainConfig, check_safe_name, load_config, override,
+                          starter_config, write_starter_config)
 from core.errors import ConfigError, UnsafeNameError
+from core.names import ARCHITECTURES, DEMO_CLASSES, HASH_METHODS
+
+SECTIONS = ("project", "crawl", "factory", "train", "storage")
 
 
 def test_defaults_work_without_any_section(tmp_path):
@@ -21,7 +27,31 @@ def test_starter_config_parses_and_has_classes(tmp_path):
     cfg = load_config(path)
     assert set(cfg.classes) == {"circle", "square", "triangle"}
     assert all(c.target >= 1 for c in cfg.classes.values())
-    assert path.read_text() == STARTER_CONFIG
+    assert path.read_text() == starter_config()
+
+
+def test_the_starter_config_shows_every_setting_with_its_default_and_doc(tmp_path):
+    """The file `pingo init` writes is generated from the dataclasses: it loads to exactly
+    the defaults, and names every setting with its doc (unset ones with a checked example)."""
+    path = write_starter_config(tmp_path / "pingo.toml")
+    cfg, defaults = load_config(path), Config()
+    for section in SECTIONS:
+        assert getattr(cfg, section) == getattr(defaults, section), section
+    assert cfg.classes == {n: ClassConfig(n, keywords=[n], target=100) for n in DEMO_CLASSES}
+    text = path.read_text()
+    flat = " ".join(re.sub(r"^\s*#?", "", line) for line in text.splitlines())
+    for section_cls in (ClassConfig, *(type(getattr(defaults, s)) for s in SECTIONS)):
+        for f in dataclasses.fields(section_cls):
+            if f.name == "name":
+                continue
+            doc = f.metadata["doc"]
+            assert doc, f"{section_cls.__name__}.{f.name} has no doc"
+            assert re.search(rf"^(# )?{f.name}( =|:)", text, re.M), f.name
+            assert " ".join(doc.split()) in " ".join(flat.split()), f.name
+            if f.default is None:
+                example, check = f.metadata["example"], f.metadata["check"]
+                assert example is not None and not (check and check(example)), f.name
+    assert all(len(line) <= 100 for line in text.splitlines())
 
 
 def test_init_refuses_to_overwrite(tmp_path):
@@ -106,3 +136,31 @@ def test_config_path_from_environment(tmp_path, monkeypatch):
     path.write_text("[classes.owl]\ntarget = 2\n")
     monkeypatch.setenv("PINGO_CONFIG", str(path))
     assert set(load_config().classes) == {"owl"}
+
+
+def test_every_architecture_and_hash_name_has_a_builder():
+    """The names core.names lists (and the config accepts) are the builders' tables' keys."""
+    from dataset_factory.hashing import METHODS
+    from trainer.models import ARCHS
+    assert set(ARCHS) == set(ARCHITECTURES)
+    assert set(METHODS) == set(HASH_METHODS)
+    assert TrainConfig().arch in ARCHITECTURES
+
+
+def test_overrides_are_checked_like_the_config_file(tmp_path):
+    train = Config().train
+    assert override(train, {"epochs": 3, "learning_rate": 0}).epochs == 3
+    assert isinstance(override(train, {"learning_rate": 0}).learning_rate, float)
+    assert override(train, {}) == train
+    for values, message in [({"epochs": "3"}, "train.epochs: got '3'; allowed is an integer"),
+                            ({"epochs": True}, "allowed is an integer"),
+                            ({"arch": "vgg"}, "train.arch: got 'vgg'; allowed is one of"),
+                            ({"image_size": 4}, "allowed is a number from 8 to 1024"),
+                            ({"bogus": 1}, "train.bogus: unknown key; allowed keys are")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            override(train, values)
+        file = tmp_path / "p.toml"
+        key, value = next(iter(values.items()))
+        file.write_text(f"[train]\n{key} = {value!r}\n".replace("True", "true"))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(file)

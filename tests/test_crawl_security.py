@@ -39,7 +39,7 @@ def test_a_class_name_with_a_trailing_newline_is_refused(tmp_path, name):
 @pytest.mark.parametrize("url", ["redis://:s3cr3t-pw@127.0.0.1:1/0",
                                  "redis://pingo:s3cr3t-pw@127.0.0.1:1/0"])
 def test_an_unreachable_redis_is_named_without_its_password(url):
-    from crawler.distributed import check_redis
+    from crawler.frontier import check_redis
     with pytest.raises(CrawlError) as err:  # nothing listens on port 1: refused at once
         check_redis(url)
     assert "s3cr3t-pw" not in str(err.value)

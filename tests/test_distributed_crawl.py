@@ -25,7 +25,7 @@ from conftest import REDIS_URL
 
 
 def frontier(prefix: str, **kw):
-    from crawler.distributed import SharedFrontier, redis_client
+    from crawler.frontier import SharedFrontier, redis_client
     return SharedFrontier(redis_client(REDIS_URL), prefix, **kw)
 
 
@@ -59,7 +59,7 @@ def test_selenium_requests_survive_the_shared_queue(redis_prefix):
     from scrapy_redis.queue import PriorityQueue
 
     from crawler import queue_codec
-    from crawler.distributed import redis_client
+    from crawler.frontier import redis_client
     from crawler.selenium_request import Scroll, SeleniumRequest
     from crawler.spider import ImageSearchSpider
 

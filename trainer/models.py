@@ -87,6 +87,8 @@ def mobilenet_v2(image_size: int, num_classes: int, weights_path: str | None = N
     return keras.Model(inputs, outputs, name="mobilenet_v2")
 
 
+# One builder per name in core.names.ARCHITECTURES (the names train.arch accepts);
+# tests/test_config.py checks that the two match.
 ARCHS: dict[str, Callable] = {"small_cnn": small_cnn, "seed_cnn": seed_cnn,
                               "mobilenet_v2": mobilenet_v2}
 PRETRAINABLE = {"mobilenet_v2"}

@@ -12,13 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import Config, TrainConfig
-from core.errors import ConfigError
+from core.config import Config, TrainConfig, override
 from trainer import data, entry, gate
 from trainer.errors import TrainerError
 
@@ -43,27 +41,7 @@ class TrainResult:
 def effective_train_config(base: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
     """``base`` with one run's overrides, checked like the config file (None values ignored)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    hints = typing.get_type_hints(TrainConfig)
-    for key, value in list(overrides.items()):
-        if key not in fields:
-            raise ConfigError(f"train.{key}: unknown setting; allowed: {', '.join(fields)}")
-        expected = _plain_type(hints[key])
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = overrides[key] = float(value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"train.{key}: got {value!r}; allowed is a {expected.__name__}")
-        check = fields[key].metadata.get("check")
-        problem = check(value) if check else None
-        if problem:
-            raise ConfigError(f"train.{key}: got {value!r}; allowed is {problem}")
-    return dataclasses.replace(base, **overrides)
-
-
-def _plain_type(hint) -> type:
-    """int for int, str for ``str | None``."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    return override(base, overrides)
 
 
 def should_train(config: Config, store) -> tuple[bool, str]:

@@ -1,4 +1,4 @@
-"""Distributed crawling: several `pingo crawl` processes share one frontier in Redis.
+"""The Redis frontier: several `pingo crawl` processes share one request queue and budget.
 
 Built on scrapy-redis: its priority queue holds every request (result pages and images) and
 its dupefilter makes sure one URL is requested once per crawl round, whichever worker yields
@@ -40,6 +40,7 @@ from typing import Any
 from scrapy.exceptions import NotConfigured
 
 from crawler.errors import CrawlError
+from crawler.settings import default, get
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +206,8 @@ def redact_url(url: str) -> str:
 class SharedFrontier:
     """The round state of one project in Redis, seen by one worker."""
 
-    def __init__(self, server, prefix: str, worker_ttl: float = 10.0,
-                 idle_timeout: float = 30.0, worker_id: str | None = None):
+    def __init__(self, server, prefix: str, worker_ttl: float = default("PINGO_REDIS_WORKER_TTL"),
+                 idle_timeout: float = default("PINGO_IDLE_TIMEOUT"), worker_id: str | None = None):
         self.server = server
         self.prefix = prefix
         self.worker_ttl = worker_ttl
@@ -241,8 +242,8 @@ class SharedFrontier:
             prefix = settings.get("PINGO_REDIS_PREFIX") or default_key_prefix(
                 settings.get("PINGO_DB_URL"), settings.get("PINGO_DATA_DIR") or "")
             frontier = cls(redis_client(url), prefix,
-                           worker_ttl=settings.getfloat("PINGO_REDIS_WORKER_TTL", 10.0),
-                           idle_timeout=settings.getfloat("PINGO_IDLE_TIMEOUT", 30.0))
+                           worker_ttl=get(settings, "PINGO_REDIS_WORKER_TTL"),
+                           idle_timeout=get(settings, "PINGO_IDLE_TIMEOUT"))
             crawler._pingo_frontier = frontier
         return frontier
 

@@ -1,0 +1,17 @@
+"""Names that several layers list, each written once here at the bottom.
+
+The config accepts exactly these; trainer.models and dataset_factory.hashing hold one builder
+per name (tests/test_config.py checks that their tables match). Adding an architecture is
+adding its name here and its builder to trainer.models.ARCHS.
+"""
+
+from __future__ import annotations
+
+ARCHITECTURES: tuple[str, ...] = ("small_cnn", "seed_cnn", "mobilenet_v2")
+"""Model architectures train.arch may name (trainer.models.ARCHS builds each)."""
+
+HASH_METHODS: tuple[str, ...] = ("phash", "dhash", "whash", "ahash")
+"""Perceptual hashes factory.hash may name (dataset_factory.hashing.METHODS computes each)."""
+
+DEMO_CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
+"""The classes the local demo site draws; the starter config (``pingo init``) names them."""
