@@ -17,6 +17,7 @@ import click
 
 from core.config import Config, find_config_path, load_config, write_starter_config
 from core.errors import PingoError
+from core.names import ARCHITECTURES
 from pingo import __version__
 from pingo.tables import progress_lines, totals_line
 
@@ -303,7 +304,8 @@ def status_command(ctx: Context, as_json, limit):
 @click.option("--epochs", type=int, help="Most epochs (early stopping may end sooner).")
 @click.option("--image-size", type=int, metavar="PX", help="Train at PX x PX pixels.")
 @click.option("--batch-size", type=int, metavar="N")
-@click.option("--arch", metavar="NAME", help="small_cnn (default), seed_cnn or mobilenet_v2.")
+@click.option("--arch", metavar="NAME", help=f"One of {', '.join(ARCHITECTURES)} "
+              "(default: train.arch).")
 @json_option("Print the result as JSON.")
 @pass_ctx
 def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, as_json):
