@@ -4,7 +4,7 @@ Entry point: ``dataset_factory.run.process_inbox(config, store, progress=None)``
 
 validate  decode-check one file (draft JPEG decoding, bomb limit, EXIF, modes)
 hashing   perceptual hashes as signed 64-bit ints, plus hard-edit views
-analyse   the worker pool running validate + hashing under time/memory bounds
+hash_pool the worker pool running validate + hashing under time/memory bounds
 index     the persistent XOR + popcount index of every kept image
 verify    aligned thumbnail correlation that confirms hard-duplicate candidates
 dedupe    duplicate decisions (which copy stays) and index/DB reconciliation

@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from dataset_factory.analyse import Analyser, Analysis, Job, Settings
+from dataset_factory.hash_pool import Analyser, Analysis, Job, Settings
 from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
 from dataset_factory.dedupe import Deduper, Kept

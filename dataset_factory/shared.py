@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_factory.analyse import Analyser
+from dataset_factory.hash_pool import Analyser
 from dataset_factory.dedupe import KEPT, add_kept_rows, index_path, open_index
 from dataset_factory.index import NearDuplicateIndex
 from storage import files

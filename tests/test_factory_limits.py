@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from dataset_factory import dedupe
-from dataset_factory.analyse import Analyser, Job, Settings, analyse
 from dataset_factory.cache import BoundedCache
 from dataset_factory.dedupe import Deduper, Kept, index_path, open_index
+from dataset_factory.hash_pool import Analyser, Job, Settings, analyse
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.validate import Limits
 from test_factory_helpers import encode, pattern_image
