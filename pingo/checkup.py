@@ -103,8 +103,8 @@ def rebuild_indexes(config: Config, store: Store, problems: list[Problem]) -> di
     factory lock so no factory worker saves over it meanwhile."""
     from dataset_factory.dedupe import open_index
     from dataset_factory.hash_pool import Analyser
+    from dataset_factory.index_sync import LOCK
     from dataset_factory.run import settings_from
-    from dataset_factory.shared import LOCK
 
     done: dict[str, int] = {}
     bad = {p.path: p.kind for p in problems}

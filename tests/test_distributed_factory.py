@@ -26,8 +26,7 @@ from PIL import Image
 from conftest import wait_for
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
-from storage import Store
-from storage.store import utcnow
+from storage import Store, utcnow
 from test_factory_helpers import assert_consistent, encode, jpeg_of
 
 REPO = Path(__file__).resolve().parents[1]
