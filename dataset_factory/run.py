@@ -81,8 +81,8 @@ class FactorySummary:
         self.classes[keyword_class][outcome] += 1
 
     @property
-    def rejected(self) -> Counter:
-        total = Counter()
+    def rejected(self) -> Counter[str]:
+        total: Counter[str] = Counter()
         for c in self.classes.values():
             total.update({k[len("rejected:"):]: v for k, v in c.items()
                           if k.startswith("rejected:")})
@@ -125,9 +125,10 @@ def process_inbox(config: Config, store: Store, progress: Callable[[int], None] 
     f = config.factory
     lease = f.claim_lease if lease_seconds is None else lease_seconds
     chunk_size = chunk_size or f.chunk_size
-    summary = FactorySummary(worker=worker or worker_id())
+    worker = worker or worker_id()
+    summary = FactorySummary(worker=worker)
     with Analyser(settings_from(config), f.workers) as analyser, \
-            Claims(store, summary.worker, lease) as claims:
+            Claims(store, worker, lease) as claims:
         FactoryRun(config, store, analyser, claims, summary, progress).process(limit, chunk_size)
     logger.info("factory: %s", summary.as_json())
     return summary
@@ -262,8 +263,8 @@ class FactoryRun:
                     failed.append((row, exc))
         if len(chunk) >= SYSTEMIC and len(failed) == len(chunk):
             raise first  # every row fails alone: the fault is not in the rows
-        for row, exc in failed:
-            error = f"{type(exc).__name__}: {exc}"
+        for row, err in failed:
+            error = f"{type(err).__name__}: {err}"
             logger.error("image %d could not be processed: %s", row["id"], error)
             if self.store.record_failure(row["id"], error):
                 self.summary.set_aside += 1

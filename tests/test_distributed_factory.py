@@ -38,7 +38,7 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     from core.config import load_config
     from storage import Store
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
 
     if __name__ == "__main__":  # hashing processes re-import this module
         config = load_config(sys.argv[1])
@@ -244,7 +244,7 @@ def test_a_dead_worker_s_half_done_move_is_finished_not_redone(shared_project, s
     from storage import files
     from storage.schema import pending_moves
 
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
 
     photos = sorted((sign_digits / "2").glob("*.JPG"))[:6]
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
