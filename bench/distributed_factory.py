@@ -46,7 +46,7 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     from core.config import load_config
     from storage import Store
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
 
     if __name__ == "__main__":
         config = load_config(sys.argv[1])

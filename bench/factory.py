@@ -53,7 +53,7 @@ def make_big_jpegs(out: Path, n: int, side: int) -> list[Path]:
 
 def _rate(paths, settings, workers) -> tuple[float, float]:
     """(img/s with a warm pool, seconds the pool took to start)."""
-    from dataset_factory.analyse import Analyser, Job
+    from dataset_factory.hash_pool import Analyser, Job
     t = time.perf_counter()
     with Analyser(settings, workers) as analyser:
         list(analyser.run([Job(-1, str(paths[0]))]))  # start the workers
@@ -69,7 +69,7 @@ def bench_hashing(n: int, side: int, workers: int) -> None:
     import imagehash
     from PIL import Image
 
-    from dataset_factory.analyse import Settings, worker_count
+    from dataset_factory.hash_pool import Settings, worker_count
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_big_jpegs(Path(tmp), n, side)
         t = time.perf_counter()

@@ -142,7 +142,7 @@ def old_open_index(store, analyser, method: str, hard: bool):
 
 
 def child(way: str, data_dir: Path) -> None:
-    from dataset_factory.analyse import Analyser, Settings
+    from dataset_factory.hash_pool import Analyser, Settings
     from dataset_factory.dedupe import open_index
     from storage.store import Store
     imported = rss_mb()

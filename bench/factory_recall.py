@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset_factory.analyse import Settings, analyse_paths  # noqa: E402
+from dataset_factory.hash_pool import Settings, analyse_paths  # noqa: E402
 from dataset_factory.dedupe import Deduper, Kept  # noqa: E402
 from dataset_factory.index import NearDuplicateIndex  # noqa: E402
 

@@ -24,8 +24,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from dataset_factory.analyse import Analyser, Analysis, Job
 from dataset_factory.cache import BoundedCache
+from dataset_factory.hash_pool import Analyser, Analysis, Job
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.validate import DRAFT_SIZE, Limits, decode
 from dataset_factory.verify import kept_thumbs, similarity

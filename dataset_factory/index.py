@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from storage.files import atomic_write
+from storage import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ class NearDuplicateIndex:
         self.views.remove(drop)
 
     def near(self, main_hash: int, radius: int) -> list[tuple[int, int]]:
-        """[(image id, distance)] of kept images whose main hash is within ``radius``, nearest first."""
+        """[(image id, distance)] of kept images whose main hash is within ``radius``, nearest
+        first."""
         ids, dist = self.main.within(main_hash, radius)
         order = np.lexsort((ids, dist))
         return [(int(ids[i]), int(dist[i])) for i in order]

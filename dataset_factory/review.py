@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING, Any
 
 from core.config import check_safe_name
 from dataset_factory.errors import ReviewError
+from storage import ImageFileMissingError, ImageNotFoundError, MoveConflictError
+
+if TYPE_CHECKING:
+    from core.config import Config
+    from storage import Store
 
 logger = logging.getLogger(__name__)
 
 
-def list_review(store, class_name: str | None = None) -> list[dict]:
+def list_review(store: Store, class_name: str | None = None) -> list[dict]:
     """Review images (optionally of one best-guess class), oldest first."""
     return list(store.iter_images(status="review", class_name=class_name))
 
 
-def _review_row(store, image_id: int) -> dict:
-    from storage.errors import ImageNotFoundError
+def _review_row(store: Store, image_id: int) -> dict:
     try:
         row = store.get_image(image_id)
     except ImageNotFoundError as exc:
@@ -37,8 +42,7 @@ def _review_row(store, image_id: int) -> dict:
 CONFLICT_WAIT = 30.0
 
 
-def _move(store, image_id: int, status: str, **changes) -> None:
-    from storage.errors import ImageFileMissingError, MoveConflictError
+def _move(store: Store, image_id: int, status: str, **changes: Any) -> None:
     deadline = time.monotonic() + CONFLICT_WAIT
     while True:
         try:
@@ -53,7 +57,7 @@ def _move(store, image_id: int, status: str, **changes) -> None:
             raise ReviewError(str(exc)) from None
 
 
-def accept(store, config, image_id: int, label: str | None = None) -> str:
+def accept(store: Store, config: Config, image_id: int, label: str | None = None) -> str:
     """Accept into dataset/<label>/ (default: the model's best guess); returns the label."""
     row = _review_row(store, image_id)
     label = label or row["label"] or row["keyword_class"]
@@ -66,7 +70,7 @@ def accept(store, config, image_id: int, label: str | None = None) -> str:
     return label
 
 
-def reject(store, image_id: int, reason: str = "human_rejected") -> None:
+def reject(store: Store, image_id: int, reason: str = "human_rejected") -> None:
     """Reject into rejected/<reason>/."""
     _review_row(store, image_id)
     check_safe_name(reason, "reject reason")

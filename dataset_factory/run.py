@@ -28,15 +28,21 @@ import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from dataset_factory.analyse import Analyser, Analysis, Job, Settings
 from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
 from dataset_factory.dedupe import Deduper, Kept
 from dataset_factory.errors import ModelLoadError
-from dataset_factory.shared import LOCK, Claims, SharedIndex, worker_id
+from dataset_factory.hash_pool import Analyser, Analysis, Job, Settings
+from dataset_factory.index_sync import LOCK, SharedIndex
+from dataset_factory.leases import Claims, worker_id
 from dataset_factory.validate import Limits
+from storage import Move, MoveConflictError, MoveResult
+
+if TYPE_CHECKING:
+    from core.config import Config
+    from storage import Store
 
 # A failing chunk of at least this many rows whose rows all fail alone fails the run: the
 # fault is not in the rows (e.g. a broken model), and setting them all aside would hide it.
@@ -47,7 +53,6 @@ DEFER = 2
 DEFER_VERIFICATIONS = 8
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -76,8 +81,8 @@ class FactorySummary:
         self.classes[keyword_class][outcome] += 1
 
     @property
-    def rejected(self) -> Counter:
-        total = Counter()
+    def rejected(self) -> Counter[str]:
+        total: Counter[str] = Counter()
         for c in self.classes.values():
             total.update({k[len("rejected:"):]: v for k, v in c.items()
                           if k.startswith("rejected:")})
@@ -99,15 +104,15 @@ class FactorySummary:
                 "rejected": dict(sorted(self.rejected.items()))}
 
 
-def settings_from(config) -> Settings:
+def settings_from(config: Config) -> Settings:
     f = config.factory
     return Settings(method=f.hash, timeout=f.decode_timeout, hard=f.hard_duplicates,
                     limits=Limits(min_size=f.min_size, max_aspect=f.max_aspect,
                                   max_pixels=f.max_pixels))
 
 
-def process_inbox(config, store, progress: Callable[[int], None] | None = None, *,
-                  limit: int | None = None, chunk_size: int | None = None,
+def process_inbox(config: Config, store: Store, progress: Callable[[int], None] | None = None,
+                  *, limit: int | None = None, chunk_size: int | None = None,
                   lease_seconds: float | None = None, worker: str | None = None
                   ) -> FactorySummary:
     """Validate, dedupe, classify and file inbox images (at most ``limit``) until none is left.
@@ -120,55 +125,48 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
     f = config.factory
     lease = f.claim_lease if lease_seconds is None else lease_seconds
     chunk_size = chunk_size or f.chunk_size
-    summary = FactorySummary(worker=worker or worker_id())
+    worker = worker or worker_id()
+    summary = FactorySummary(worker=worker)
     with Analyser(settings_from(config), f.workers) as analyser, \
-            Claims(store, summary.worker, lease) as claims:
-        shared = SharedIndex(store, analyser, f.hash, f.hard_duplicates)
-        with store.exclusive(LOCK):
-            shared.sync()
-        summary.index_size = len(shared.index)
-        model = LazyModel(store.registry, f.max_pixels)
-        summary.model_version = store.registry.current()
-        kept_cache = BoundedCache(50_000)  # LRU: a long run must not hold every kept row
+            Claims(store, worker, lease) as claims:
+        FactoryRun(config, store, analyser, claims, summary, progress).process(limit, chunk_size)
+    logger.info("factory: %s", summary.as_json())
+    return summary
 
-        def lookup(image_id: int) -> Kept:
-            if image_id not in kept_cache:
-                kept_cache[image_id] = _kept(store, store.get_image(image_id))
-            return kept_cache[image_id]
 
-        deduper = Deduper(shared.index, max_distance=f.max_distance, hard=f.hard_duplicates,
-                          hard_distance=f.hard_distance, verify_threshold=f.verify_threshold,
-                          lookup=lookup, max_pixels=f.max_pixels)
+class FactoryRun:
+    """One process_inbox call: what its chunks share.
 
-        def file_rows(chunk: list[dict]) -> int:
-            jobs = [Job(r["id"], str(store.abspath(r["path"]))) for r in chunk]
-            analyses = list(analyser.run(jobs, progress))
-            predicted = _predict(config, store, chunk, analyses, model)
-            for attempt in range(DEFER + 1):
-                # verification against the index as other workers left it, in parallel
-                _refresh(shared, kept_cache, deduper, locked=False)
-                deduper.prefetch(analyses)
-                asked = time.perf_counter()
-                with store.exclusive(LOCK):
-                    got = time.perf_counter()
-                    done = _file_chunk(config, store, claims, shared, deduper, kept_cache,
-                                       chunk, analyses, predicted, summary,
-                                       may_defer=attempt < DEFER)
-                summary.lock_wait += got - asked
-                summary.lock_held += time.perf_counter() - got
-                if done is not None:
-                    break
-                summary.deferred += 1
-            deduper.clear_scores()
-            return done
+    The worker's leases (``claims``), its copy of the near-duplicate index (``shared``) and the
+    deduper over it, what it has read about kept images (``kept_cache``), the promoted model
+    (loaded on first use) and the ``summary`` it fills in.
+    """
 
-        def forget_unfiled() -> None:
-            # a failed attempt may have changed the in-memory index and caches only
-            shared.invalidate()
-            kept_cache.clear()
-            deduper.forget()
-            deduper.clear_scores()
+    def __init__(self, config: Config, store: Store, analyser: Analyser, claims: Claims,
+                 summary: FactorySummary, progress: Callable[[int], None] | None = None):
+        f = config.factory
+        self.config = config
+        self.store = store
+        self.analyser = analyser
+        self.claims = claims
+        self.summary = summary
+        self.progress = progress
+        self.shared = SharedIndex(store, analyser, f.hash, f.hard_duplicates)
+        self.model = LazyModel(store.registry, f.max_pixels)
+        # LRU: a long run must not hold every kept row
+        self.kept_cache: BoundedCache[Kept] = BoundedCache(50_000)
+        self.deduper = Deduper(self.shared.index, max_distance=f.max_distance,
+                               hard=f.hard_duplicates, hard_distance=f.hard_distance,
+                               verify_threshold=f.verify_threshold, lookup=self.lookup,
+                               max_pixels=f.max_pixels)
 
+    def process(self, limit: int | None, chunk_size: int) -> None:
+        """Take chunks until the inbox is empty (or ``limit`` rows were taken) and file them."""
+        claims, summary = self.claims, self.summary
+        with self.store.exclusive(LOCK):
+            self.shared.sync()
+        summary.index_size = len(self.shared.index)
+        summary.model_version = self.store.registry.current()
         taken = 0
         while limit is None or taken < limit:
             chunk = claims.take(chunk_size if limit is None else min(chunk_size, limit - taken))
@@ -177,133 +175,222 @@ def process_inbox(config, store, progress: Callable[[int], None] | None = None, 
                     continue
                 break
             taken += len(chunk)
-            chunk = _without_missing_files(store, claims, chunk, summary)
+            chunk = self._without_missing_files(chunk)
             if not chunk:
                 continue
             try:
-                summary.processed += file_rows(chunk)
+                summary.processed += self.file_rows(chunk)
             except ModelLoadError:
                 raise  # the model, not the rows: the run fails and says so
             except Exception as exc:
-                forget_unfiled()
+                self.forget_unfiled()
                 logger.warning("a chunk of %d images failed (%s: %s); filing them one at a "
                                "time", len(chunk), type(exc).__name__, exc)
-                summary.processed += _one_at_a_time(store, claims, chunk, exc, file_rows,
-                                                    forget_unfiled, summary)
-        summary.index_size = len(shared.index)
-    logger.info("factory: %s", summary.as_json())
-    return summary
+                summary.processed += self._one_at_a_time(chunk, exc)
+        summary.index_size = len(self.shared.index)
 
+    def lookup(self, image_id: int) -> Kept:
+        """What the deduper needs about a kept image (read from the DB once, then cached)."""
+        if image_id not in self.kept_cache:
+            self.kept_cache[image_id] = _kept(self.store, self.store.get_image(image_id))
+        return self.kept_cache[image_id]
 
-def _without_missing_files(store, claims: Claims, chunk: list[dict],
-                           summary: FactorySummary) -> list[dict]:
-    """The rows of ``chunk`` whose file is in place; the others are reconciled by storage
-    (the row follows a file found elsewhere, or is rejected as file_missing). A row storage
-    leaves alone (a live process has its add or move in flight) is not taken again in this
-    run: claims hand a worker its own rows first, so it would be taken forever."""
-    gone = [r for r in chunk if not r["path"] or not store.abspath(r["path"]).is_file()]
-    if not gone:
-        return chunk
-    done = store.reconcile([r["id"] for r in gone])
-    summary.relinked += done["relinked"]
-    for r in gone:
-        row = store.get_image(r["id"])
-        if row["status"] == "rejected" and row["reason"] == "file_missing":
-            summary.count(r["keyword_class"], "rejected:file_missing")
-            summary.processed += 1
-        elif row["status"] == "inbox" and row["path"] == r["path"]:
-            claims.stuck.add(r["id"])  # the next run retries it
-    logger.warning("%d inbox images had no file at their path: %s", len(gone), done)
-    ids = {r["id"] for r in gone}
-    return [r for r in chunk if r["id"] not in ids]
+    def file_rows(self, chunk: list[dict]) -> int:
+        """Hash, classify, decide and file ``chunk``; returns how many rows were filed."""
+        summary = self.summary
+        jobs = [Job(r["id"], str(self.store.abspath(r["path"]))) for r in chunk]
+        analyses = list(self.analyser.run(jobs, self.progress))
+        predicted = _predict(self.config, self.store, chunk, analyses, self.model)
+        for attempt in range(DEFER + 1):
+            # verification against the index as other workers left it, in parallel
+            self._refresh(locked=False)
+            self.deduper.prefetch(analyses)
+            asked = time.perf_counter()
+            with self.store.exclusive(LOCK):
+                got = time.perf_counter()
+                done = self._file_chunk(chunk, analyses, predicted, may_defer=attempt < DEFER)
+            summary.lock_wait += got - asked
+            summary.lock_held += time.perf_counter() - got
+            if done is not None:
+                break
+            summary.deferred += 1
+        self.deduper.clear_scores()
+        assert done is not None  # the last attempt may not defer
+        return done
 
+    def forget_unfiled(self) -> None:
+        """After a failed attempt: it may have changed the in-memory index and caches only."""
+        self.shared.invalidate()
+        self.kept_cache.clear()
+        self.deduper.forget()
+        self.deduper.clear_scores()
 
-def _one_at_a_time(store, claims: Claims, chunk: list[dict], first: Exception, file_rows,
-                   forget_unfiled, summary: FactorySummary) -> int:
-    """File the rows of a chunk that failed one by one; count the failure of each row that
-    fails alone (set aside at its second); returns how many were filed."""
-    failed: list[tuple[dict, Exception]] = []
-    done = 0
-    if len(chunk) == 1:
-        failed.append((chunk[0], first))
-    else:
-        for row in chunk:
-            try:
-                done += file_rows([row])
-            except Exception as exc:
-                forget_unfiled()
-                failed.append((row, exc))
-    if len(chunk) >= SYSTEMIC and len(failed) == len(chunk):
-        raise first  # every row fails alone: the fault is not in the rows
-    for row, exc in failed:
-        error = f"{type(exc).__name__}: {exc}"
-        logger.error("image %d could not be processed: %s", row["id"], error)
-        if store.record_failure(row["id"], error):
-            summary.set_aside += 1
-            summary.count(row["keyword_class"], "rejected:processing_error")
-            done += 1
+    def _without_missing_files(self, chunk: list[dict]) -> list[dict]:
+        """The rows of ``chunk`` whose file is in place; the others are reconciled by storage
+        (the row follows a file found elsewhere, or is rejected as file_missing). A row storage
+        leaves alone (a live process has its add or move in flight) is not taken again in this
+        run: claims hand a worker its own rows first, so it would be taken forever."""
+        store, summary = self.store, self.summary
+        gone = [r for r in chunk if not r["path"] or not store.abspath(r["path"]).is_file()]
+        if not gone:
+            return chunk
+        done = store.reconcile([r["id"] for r in gone])
+        summary.relinked += done["relinked"]
+        for r in gone:
+            row = store.get_image(r["id"])
+            if row["status"] == "rejected" and row["reason"] == "file_missing":
+                summary.count(r["keyword_class"], "rejected:file_missing")
+                summary.processed += 1
+            elif row["status"] == "inbox" and row["path"] == r["path"]:
+                self.claims.stuck.add(r["id"])  # the next run retries it
+        logger.warning("%d inbox images had no file at their path: %s", len(gone), done)
+        ids = {r["id"] for r in gone}
+        return [r for r in chunk if r["id"] not in ids]
+
+    def _one_at_a_time(self, chunk: list[dict], first: Exception) -> int:
+        """File the rows of a chunk that failed one by one; count the failure of each row that
+        fails alone (set aside at its second); returns how many were filed."""
+        failed: list[tuple[dict, Exception]] = []
+        done = 0
+        if len(chunk) == 1:
+            failed.append((chunk[0], first))
         else:
-            summary.failed += 1
-            claims.stuck.add(row["id"])  # not again in this run; the next run retries it
-    return done
+            for row in chunk:
+                try:
+                    done += self.file_rows([row])
+                except Exception as exc:
+                    self.forget_unfiled()
+                    failed.append((row, exc))
+        if len(chunk) >= SYSTEMIC and len(failed) == len(chunk):
+            raise first  # every row fails alone: the fault is not in the rows
+        for row, err in failed:
+            error = f"{type(err).__name__}: {err}"
+            logger.error("image %d could not be processed: %s", row["id"], error)
+            if self.store.record_failure(row["id"], error):
+                self.summary.set_aside += 1
+                self.summary.count(row["keyword_class"], "rejected:processing_error")
+                done += 1
+            else:
+                self.summary.failed += 1
+                self.claims.stuck.add(row["id"])  # not again in this run; the next run retries it
+        return done
 
+    def _file_chunk(self, chunk: list[dict], analyses: list[Analysis], predicted, *,
+                    may_defer: bool = False) -> int | None:
+        """Under the factory lock: decide and move the rows of ``chunk`` this worker still holds.
 
-def _file_chunk(config, store, claims: Claims, shared: SharedIndex, deduper: Deduper,
-                kept_cache: dict[int, Kept], chunk, analyses, predicted, summary, *,
-                may_defer: bool = False) -> int | None:
-    """Under the factory lock: decide and move the rows of ``chunk`` this worker still holds.
+        With ``may_defer``, returns None (nothing done) when other workers kept so many
+        candidates since the prefetch that verifying them would hold the lock for long: the
+        caller verifies them outside the lock and comes back.
 
-    With ``may_defer``, returns None (nothing done) when other workers kept so many
-    candidates since the prefetch that verifying them would hold the lock for long: the
-    caller verifies them outside the lock and comes back.
-
-    A row whose lease ran out and that another worker took is left to it. A half-done move
-    left by a dead worker (storage refuses to move that image) is finished by a repair, and
-    the chunk decided again from a fully reconciled index.
-    """
-    from storage import MoveConflictError
-
-    for attempt in range(2):
-        held = claims.hold([r["id"] for r in chunk])
-        mine = [r for r in chunk if r["id"] in held]
-        if len(mine) < len(chunk):
-            logger.warning("%d images of this chunk were taken over by another worker",
-                           len(chunk) - len(mine))
-        _refresh(shared, kept_cache, deduper, locked=True)
-        if not mine:
-            return 0
-        if may_defer and sum(deduper.unverified(a) for a in analyses
-                             if a.image_id in held) > DEFER_VERIFICATIONS:
-            return None
-        counts = FactorySummary()
-        moves = _decide(config, store, mine, [a for a in analyses if a.image_id in held],
-                        deduper, kept_cache, predicted, counts)
-        try:
-            moved = store.move_many(moves)
-        except MoveConflictError as exc:
-            shared.invalidate()  # this attempt's decisions were applied in memory only
-            if attempt:
-                claims.stuck.update(r["id"] for r in mine)
-                logger.warning("leaving %d images for later: %s", len(mine), exc)
+        A row whose lease ran out and that another worker took is left to it. A half-done move
+        left by a dead worker (storage refuses to move that image) is finished by a repair, and
+        the chunk decided again from a fully reconciled index.
+        """
+        store, shared, kept_cache = self.store, self.shared, self.kept_cache
+        for attempt in range(2):
+            held = self.claims.hold([r["id"] for r in chunk])
+            mine = [r for r in chunk if r["id"] in held]
+            if len(mine) < len(chunk):
+                logger.warning("%d images of this chunk were taken over by another worker",
+                               len(chunk) - len(mine))
+            self._refresh(locked=True)
+            if not mine:
                 return 0
-            logger.warning("%s; repairing and deciding the chunk again", exc)
-            store.repair()
-            continue
-        for image_id, path in moved.items():  # kept images are re-read from their new place
-            if image_id in kept_cache:
-                kept_cache[image_id].path = str(store.abspath(path))
-        if moved.skipped or moved.missing:
-            _recount(counts, mine, moves, moved)
-            shared.invalidate()  # decisions not filed as made: reconcile from the DB
-            for image_id in (*moved.skipped, *moved.missing):
-                kept_cache.pop(image_id, None)
-        shared.save()
-        summary.merge(counts)
-        return len(mine)
-    return 0
+            if may_defer and sum(self.deduper.unverified(a) for a in analyses
+                                 if a.image_id in held) > DEFER_VERIFICATIONS:
+                return None
+            counts = FactorySummary()
+            moves = self._decide(mine, [a for a in analyses if a.image_id in held], predicted,
+                                 counts)
+            try:
+                moved = store.move_many(moves)
+            except MoveConflictError as exc:
+                shared.invalidate()  # this attempt's decisions were applied in memory only
+                if attempt:
+                    self.claims.stuck.update(r["id"] for r in mine)
+                    logger.warning("leaving %d images for later: %s", len(mine), exc)
+                    return 0
+                logger.warning("%s; repairing and deciding the chunk again", exc)
+                store.repair()
+                continue
+            for image_id, path in moved.items():  # kept images are re-read from their new place
+                if image_id in kept_cache:
+                    kept_cache[image_id].path = str(store.abspath(path))
+            if moved.skipped or moved.missing:
+                _recount(counts, mine, moves, moved)
+                shared.invalidate()  # decisions not filed as made: reconcile from the DB
+                for image_id in (*moved.skipped, *moved.missing):
+                    kept_cache.pop(image_id, None)
+            shared.save()
+            self.summary.merge(counts)
+            return len(mine)
+        return 0
+
+    def _decide(self, chunk: list[dict], analyses: list[Analysis], predicted,
+                counts: FactorySummary) -> list[Move]:
+        """The moves that file ``chunk``: rejections, duplicates (and kept images from earlier
+        chunks that a better copy replaces), and each survivor accepted or sent to review."""
+        rows = {r["id"]: r for r in chunk}
+        plans: dict[int, tuple[str, dict]] = {}   # image id -> (status, changes)
+        survivors: list[int] = []
+        demoted: list[tuple[int, int]] = []       # (kept id from an earlier chunk, replaced by)
+        for a in analyses:
+            row = rows[a.image_id]
+            if not a.ok:
+                logger.debug("image %d rejected: %s %s", a.image_id, a.reason, a.detail)
+                plans[a.image_id] = ("rejected", {"reason": a.reason})
+                continue
+            base = {"phash": a.phash, "hash_method": self.config.factory.hash,
+                    "width": a.width, "height": a.height}
+            new = Kept(a.image_id, a.width, a.height, row["label_source"] == "human",
+                       str(self.store.abspath(row["path"])))
+            verdict = self.deduper.check(a, new)
+            if verdict.duplicate_of is not None:
+                plans[a.image_id] = ("rejected", {**base, "reason": "duplicate",
+                                                  "duplicate_of": verdict.duplicate_of})
+                continue
+            self.kept_cache[a.image_id] = new
+            plans[a.image_id] = ("keep", base)
+            survivors.append(a.image_id)
+            if verdict.replaces is not None:
+                old = verdict.replaces
+                if old in plans:  # kept earlier in this chunk, not moved yet
+                    survivors.remove(old)
+                    plans[old] = ("rejected", {**plans[old][1], "reason": "duplicate",
+                                               "duplicate_of": a.image_id})
+                else:
+                    demoted.append((old, a.image_id))
+                self.kept_cache.pop(old, None)
+
+        _label(self.config, rows, survivors, plans, *predicted)
+        moves = []
+        for image_id, (status, changes) in plans.items():
+            move = Move(image_id, status, changes, expect={"status": "inbox"})
+            moves.append(move)
+            counts.count(rows[image_id]["keyword_class"], _outcome(move))
+        for old, new_id in demoted:
+            moves.append(Move(old, "rejected", {"reason": "duplicate", "duplicate_of": new_id}))
+            counts.replaced += 1
+            logger.info("image %d replaced by its larger copy %d", old, new_id)
+        return moves
+
+    def _refresh(self, *, locked: bool) -> None:
+        """Sync the index; update what is cached about kept images whose rows changed."""
+        changed = self.shared.sync(locked)
+        if changed is None:
+            self.kept_cache.clear()
+            self.deduper.forget()
+            return
+        for r in changed:
+            # e.g. filed by another worker, or a person relabelled it
+            if r["id"] in self.kept_cache:
+                self.kept_cache[r["id"]] = _kept(self.store, r)
+        self.deduper.forget([r["id"] for r in changed])
 
 
-def _recount(counts: FactorySummary, rows, moves, moved) -> None:
+def _recount(counts: FactorySummary, rows: list[dict], moves: list[Move],
+             moved: MoveResult) -> None:
     """Correct a chunk's counts for moves storage skipped (a person decided the image
     meanwhile) or found without a file (recorded as rejected, file_missing)."""
     classes = {r["id"]: r["keyword_class"] for r in rows}
@@ -316,7 +403,7 @@ def _recount(counts: FactorySummary, rows, moves, moved) -> None:
             counts.count(classes[move.image_id], "rejected:file_missing")
 
 
-def _outcome(move) -> str:
+def _outcome(move: Move) -> str:
     return move.status if move.status != "rejected" else f"rejected:{move.changes['reason']}"
 
 
@@ -336,23 +423,9 @@ class LazyModel:
         return self._classifier
 
 
-def _kept(store, row: dict) -> Kept:
+def _kept(store: Store, row: dict) -> Kept:
     return Kept(row["id"], row["width"] or 0, row["height"] or 0, row["label_source"] == "human",
                 str(store.abspath(row["path"])) if row["path"] else None)
-
-
-def _refresh(shared: SharedIndex, kept_cache: dict[int, Kept], deduper: Deduper, *,
-             locked: bool) -> None:
-    """Sync the index; update what is cached about kept images whose rows changed."""
-    changed = shared.sync(locked)
-    if changed is None:
-        kept_cache.clear()
-        deduper.forget()
-        return
-    for r in changed:
-        if r["id"] in kept_cache:  # e.g. filed by another worker, or a person relabelled it
-            kept_cache[r["id"]] = _kept(store=shared.store, row=r)
-    deduper.forget([r["id"] for r in changed])
 
 
 def _predict(config, store, chunk, analyses: list[Analysis], model: "LazyModel"):
@@ -371,55 +444,6 @@ def _predict(config, store, chunk, analyses: list[Analysis], model: "LazyModel")
         [str(store.abspath(rows[i]["path"])) for i in by_model],
         config.factory.batch_size))) if by_model else {}
     return classifier, predictions
-
-
-def _decide(config, store, chunk, analyses: list[Analysis], deduper: Deduper,
-            kept_cache: dict[int, Kept], predicted, summary: FactorySummary) -> list:
-    from storage import Move
-
-    rows = {r["id"]: r for r in chunk}
-    plans: dict[int, tuple[str, dict]] = {}   # image id -> (status, changes)
-    survivors: list[int] = []
-    demoted: list[tuple[int, int]] = []       # (kept id from an earlier chunk, replaced by)
-    for a in analyses:
-        row = rows[a.image_id]
-        if not a.ok:
-            logger.debug("image %d rejected: %s %s", a.image_id, a.reason, a.detail)
-            plans[a.image_id] = ("rejected", {"reason": a.reason})
-            continue
-        base = {"phash": a.phash, "hash_method": config.factory.hash,
-                "width": a.width, "height": a.height}
-        new = Kept(a.image_id, a.width, a.height, row["label_source"] == "human",
-                   str(store.abspath(row["path"])))
-        verdict = deduper.check(a, new)
-        if verdict.duplicate_of is not None:
-            plans[a.image_id] = ("rejected", {**base, "reason": "duplicate",
-                                              "duplicate_of": verdict.duplicate_of})
-            continue
-        kept_cache[a.image_id] = new
-        plans[a.image_id] = ("keep", base)
-        survivors.append(a.image_id)
-        if verdict.replaces is not None:
-            old = verdict.replaces
-            if old in plans:  # kept earlier in this chunk, not moved yet
-                survivors.remove(old)
-                plans[old] = ("rejected", {**plans[old][1], "reason": "duplicate",
-                                           "duplicate_of": a.image_id})
-            else:
-                demoted.append((old, a.image_id))
-            kept_cache.pop(old, None)
-
-    _label(config, rows, survivors, plans, *predicted)
-    moves = []
-    for image_id, (status, changes) in plans.items():
-        move = Move(image_id, status, changes, expect={"status": "inbox"})
-        moves.append(move)
-        summary.count(rows[image_id]["keyword_class"], _outcome(move))
-    for old, new_id in demoted:
-        moves.append(Move(old, "rejected", {"reason": "duplicate", "duplicate_of": new_id}))
-        summary.replaced += 1
-        logger.info("image %d replaced by its larger copy %d", old, new_id)
-    return moves
 
 
 def _label(config, rows, survivors: list[int], plans, classifier, predictions) -> None:

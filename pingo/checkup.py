@@ -101,10 +101,10 @@ def index_problems(store: Store) -> list[Problem]:
 def rebuild_indexes(config: Config, store: Store, problems: list[Problem]) -> dict[str, int]:
     """Rebuild each named sidecar from the kept rows (re-hashing their files), under the
     factory lock so no factory worker saves over it meanwhile."""
-    from dataset_factory.analyse import Analyser
     from dataset_factory.dedupe import open_index
+    from dataset_factory.hash_pool import Analyser
+    from dataset_factory.index_sync import LOCK
     from dataset_factory.run import settings_from
-    from dataset_factory.shared import LOCK
 
     done: dict[str, int] = {}
     bad = {p.path: p.kind for p in problems}

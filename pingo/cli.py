@@ -477,7 +477,7 @@ def factory(ctx: Context, limit, as_json):
     """
     from tqdm import tqdm
 
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
 
     def work(store):
         total = sum(store.inbox_counts().values())

@@ -235,6 +235,12 @@ def exited(pid: int) -> bool:
     return fields is not None and bool(fields) and fields[0] in ("Z", "X", "x")
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` of this host is gone: no such process, or one that exited and
+    waits to be reaped. For owners recorded as host:pid (e.g. factory workers' inbox claims)."""
+    return not pid_alive(pid) or exited(pid)
+
+
 def started_at(ticks: str) -> float | None:
     """Unix time of a process start read by process_start."""
     boot = _boot_time()

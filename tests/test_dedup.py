@@ -7,9 +7,9 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from dataset_factory import process_inbox
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
-from dataset_factory.run import process_inbox
 from factory_helpers import assert_consistent, jpeg_of
 
 EASY = {

@@ -26,9 +26,8 @@ from child_process import start_script
 from conftest import storage_toml, wait_for
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
+from storage import Store, utcnow
 from factory_helpers import assert_consistent, encode, jpeg_of
-from storage import Store
-from storage.store import utcnow
 
 CHUNK = 8
 LEASE = 3  # seconds: a killed worker's rows are taken over this soon
@@ -38,7 +37,7 @@ WORKER = """
     from pathlib import Path
     from core.config import load_config
     from storage import Store
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
 
     if __name__ == "__main__":  # hashing processes re-import this module
         config = load_config(sys.argv[1])
@@ -236,7 +235,7 @@ def test_a_dead_worker_s_half_done_move_is_finished_not_redone(shared_project, s
     from storage import files
     from storage.schema import pending_moves
 
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
 
     photos = sorted((sign_digits / "2").glob("*.JPG"))[:6]
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from child_process import start_script
+from dataset_factory import process_inbox
 from dataset_factory.dedupe import index_path
 from dataset_factory.errors import ModelLoadError
 from dataset_factory.index import NearDuplicateIndex
-from dataset_factory.run import process_inbox
 from factory_helpers import (assert_consistent, encode, jpeg_of, pattern_image,
                                   save_color_model)
 
@@ -109,7 +109,7 @@ KILL_SCRIPT = """
     import sys
     from core.config import load_config
     from storage import Store
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
 
     if __name__ == "__main__":
         config = load_config(sys.argv[1])

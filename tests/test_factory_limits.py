@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from dataset_factory import dedupe
-from dataset_factory.analyse import Analyser, Job, Settings, analyse
 from dataset_factory.cache import BoundedCache
 from dataset_factory.dedupe import Deduper, Kept, index_path, open_index
+from dataset_factory.hash_pool import Analyser, Job, Settings, analyse
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.validate import Limits
 from factory_helpers import encode, pattern_image
@@ -134,7 +134,7 @@ def sized(sign_digits, tmp_path):
 
 
 def test_an_image_over_factory_max_pixels_is_rejected_with_its_size(project, sized):
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
     project.write(project.DEFAULT + f"\n[factory]\nmax_pixels = {LIMIT}\n")
     with project.store() as store:
         ids = {name: store.add_image(p.read_bytes(), keyword_class="cat", source="test",

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from dataset_factory import process_inbox
 from dataset_factory.errors import ReviewError
 from dataset_factory.review import accept, reject
-from dataset_factory.run import process_inbox
 from factory_helpers import encode, pattern_image
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from dataset_factory import process_inbox
 from dataset_factory.errors import InvalidImage
-from dataset_factory.run import process_inbox
 from dataset_factory.validate import Limits, decode
 from factory_helpers import assert_consistent, encode, hostile_files, pattern_image
 
@@ -108,7 +108,7 @@ def test_a_worker_killed_mid_run_costs_no_image(tmp_path, sign_digits, caplog):
     import os
     import signal
 
-    from dataset_factory.analyse import Analyser, Job, Settings
+    from dataset_factory.hash_pool import Analyser, Job, Settings
     paths = sorted((sign_digits / "5").glob("*"))[:80]
     with Analyser(Settings(), workers=2) as analyser:
         results = []

@@ -1,13 +1,7 @@
-"""What several factory workers share: inbox leases and one near-duplicate index.
+"""Index sync: each factory worker's in-memory near-duplicate index, kept in step with the others.
 
-``Claims``: a worker takes inbox rows in chunks with ``store.claim_inbox`` (SKIP LOCKED on
-PostgreSQL), a heartbeat thread renews its leases while it hashes and classifies, and it gives
-back what it still holds on exit. A worker killed with -9 renews nothing: its leases run out
-and another worker claims the rows (a worker starting on the same host frees them at once
-when the dead worker's pid is gone).
-
-``SharedIndex``: each worker holds the index in memory; it is written to the .npz sidecar only
-under the factory lock, after the chunk's moves. Before deciding a chunk (under the lock) a
+Each worker holds the index in memory; it is written to the .npz sidecar only under the
+factory lock (``LOCK``), after the chunk's moves. Before deciding a chunk (under the lock) a
 worker reloads the sidecar if another worker saved it since (that brings the view hashes
 without re-decoding anything), then reads the DB rows changed since its last sync, minus a
 clock slack, and applies them: images kept by a worker that died between its moves and its
@@ -19,18 +13,19 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import threading
-import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dataset_factory.analyse import Analyser
 from dataset_factory.dedupe import KEPT, add_kept_rows, index_path, open_index
+from dataset_factory.hash_pool import Analyser
 from dataset_factory.index import NearDuplicateIndex
-from storage import files
+from storage import utcnow
+
+if TYPE_CHECKING:
+    from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -40,90 +35,10 @@ LOCK = "factory"  # store.exclusive name held while a chunk is decided and filed
 CLOCK_SLACK = timedelta(seconds=30)
 
 
-def worker_id() -> str:
-    """host:pid:random — unique even when a pid is reused."""
-    return f"{files.HOST[:100]}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def dead_local_worker(worker: str) -> bool:
-    """Whether ``worker`` ran on this host and its process is gone (its leases can go now)."""
-    host, _, rest = worker.partition(":")
-    pid = rest.partition(":")[0]
-    if host != files.HOST[:100] or not pid.isdigit():
-        return False
-    return not files.pid_alive(int(pid)) or files.exited(int(pid))
-
-
-class Claims:
-    """This worker's leases on inbox rows (a context manager: released on exit)."""
-
-    def __init__(self, store, worker: str, lease_seconds: float):
-        self.store = store
-        self.worker = worker
-        self.lease = lease_seconds
-        self.stuck: set[int] = set()  # rows this run gave up on (a live process is moving them)
-        self._waiting: tuple[int, float] | None = None  # (inbox left, since) while waiting
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._heartbeat, daemon=True,
-                                        name=f"factory-lease-{worker}")
-
-    def __enter__(self) -> "Claims":
-        # A worker killed on this machine need not wait out its lease: its pid says it is gone.
-        for holder in self.store.claim_holders():
-            if dead_local_worker(holder):
-                logger.info("releasing the inbox claims of dead worker %s", holder)
-                self.store.release_claims(holder)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        try:
-            self.store.release_claims(self.worker)
-        except Exception as err:  # leases expire on their own; never mask the real error
-            logger.warning("could not release claims of %s: %s", self.worker, err)
-
-    def take(self, n: int) -> list[dict]:
-        """Up to ``n`` inbox rows leased to this worker, in id order (its own unfinished first)."""
-        rows = self.store.claim_inbox(self.worker, n + len(self.stuck), self.lease)
-        return [r for r in rows if r["id"] not in self.stuck][:n]
-
-    def wait_for_others(self) -> bool:
-        """Nothing to claim: wait briefly if other workers still hold inbox rows.
-
-        True: try claiming again (a dead worker's lease may have run out). False: the inbox
-        is empty (but for rows this run gave up on), or it has not shrunk for two lease
-        periods (a live worker stuck on its rows: leave them to it).
-        """
-        left = sum(self.store.inbox_counts().values()) - len(self.stuck)
-        if left <= 0:
-            return False
-        now = time.monotonic()
-        if self._waiting is None or left < self._waiting[0]:
-            self._waiting = (left, now)
-        elif now - self._waiting[1] > 2 * self.lease:
-            logger.warning("%d inbox images stay leased to other workers; leaving them", left)
-            return False
-        time.sleep(min(1.0, self.lease / 3))
-        return True
-
-    def hold(self, ids) -> set[int]:
-        """Renew the leases on ``ids``; the ids still ours (call under the factory lock)."""
-        return self.store.renew_claims(self.worker, self.lease, ids)
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.lease / 3):
-            try:
-                self.store.renew_claims(self.worker, self.lease)
-            except Exception as exc:
-                logger.warning("lease renewal failed (retrying): %s", exc)
-
-
 class SharedIndex:
     """One worker's copy of the near-duplicate index, kept in step with the others'."""
 
-    def __init__(self, store, analyser: Analyser, method: str, hard: bool):
+    def __init__(self, store: "Store", analyser: Analyser, method: str, hard: bool):
         self.store = store
         self.analyser = analyser
         self.method = method
@@ -131,8 +46,8 @@ class SharedIndex:
         self.path = index_path(store.data_dir, method, hard)
         self.index = NearDuplicateIndex(method)
         self._seen: tuple | None = None   # the sidecar's stat when this worker last read/wrote it
-        self._synced_at = None            # start of this worker's last sync (DB clock: UTC)
-        self._locked_at = None            # start of its last sync under the factory lock
+        self._synced_at: datetime | None = None  # start of this worker's last sync (DB clock: UTC)
+        self._locked_at: datetime | None = None  # start of its last sync under the factory lock
         self._stale = True                # full reconcile needed (start, or after a failed step)
 
     def invalidate(self) -> None:
@@ -148,7 +63,6 @@ class SharedIndex:
         follows catches up. Returns the rows that changed, or None after a full reconcile
         (then anything may have changed).
         """
-        from storage.store import utcnow
         now = utcnow()
         if self._stale:
             if not locked:
@@ -158,6 +72,7 @@ class SharedIndex:
             self._synced_at = self._locked_at = now
             return None
         since = self._synced_at
+        assert since is not None and self._locked_at is not None  # set by the full reconcile
         sig = _signature(self.path)
         if sig is not None and sig != self._seen:
             loaded = NearDuplicateIndex.load(self.path, self.method)
