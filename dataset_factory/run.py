@@ -34,9 +34,9 @@ from dataset_factory.analyse import Analyser, Analysis, Job, Settings
 from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
 from dataset_factory.dedupe import Deduper, Kept
-from dataset_factory.errors import ModelLoadError
 from dataset_factory.shared import LOCK, Claims, SharedIndex, worker_id
-from dataset_factory.validate import Limits
+from storage.errors import ModelLoadError
+from vision.decode import Limits
 
 # A failing chunk of at least this many rows whose rows all fail alone fails the run: the
 # fault is not in the rows (e.g. a broken model), and setting them all aside would hide it.

@@ -289,11 +289,9 @@ def models(click_ctx, as_json):
     """List model versions; `models promote V` and `models rollback` change the one in service."""
     if click_ctx.invoked_subcommand is not None:
         return
-    from trainer.versions import list_models
-
     ctx = click_ctx.find_object(Context)
     with ctx.store() as store:
-        rows = list_models(store)
+        rows = store.registry.listing()
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
@@ -315,10 +313,12 @@ def models(click_ctx, as_json):
 @pass_ctx
 def models_promote(ctx: Context, version):
     """Put VERSION in service (it must be complete and load in Keras safe mode)."""
-    from trainer.versions import promote
+    from vision.model import check_promotable
 
     with ctx.store() as store:
-        promote(store, ctx.config, version)
+        registry = store.registry
+        check_promotable(registry, version, ctx.config.classes)
+        registry.promote(version, f"promoted by hand (was {registry.current() or 'none'})")
     click.echo(f"promoted {version}")
 
 
@@ -326,10 +326,12 @@ def models_promote(ctx: Context, version):
 @pass_ctx
 def models_rollback(ctx: Context):
     """Put the previous usable model back in service."""
-    from trainer.versions import rollback
+    from vision.model import check_promotable
 
     with ctx.store() as store:
-        old, new = rollback(store, ctx.config)
+        registry = store.registry
+        old, new = registry.rollback(
+            lambda version: check_promotable(registry, version, ctx.config.classes))
     click.echo(f"rolled back from {old} to {new}")
 
 

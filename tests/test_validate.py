@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from dataset_factory.errors import InvalidImage
 from dataset_factory.run import process_inbox
-from dataset_factory.validate import Limits, decode
+from vision.decode import Limits, decode
+from vision.errors import InvalidImage
 from test_factory_helpers import assert_consistent, encode, hostile_files, pattern_image
 
 
