@@ -113,7 +113,6 @@ KILL_SCRIPT = textwrap.dedent("""
     from core.config import load_config
     from storage import Store
     from dataset_factory.run import process_inbox
-from storage.errors import ModelLoadError
 
     if __name__ == "__main__":
         config = load_config(sys.argv[1])
