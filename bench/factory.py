@@ -138,8 +138,10 @@ def bench_index(sizes: list[int], queries: int) -> None:
 
 
 def bench_sort(n: int, loop_n: int, image_size: int, batch_size: int) -> None:
-    from dataset_factory.classify import Classifier, load_image_array
+    from dataset_factory.classify import Classifier
     from trainer.models import build_model
+    from vision.model import load_model
+    from vision.pixels import load_pixels
     paths = [str(p) for p in sorted(DATASET.glob("*/*"))[:n]]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "v0001"
@@ -148,15 +150,15 @@ def bench_sort(n: int, loop_n: int, image_size: int, batch_size: int) -> None:
         (model_dir / "classes.json").write_text(json.dumps([str(i) for i in range(10)]))
         (model_dir / "config.json").write_text(json.dumps({"image_size": image_size,
                                                            "arch": "small_cnn"}))
-        clf = Classifier(model_dir, "v0001")
+        clf = Classifier(load_model(model_dir))
         clf.predict(paths[:batch_size], batch_size)  # warm up (graph tracing)
         t = time.perf_counter()
         clf.predict(paths, batch_size)
         ours = len(paths) / (time.perf_counter() - t)
-        clf.model.predict(load_image_array(paths[0], image_size)[None], verbose=0)
+        clf.model.predict(load_pixels(paths[0], image_size)[None].astype("float32"), verbose=0)
         t = time.perf_counter()
         for p in paths[:loop_n]:
-            clf.model.predict(load_image_array(p, image_size)[None], verbose=0)
+            clf.model.predict(load_pixels(p, image_size)[None].astype("float32"), verbose=0)
         base = loop_n / (time.perf_counter() - t)
     header(f"(c) auto-sort, small CNN at {image_size}px, batch {batch_size}",
            theirs="predict(1)")

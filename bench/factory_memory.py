@@ -53,7 +53,7 @@ def rss_mb(field: str = "VmRSS") -> float:
 def real_hashes(n_photos: int) -> list[tuple[int, list[int]]]:
     """(main hash, view hashes) of real photos, as the factory computes them."""
     from dataset_factory.hashing import all_hashes
-    from dataset_factory.validate import decode
+    from vision.decode import decode
     photos = sorted(DATASET.glob("*/*.JPG"))
     if not photos:
         sys.exit(f"no photos at {DATASET}")

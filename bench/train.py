@@ -106,10 +106,10 @@ def main(argv=None) -> int:
         return 2
 
     from core.config import TrainConfig
-    from trainer import data, entry
+    from trainer import data, registry_writer
     from trainer.devices import choose_placement
     from trainer.fit import fit
-    from trainer.gate import PromotionDecision
+    from trainer.promotion_gate import PromotionDecision
 
     placement = choose_placement()
     tc = dataclasses.replace(TrainConfig(), image_size=args.image_size, epochs=args.epochs,
@@ -138,9 +138,9 @@ def main(argv=None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         outcome = fit(plan, tc, placement, folder)
-        written = entry.write_entry(folder, "bench", plan, tc, placement, outcome,
-                                    started=time.time())
-        entry.finish_entry(folder, written, PromotionDecision(
+        written = registry_writer.write_entry(folder, "bench", plan, tc, placement, outcome,
+                                              started=time.time())
+        registry_writer.finish_entry(folder, written, PromotionDecision(
             False, "benchmark run", new_accuracy=written.test["accuracy"]))
         wall = time.perf_counter() - start
         test = written.test

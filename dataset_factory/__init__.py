@@ -3,15 +3,14 @@
 Entry point: ``process_inbox(config, store, progress=None)`` (``from dataset_factory import
 process_inbox``); it returns a ``FactorySummary``.
 
-validate    decode-check one file (draft JPEG decoding, bomb limit, EXIF, modes)
 hashing     perceptual hashes as signed 64-bit ints, plus hard-edit views
-hash_pool   the worker pool running validate + hashing under time/memory bounds
+hash_pool   the worker pool running vision.decode + hashing under time/memory bounds
 index       the persistent XOR + popcount index of every kept image
 verify      aligned thumbnail correlation that confirms hard-duplicate candidates
 dedupe      duplicate decisions (which copy stays) and index/DB reconciliation
 leases      inbox claims, so that several workers never take the same image
 index_sync  each worker's copy of the index kept in step with the others' (the factory lock)
-classify    the promoted model, batched through tf.data
+classify    the promoted model (vision.model), batched through vision.pixels
 run         process_inbox and FactoryRun: chunks, routing, crash-safe moves through storage
 review      a person's accept / relabel / reject decisions
 

@@ -27,8 +27,8 @@ import numpy as np
 from dataset_factory.cache import BoundedCache
 from dataset_factory.hash_pool import Analyser, Analysis, Job
 from dataset_factory.index import NearDuplicateIndex
-from dataset_factory.validate import DRAFT_SIZE, Limits, decode
 from dataset_factory.verify import kept_thumbs, similarity
+from vision.decode import DRAFT_SIZE, Limits, decode
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from dataset_factory.errors import FactoryError, InvalidImage
+from dataset_factory.errors import FactoryError
 from dataset_factory.hashing import all_hashes, hash_int
-from dataset_factory.validate import Limits, decode
 from dataset_factory.verify import view_thumbs
+from vision.decode import Limits, decode
+from vision.errors import InvalidImage
 
 logger = logging.getLogger(__name__)
 

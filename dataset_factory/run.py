@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
 from dataset_factory.dedupe import Deduper, Kept
-from dataset_factory.errors import ModelLoadError
 from dataset_factory.hash_pool import Analyser, Analysis, Job, Settings
 from dataset_factory.index_sync import LOCK, SharedIndex
 from dataset_factory.leases import Claims, worker_id
-from dataset_factory.validate import Limits
 from storage import Move, MoveConflictError, MoveResult
+from storage.errors import ModelLoadError
+from vision.decode import Limits
 
 if TYPE_CHECKING:
     from core.config import Config

@@ -16,6 +16,7 @@ from core.errors import PingoError
 from scheduler.lock import JobLock
 from storage import Store
 from storage.check import Problem, Report, check_storage
+from storage.registry import CURRENT
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def rebuild_indexes(config: Config, store: Store, problems: list[Problem]) -> di
 def model_problems(store: Store, config: Config) -> list[Problem]:
     """models/CURRENT, when present, must name a complete entry that loads and fits the
     configured classes (what `pingo models promote` demands). No CURRENT is sound."""
-    current = store.registry.root / "CURRENT"
+    current = store.registry.root / CURRENT
     try:
         version = current.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -133,9 +134,9 @@ def model_problems(store: Store, config: Config) -> list[Problem]:
     except OSError as exc:
         version, error = None, f"unreadable: {exc.strerror}"
     if version is not None:
-        from trainer.versions import check_promotable
+        from vision.model import check_promotable
         try:
-            check_promotable(store, config, version)
+            check_promotable(store.registry, version, config.classes)
             return []
         except PingoError as exc:
             error = str(exc)

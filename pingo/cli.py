@@ -347,11 +347,9 @@ def models(click_ctx, as_json):
     """
     if click_ctx.invoked_subcommand is not None:
         return
-    from trainer.versions import list_models
-
     ctx = click_ctx.find_object(Context)
     with ctx.store() as store:
-        rows = list_models(store)
+        rows = store.registry.listing()
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
@@ -378,10 +376,12 @@ def models_promote(ctx: Context, version):
     Example:
       pingo models promote v0003
     """
-    from trainer.versions import promote
+    from vision.model import check_promotable
 
     with ctx.store() as store:
-        promote(store, ctx.config, version)
+        registry = store.registry
+        check_promotable(registry, version, ctx.config.classes)
+        registry.promote(version, f"promoted by hand (was {registry.current() or 'none'})")
     click.echo(f"promoted {version}")
 
 
@@ -394,10 +394,12 @@ def models_rollback(ctx: Context):
     Example:
       pingo models rollback
     """
-    from trainer.versions import rollback
+    from vision.model import check_promotable
 
     with ctx.store() as store:
-        old, new = rollback(store, ctx.config)
+        registry = store.registry
+        old, new = registry.rollback(
+            lambda version: check_promotable(registry, version, ctx.config.classes))
     click.echo(f"rolled back from {old} to {new}")
 
 

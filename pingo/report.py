@@ -132,7 +132,7 @@ def build_report(config: Config, store: Store) -> Path:
                  + "</table>")
 
     # -- models
-    models = store.model_rows()
+    models = store.registry.rows()
     rows = []
     for m in reversed(models):
         acc = model_accuracy(m["metrics"])

@@ -36,14 +36,17 @@ def factory_stage(config: Config, store: Store) -> Any:
 
 
 def train_stage(config: Config, store: Store, force: bool = False) -> Any:
-    """Train only when the trainer's gate passes (every class at target, dataset changed)."""
-    from trainer.run import should_train, train
+    """Train only when the trainer's gate passes (every class at target, dataset changed).
+
+    The gate is evaluated here, once: ``train`` is then told not to evaluate it again.
+    """
+    from trainer import should_train, train
     if not force:
         due, reason = should_train(config, store)
         if not due:
             logger.info("training skipped: %s", reason)
             return {"skipped": reason}
-    return train(config, store, force=force)
+    return train(config, store, force=True)
 
 
 def prune_stage(config: Config, store: Store, dry_run: bool = False) -> Any:

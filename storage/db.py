@@ -18,6 +18,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -26,6 +27,15 @@ from sqlalchemy.engine import make_url
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 60_000
+
+
+def utcnow() -> datetime:
+    """Naive UTC (SQLite keeps no zone; every timestamp pingo writes is UTC)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.replace(tzinfo=timezone.utc).isoformat()
 
 
 def make_engine(url: str) -> Engine:

@@ -38,3 +38,15 @@ class ImageFileMissingError(StorageError):
 
 class UnknownClassError(StorageError):
     """A class folder or label that the config does not declare."""
+
+
+class RegistryEntryError(StorageError):
+    """A model version that does not exist, is incomplete, or cannot be promoted."""
+
+
+class ModelLoadError(StorageError):
+    """A registry entry whose files are missing or unreadable, or whose model.keras does not
+    load (Keras safe mode) or does not fit its classes, input size or the configured classes.
+
+    Raised by storage.registry (the files) and vision.model (the Keras model) alike.
+    """

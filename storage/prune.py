@@ -17,7 +17,6 @@ newest version folder, and a factory run moves rejected files.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -31,14 +30,13 @@ from sqlalchemy import select, update
 from storage import files
 from storage.check import hash_name, is_temp, walk
 from storage.errors import StorageError
-from storage.registry import ModelRegistry
+from storage.registry import CURRENT, ModelRegistry
 from storage.schema import images, pending_moves
 from storage.store import Store, utcnow
 
 logger = logging.getLogger(__name__)
 
 PRUNED_PREFIX = ".pruned-"   # a model folder being deleted
-METRICS = "metrics.json"     # the registry contract: present once an entry is complete
 
 
 class PruneError(StorageError):
@@ -152,23 +150,6 @@ def sweep_leftovers(store: Store, dry_run: bool) -> int:
 
 # ---- model versions ------------------------------------------------------------------------
 
-def previous_version(registry: ModelRegistry, current: str) -> str | None:
-    """The version `pingo models rollback` returns to first: the newest older one that was
-    promoted when trained, else the newest older complete one."""
-    older = [v for v in reversed(registry.versions()) if int(v[1:]) < int(current[1:])]
-    complete = [v for v in older if (registry.path(v) / METRICS).is_file()]
-    served = [v for v in complete if _passed_gate(registry.path(v))]
-    return (served or complete or [None])[0]
-
-
-def _passed_gate(folder: Path) -> bool:
-    try:
-        metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(isinstance(metrics, dict) and (metrics.get("gate") or {}).get("promoted"))
-
-
 def kept_versions(registry: ModelRegistry, keep: int) -> dict[str, str]:
     """version -> why it stays."""
     versions = registry.versions()
@@ -180,7 +161,7 @@ def kept_versions(registry: ModelRegistry, keep: int) -> dict[str, str]:
     current = registry.current()
     if current:
         why[current] = "promoted"
-        prev = previous_version(registry, current)
+        prev = registry.previous_version(current)
         if prev:
             why[prev] = "previous (rollback target)"
     return dict(sorted(why.items()))
@@ -193,7 +174,7 @@ def prune_models(registry: ModelRegistry, keep: int, result: PruneResult) -> Non
     for half in root.glob(PRUNED_PREFIX + "*"):  # a prune that was interrupted
         if not result.dry_run:
             shutil.rmtree(half, ignore_errors=True)
-    if (root / "CURRENT").exists() and registry.current() is None:
+    if (root / CURRENT).exists() and registry.current() is None:
         result.models_skipped = ("models/CURRENT names no version in the registry, so the "
                                  "promoted model is unknown; run `pingo check`")
         logger.warning("not pruning models: %s", result.models_skipped)

@@ -1,22 +1,132 @@
-"""Model registry on disk: models/vNNNN/ folders and the atomically written models/CURRENT."""
+"""The model registry: models/vNNNN/ entries, models/CURRENT and the `models` DB table.
+
+This module is the registry's one owner. The entry contract (the trainer writes it, the
+factory loads it): model.keras (Keras 3; float32 RGB (N, size, size, 3) in 0..255, rescaling
+inside the model; softmax out), classes.json (class names in output order, each a safe folder
+name), config.json (at least image_size and arch). An entry is complete once metrics.json
+exists; an interrupted run leaves an entry without it (and a failed one leaves FAILED.txt),
+which is never promoted.
+
+Everything but deserialising Keras is here (storage never imports TensorFlow): reading and
+checking an entry's files, listing versions, promoting (CURRENT and the DB row together) and
+rolling back. vision.model loads the Keras model on top of ``read_entry``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
+from sqlalchemy import Engine, insert, select, update
+
+from core.config import check_safe_name
+from core.errors import PingoError
 from storage import files
-from storage.errors import StorageError
+from storage.db import iso, utcnow
+from storage.errors import ModelLoadError, RegistryEntryError, StorageError
+from storage.schema import models
 
 logger = logging.getLogger(__name__)
+
+MODEL = "model.keras"
+CLASSES = "classes.json"
+CONFIG = "config.json"
+METRICS = "metrics.json"             # written last: its presence marks the entry complete
+HISTORY = "history.csv"
+MANIFEST = "manifest.json"
+CONFUSION_PLOT = "confusion_matrix.png"
+FAILED = "FAILED.txt"
+CURRENT = "CURRENT"                  # models/CURRENT: the promoted version, written atomically
 
 _VERSION = re.compile(r"^v\d{4,}$")
 
 
+@dataclass(frozen=True)
+class EntryInfo:
+    """An entry's metadata, checked: what a loader needs besides the Keras file."""
+
+    version: str
+    folder: Path
+    classes: list[str]
+    config: dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    @property
+    def model_file(self) -> Path:
+        return self.folder / MODEL
+
+
+def cannot_load(version: str, exc: BaseException) -> ModelLoadError:
+    """The one message for an entry file that is missing or does not read back."""
+    return ModelLoadError(f"{version}: cannot load the model ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})")
+
+
+def read_entry(folder: Path) -> EntryInfo:
+    """An entry's classes.json and config.json, checked; raise ModelLoadError if unusable.
+
+    Checks: every contract file is there, classes.json is a list of safe class names (they
+    become folders), config.json records an integer image_size (the model's input size).
+    """
+    folder = Path(folder)
+    version = folder.name
+    try:
+        classes = json.loads((folder / CLASSES).read_text(encoding="utf-8"))
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+        if not (folder / MODEL).is_file():
+            raise FileNotFoundError(f"no {MODEL} in {folder}")
+    except (OSError, ValueError) as exc:
+        raise cannot_load(version, exc) from exc
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise ModelLoadError(f"{version}: {CLASSES} is not a list of class names")
+    for name in classes:
+        try:
+            check_safe_name(name)
+        except PingoError as exc:
+            raise ModelLoadError(f"{version}: {CLASSES}: {exc}") from None
+    size = config.get("image_size") if isinstance(config, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ModelLoadError(f"{version}: {CONFIG} records no image_size (got {size!r})")
+    return EntryInfo(version, folder, classes, config)
+
+
+def entry_state(folder: Path) -> str:
+    """complete / failed / incomplete (interrupted or still training)."""
+    if (folder / METRICS).is_file():
+        return "complete"
+    if (folder / FAILED).is_file():
+        return "failed"
+    return "incomplete"
+
+
+def read_metrics(folder: Path) -> dict[str, Any] | None:
+    try:
+        metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def passed_gate(folder: Path) -> bool:
+    """Whether the entry was promoted when it was trained (it served before)."""
+    return bool(((read_metrics(folder) or {}).get("gate") or {}).get("promoted"))
+
+
 class ModelRegistry:
-    def __init__(self, root: Path):
+    """models/ under data_dir and the `models` table; ``Store.registry`` is the instance."""
+
+    def __init__(self, root: Path, engine: Engine):
         self.root = Path(root)
+        self.engine = engine
+
+    # ---- folders -------------------------------------------------------------------------
 
     def versions(self) -> list[str]:
         """Existing version folders, oldest first."""
@@ -59,7 +169,7 @@ class ModelRegistry:
     def current(self) -> str | None:
         """The promoted version, or None when nothing is promoted yet."""
         try:
-            version = (self.root / "CURRENT").read_text(encoding="utf-8").strip()
+            version = (self.root / CURRENT).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
         if not _VERSION.match(version) or not (self.root / version).is_dir():
@@ -71,15 +181,135 @@ class ModelRegistry:
         version = self.current()
         return None if version is None else self.root / version
 
-    def promote(self, version: str) -> None:
-        """Point models/CURRENT at ``version`` (readers see the old or the new, never half).
+    # ---- entries -------------------------------------------------------------------------
+
+    def entry(self, version: str) -> EntryInfo:
+        """``version``'s checked metadata (read_entry); ModelLoadError when unusable."""
+        return read_entry(self.path(version))
+
+    def promotable(self, version: str) -> EntryInfo:
+        """Raise RegistryEntryError/ModelLoadError unless ``version`` exists, is complete and
+        its files are usable; the Keras model itself is vision.model's to check."""
+        folder = self.path(version)
+        if not folder.is_dir():
+            raise RegistryEntryError(f"model version {version} does not exist")
+        state = entry_state(folder)
+        if state != "complete":
+            raise RegistryEntryError(f"model {version} is {state} (its training did not "
+                                     "finish); it cannot be promoted")
+        return read_entry(folder)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every version folder, oldest first, with its state, test metrics and gate note."""
+        current = self.current()
+        rows = {r["version"]: r for r in self.rows()}
+        out = []
+        for version in self.versions():
+            folder = self.path(version)
+            metrics = read_metrics(folder) or {}
+            test = metrics.get("test", {})
+            row = rows.get(version, {})
+            out.append({
+                "version": version,
+                "state": entry_state(folder),
+                "current": version == current,
+                "created": row.get("created"),
+                "test_accuracy": test.get("accuracy"),
+                "test_loss": test.get("loss"),
+                "test_images": test.get("images"),
+                "arch": (row.get("metrics") or {}).get("arch"),
+                "image_size": (row.get("metrics") or {}).get("image_size"),
+                "passed_gate": (metrics.get("gate") or {}).get("promoted"),
+                "note": row.get("note") or (metrics.get("gate") or {}).get("reason"),
+                "path": str(folder),
+            })
+        return out
+
+    # ---- the models table ------------------------------------------------------------------
+
+    def record(self, version: str, metrics: dict | None, manifest_hash: str | None,
+               promoted: bool = False, note: str = "") -> None:
+        """One row per trained version: its summary metrics, dataset hash and gate note."""
+        with self.engine.begin() as conn:
+            if promoted:
+                conn.execute(update(models).values(promoted=False))
+            conn.execute(insert(models).values(
+                version=version, created=utcnow(), metrics=metrics, manifest_hash=manifest_hash,
+                promoted=promoted, note=note))
+
+    def register(self, version: str, metrics: dict | None, manifest_hash: str | None, *,
+                 promote: bool, reason: str) -> None:
+        """Record a newly trained version; only then, when it passed the promotion gate, put
+        it in service (a crash in between leaves it recorded, not promoted)."""
+        self.record(version, metrics, manifest_hash, promoted=False, note=reason)
+        if promote:
+            self.promote(version, reason)
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(models).order_by(models.c.version)).all()
+        return [{**r._mapping, "created": iso(r.created)} for r in rows]
+
+    def latest_row(self) -> dict[str, Any] | None:
+        """The newest trained version's row (promoted or not)."""
+        rows = self.rows()
+        return max(rows, key=lambda r: int(r["version"][1:])) if rows else None
+
+    # ---- promotion -----------------------------------------------------------------------
+
+    def promote(self, version: str, reason: str = "") -> None:
+        """Put ``version`` in service: models/CURRENT (atomically), then its DB row.
 
         The version's files and folder are fsynced first: after a power loss CURRENT never
-        names a model whose bytes did not reach the disk.
+        names a model whose bytes did not reach the disk. ``reason`` becomes the row's note
+        (empty: the note stays). Callers check the entry first (``promotable`` and
+        vision.model) unless they have just evaluated it.
         """
         folder = self.path(version)
         if not folder.is_dir():
-            raise StorageError(f"model version {version} does not exist")
+            raise RegistryEntryError(f"model version {version} does not exist")
+        previous = self.current()
         self.make_durable(folder)
-        files.atomic_write(self.root / "CURRENT", version + "\n")
-        logger.info("promoted model %s", version)
+        files.atomic_write(self.root / CURRENT, version + "\n")
+        with self.engine.begin() as conn:
+            conn.execute(update(models).values(promoted=False))
+            conn.execute(update(models).where(models.c.version == version)
+                         .values(promoted=True, note=reason or models.c.note))
+        logger.info("models/CURRENT: %s -> %s", previous, version)
+
+    def rollback_order(self, current: str) -> list[str]:
+        """Versions older than ``current`` in the order a rollback tries them: those that
+        passed their promotion gate when trained (they served before) first, newest first."""
+        older = [v for v in reversed(self.versions()) if int(v[1:]) < int(current[1:])]
+        served = [v for v in older if passed_gate(self.path(v))]
+        return served + [v for v in older if v not in served]
+
+    def previous_version(self, current: str) -> str | None:
+        """The version a rollback returns to first, when it loads: the newest older one that
+        was promoted when trained, else the newest older complete one."""
+        complete = [v for v in self.rollback_order(current)
+                    if entry_state(self.path(v)) == "complete"]
+        return complete[0] if complete else None
+
+    def rollback(self, check: Callable[[str], Any]) -> tuple[str, str]:
+        """Promote the newest usable version older than CURRENT; return (old, new).
+
+        ``check(version)`` raises RegistryEntryError/ModelLoadError for a version that cannot
+        serve (vision.model.check_promotable: files and the Keras model).
+        """
+        current = self.current()
+        if current is None:
+            raise RegistryEntryError("no model is promoted, so there is nothing to roll back "
+                                     "from")
+        problems = []
+        for version in self.rollback_order(current):
+            try:
+                check(version)
+            except (RegistryEntryError, ModelLoadError) as exc:
+                problems.append(str(exc))
+                continue
+            self.promote(version, f"rolled back from {current}")
+            return current, version
+        detail = ("; ".join(problems[:3])) if problems else "it is the oldest version"
+        raise RegistryEntryError(f"no older usable model to roll back to from {current}: "
+                                 f"{detail}")

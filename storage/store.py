@@ -36,12 +36,11 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage import files
-from storage.db import begin, make_engine
+from storage.db import begin, iso, make_engine, utcnow
 from storage.errors import (DuplicateImageError, ImageFileMissingError, ImageNotFoundError,
                             MoveConflictError, MoveRefusedError)
 from storage.registry import ModelRegistry
-from storage.schema import (daily_counts, images, migrate, models, pending_moves, runs,
-                            urls)
+from storage.schema import daily_counts, images, migrate, pending_moves, runs, urls
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +57,6 @@ PROCESSING_ERROR = "processing_error"
 SET_ASIDE = (FILE_MISSING, PROCESSING_ERROR)
 # A row the factory failed on this many times is set aside (rejected/processing_error/).
 MAX_FAILURES = 2
-
-
-def utcnow() -> datetime:
-    """Naive UTC (SQLite keeps no zone; every timestamp pingo writes is UTC)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.replace(tzinfo=timezone.utc).isoformat()
 
 
 @dataclass(frozen=True)
@@ -140,7 +130,7 @@ class Store:
     def __init__(self, data_dir: Path, engine: Engine):
         self.data_dir = Path(data_dir).resolve()
         self.engine = engine
-        self.registry = ModelRegistry(self.data_dir / "models")
+        self.registry = ModelRegistry(self.data_dir / "models", engine)
 
     @classmethod
     def open(cls, data_dir: str | Path, db_url: str | None = None, *,
@@ -809,28 +799,6 @@ class Store:
             rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
         return [{**r._mapping, "started": iso(r.started), "finished": iso(r.finished)}
                 for r in rows]
-
-    # ---- models ------------------------------------------------------------------------------
-
-    def record_model(self, version: str, metrics: dict | None, manifest_hash: str | None,
-                     promoted: bool, note: str = "") -> None:
-        with self.engine.begin() as conn:
-            if promoted:
-                conn.execute(update(models).values(promoted=False))
-            conn.execute(insert(models).values(
-                version=version, created=utcnow(), metrics=metrics, manifest_hash=manifest_hash,
-                promoted=promoted, note=note))
-
-    def mark_promoted(self, version: str, note: str = "") -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(models).values(promoted=False))
-            conn.execute(update(models).where(models.c.version == version)
-                         .values(promoted=True, note=note or models.c.note))
-
-    def model_rows(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(models).order_by(models.c.version)).all()
-        return [{**r._mapping, "created": iso(r.created)} for r in rows]
 
 
 def _ts(value: datetime | None) -> float | None:

@@ -12,8 +12,8 @@ import pytest
 from child_process import start_script
 from dataset_factory import process_inbox
 from dataset_factory.dedupe import index_path
-from dataset_factory.errors import ModelLoadError
 from dataset_factory.index import NearDuplicateIndex
+from storage.errors import ModelLoadError
 from factory_helpers import (assert_consistent, encode, jpeg_of, pattern_image,
                                   save_color_model)
 
@@ -78,7 +78,8 @@ def test_auto_sort_with_the_promoted_model(project):
 def test_batch_predictions_equal_single_image_predictions(project):
     import numpy as np
 
-    from dataset_factory.classify import Classifier, load_image_array
+    from dataset_factory.classify import Classifier
+    from vision.pixels import load_pixels
     with project.store() as store:
         save_color_model(store)
         paths = []
@@ -87,8 +88,8 @@ def test_batch_predictions_equal_single_image_predictions(project):
             paths.append(str(store.abspath(store.get_image(image_id)["path"])))
         clf = Classifier.from_registry(store.registry)
         batched = clf.predict_probs(paths, batch_size=5)
-        single = np.concatenate([clf.model.predict(load_image_array(p, 16)[None], verbose=0)
-                                 for p in paths])
+        single = np.concatenate([clf.model.predict(load_pixels(p, 16)[None].astype("float32"),
+                                                   verbose=0) for p in paths])
         np.testing.assert_allclose(batched, single, atol=1e-5)
 
 

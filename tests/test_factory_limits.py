@@ -12,8 +12,8 @@ from dataset_factory.cache import BoundedCache
 from dataset_factory.dedupe import Deduper, Kept, index_path, open_index
 from dataset_factory.hash_pool import Analyser, Job, Settings, analyse
 from dataset_factory.index import NearDuplicateIndex
-from dataset_factory.validate import Limits
 from factory_helpers import encode, pattern_image
+from vision.decode import Limits
 
 
 class Row(dict):
@@ -152,20 +152,16 @@ def test_an_image_over_factory_max_pixels_is_rejected_with_its_size(project, siz
 def test_every_decoder_uses_the_configured_pixel_limit(sized):
     """Classification, training and the duplicate verifier read images under the limit the
     factory validated them with: the one passed in, never a default of their own."""
-    from dataset_factory.classify import decode_resized, load_image_array
-    from dataset_factory.errors import InvalidImage
-    from trainer.pixels import load_pixels
+    from vision.errors import InvalidImage
+    from vision.pixels import load_pixels
 
-    assert decode_resized(str(sized["under"]), 32, LIMIT).shape == (32, 32, 3)
-    with pytest.raises(InvalidImage) as info:
-        decode_resized(str(sized["over"]), 32, LIMIT)
-    assert info.value.reason == "too_many_pixels"
     assert load_pixels(str(sized["under"]), 32, LIMIT).shape == (32, 32, 3)
-    with pytest.raises(ValueError, match="over factory.max_pixels"):
+    with pytest.raises(InvalidImage, match="over factory.max_pixels") as info:
         load_pixels(str(sized["over"]), 32, LIMIT)
-    assert load_image_array(str(sized["under"]), 32, LIMIT).any()
+    assert info.value.reason == "too_many_pixels"
+    assert load_pixels(str(sized["under"]), 32, LIMIT).any()
     # a limit above the default is honoured too (the over image is fine at 2x LIMIT)
-    assert decode_resized(str(sized["over"]), 32, 2 * LIMIT).shape == (32, 32, 3)
+    assert load_pixels(str(sized["over"]), 32, 2 * LIMIT).shape == (32, 32, 3)
 
     paths = {1: str(sized["under"]), 2: str(sized["over"])}
     deduper = Deduper(NearDuplicateIndex("phash"), max_distance=6, hard=True, hard_distance=14,
@@ -180,8 +176,8 @@ def test_decoding_leaves_process_wide_state_alone_and_is_thread_safe(sized):
     import threading
     import warnings
 
-    from dataset_factory.errors import InvalidImage
-    from dataset_factory.validate import decode
+    from vision.decode import decode
+    from vision.errors import InvalidImage
 
     before = (Image.MAX_IMAGE_PIXELS, list(warnings.filters))
     wrong: list[str] = []

@@ -53,7 +53,7 @@ def test_promote_then_rollback(two_models):
     out = two_models.cli("models", "promote", "v0002")
     assert out.exit_code == 0 and current(two_models) == "v0002"
     with two_models.store() as store:
-        assert {r["version"]: r["promoted"] for r in store.model_rows()} == {
+        assert {r["version"]: r["promoted"] for r in store.registry.rows()} == {
             "v0001": False, "v0002": True}
     back = two_models.cli("models", "rollback")
     assert back.exit_code == 0 and "from v0002 to v0001" in back.output

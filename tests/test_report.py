@@ -21,10 +21,9 @@ def fill_store(project):
         v2, p2 = store.registry.new_version()
         from PIL import Image
         Image.new("RGB", (200, 100), "blue").save(p2 / "seed_cnn_32_2_0.9000_0.3000.png")
-        store.record_model(v1, {"accuracy": 0.61}, "h1", promoted=True, note="first model")
-        store.record_model(v2, {"accuracy": 0.9}, "h2", promoted=False, note="promoted later")
+        store.registry.record(v1, {"accuracy": 0.61}, "h1", promoted=True, note="first model")
+        store.registry.record(v2, {"accuracy": 0.9}, "h2", promoted=False, note="promoted later")
         store.registry.promote(v2)
-        store.mark_promoted(v2)
         store.snapshot_counts(project.config.targets)
 
 

@@ -156,10 +156,10 @@ def test_registry_versions_and_atomic_current(store):
     assert (store.data_dir / "models" / "CURRENT").read_text() == "v0001\n"
     with pytest.raises(StorageError):
         reg.promote("v0009")
-    store.record_model(v1, {"accuracy": 0.5}, "abc", promoted=True)
-    store.record_model(v2, {"accuracy": 0.7}, "abd", promoted=False, note="worse")
-    store.mark_promoted(v2)
-    assert [m["promoted"] for m in store.model_rows()] == [False, True]
+    reg.record(v1, {"accuracy": 0.5}, "abc", promoted=True)
+    reg.record(v2, {"accuracy": 0.7}, "abd", promoted=False, note="worse")
+    reg.promote(v2)
+    assert [m["promoted"] for m in reg.rows()] == [False, True]
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

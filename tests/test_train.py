@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def test_first_model_is_a_complete_registry_entry_and_is_promoted(trained, trained_template):
     import keras
 
-    from trainer.data import decode_resize
+    from vision.pixels import load_pixels
     result = trained_template[1]
     assert result.promoted and "first model" in result.reason
     folder = trained.entry()
@@ -59,7 +59,7 @@ def test_first_model_is_a_complete_registry_entry_and_is_promoted(trained, train
     manifest = json.loads((folder / "manifest.json").read_text())
     with trained.store() as store:
         accepted = {f"{r['label']}/{r['sha256']}": r for r in store.iter_images(status="accepted")}
-        (row,) = store.model_rows()
+        (row,) = store.registry.rows()
     listed = [h for split in ("train", "val", "test") for h in manifest["splits"][split]]
     assert sorted(listed) == sorted(accepted)
     assert len(manifest["splits"]["test"]) == test["images"]
@@ -69,7 +69,7 @@ def test_first_model_is_a_complete_registry_entry_and_is_promoted(trained, train
     # recorded accuracy is what this file really scores on the test images.
     model = keras.models.load_model(folder / "model.keras", safe_mode=True)
     test_rows = [accepted[h] for h in manifest["splits"]["test"]]
-    images = np.stack([decode_resize(str(trained.config.data_dir / r["path"]), 32).numpy()
+    images = np.stack([load_pixels(str(trained.config.data_dir / r["path"]), 32)
                        for r in test_rows]).astype("float32")
     probs = model.predict(images, verbose=0)
     assert probs.shape == (len(test_rows), 3)
@@ -108,7 +108,8 @@ def test_training_waits_until_the_dataset_changes(trained):
 def test_new_model_is_judged_against_the_current_one_on_the_same_test_split(trained):
     """After images are added, the gate scores the current model on the *new* test split,
     and every image keeps the split it had."""
-    from trainer.entry import evaluate_on, load_entry_model
+    from trainer.evaluate import evaluate_on
+    from vision.model import load_model
     from trainer.run import train
     old_manifest = json.loads((trained.entry() / "manifest.json").read_text())
     with trained.store() as store:
@@ -126,7 +127,7 @@ def test_new_model_is_judged_against_the_current_one_on_the_same_test_split(trai
     from trainer.data import plan_from_store
     with trained.store() as store:
         plan = plan_from_store(store, CLASSES, 0.15, 0.15)
-    old = evaluate_on(load_entry_model(trained.entry("v0001")), plan.split("test"), 8)
+    old = evaluate_on(load_model(trained.entry("v0001")), plan.split("test"), 8)
     assert gate["current_accuracy"] == pytest.approx(old["accuracy"])
     assert gate["test_images"] == old["images"] == len(new_manifest["splits"]["test"])
     assert result.promoted == (gate["new_accuracy"] >= gate["current_accuracy"])
@@ -139,7 +140,7 @@ def test_worse_model_is_not_promoted(trained):
         # learning_rate 0: the weights never move, so the model stays at its random start.
         result = train(trained.config, store, force=True,
                        overrides={"learning_rate": 0.0, "epochs": 1, "seed": 7})
-        rows = {r["version"]: r for r in store.model_rows()}
+        rows = {r["version"]: r for r in store.registry.rows()}
         current = store.registry.current()
     gate = json.loads((trained.entry("v0002") / "metrics.json").read_text())["gate"]
     assert gate["new_accuracy"] < gate["current_accuracy"]
@@ -162,18 +163,18 @@ def test_a_margin_makes_promotion_stricter(trained):
 
 def test_a_model_file_that_does_not_load_leaves_the_previous_model_in_service(trained,
                                                                                monkeypatch):
-    from trainer import entry
-    from trainer.errors import ModelLoadError
+    from storage.errors import ModelLoadError
+    from trainer import registry_writer
     from trainer.run import train
 
     def broken_save(model, path):  # a disk that garbles the file: nothing else provokes it
         path.write_bytes(b"PK\x03\x04 not really a keras archive")
-    monkeypatch.setattr(entry, "save_model", broken_save)
+    monkeypatch.setattr(registry_writer, "save_model", broken_save)
     with trained.store() as store:
         with pytest.raises(ModelLoadError, match="v0002: cannot load the model"):
             train(trained.config, store, force=True, overrides={"epochs": 1})
         assert store.registry.current() == "v0001"
-        assert [r["version"] for r in store.model_rows()] == ["v0001"]
+        assert [r["version"] for r in store.registry.rows()] == ["v0001"]
     assert (trained.entry("v0002") / "FAILED.txt").exists()
     assert not (trained.entry("v0002") / "metrics.json").exists()
     listing = trained.cli("models")
@@ -217,14 +218,14 @@ def test_sigkill_mid_training_never_touches_current_and_the_next_run_carries_on(
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    from trainer.entry import entry_state
+    from storage.registry import entry_state
     assert entry_state(trained.entry("v0002")) == "incomplete"
     assert (trained.entry().parent / "CURRENT").read_text().strip() == "v0001"
 
     trained.config_path.write_text(CONFIG)
     from trainer.run import train
     with trained.store() as store:
-        assert [r["version"] for r in store.model_rows()] == ["v0001"]
+        assert [r["version"] for r in store.registry.rows()] == ["v0001"]
         result = train(trained.config, store, force=True, overrides={"epochs": 1})
         assert result.version == "v0003"
         assert store.registry.current() == ("v0003" if result.promoted else "v0001")
@@ -254,13 +255,14 @@ def test_backbone_weights_come_only_from_a_local_file(trained):
         build_model("small_cnn", 32, 3, str(trained.root / "mnv2.weights.h5"))
 
     # The nested keras.applications model survives the registry's save / safe-mode load.
-    from trainer.entry import load_entry_model, save_model
+    from trainer.registry_writer import save_model
+    from vision.model import load_model
     folder = trained.root / "entry"
     folder.mkdir()
     save_model(built, folder / "model.keras")
     (folder / "classes.json").write_text(json.dumps(CLASSES))
     (folder / "config.json").write_text(json.dumps({"image_size": 32, "arch": "mobilenet_v2"}))
-    loaded = load_entry_model(folder)
+    loaded = load_model(folder)
     probe = np.full((1, 32, 32, 3), 128.0, dtype="float32")
     np.testing.assert_allclose(loaded.model.predict(probe, verbose=0),
                                built.predict(probe, verbose=0), rtol=1e-5, atol=1e-6)

@@ -87,15 +87,17 @@ def test_too_few_images_is_a_named_error(project):
 
 
 def test_training_sees_the_same_pixels_the_factory_classifies(tmp_path):
-    """Train/serve parity: trainer.pixels against the factory's own loader, on the cases where
-    decoders differ (EXIF rotation, transparency, palette, grey, a large JPEG in draft mode)."""
+    """Train/serve parity: the trainer's tf.data pipeline against the factory's classifier
+    input (both built on vision.pixels), on the cases where decoders differ (EXIF rotation,
+    transparency, palette, grey, a large JPEG in draft mode)."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    from dataset_factory.classify import load_image_array
-    from trainer.pixels import load_pixels
+    from dataset_factory.classify import model_input
+    from trainer.data import Item, make_dataset
+    from vision.pixels import load_pixels
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (90, 60, 3), dtype=np.uint8)
     cases = {}
@@ -123,5 +125,8 @@ def test_training_sees_the_same_pixels_the_factory_classifies(tmp_path):
         path.write_bytes(payload)
         ours = load_pixels(str(path), 32)
         assert ours.dtype == np.uint8 and ours.shape == (32, 32, 3), name
-        np.testing.assert_array_equal(ours.astype(np.float32), load_image_array(str(path), 32),
-                                      err_msg=name)
+        item = Item(str(path), "x", "", "", "test")
+        (trained, _), = make_dataset([item], ["x"], 32, 1, training=False, cache=False)
+        (sorted_,) = model_input([str(path)], 32, 1)
+        np.testing.assert_array_equal(ours.astype(np.float32), trained.numpy()[0], err_msg=name)
+        np.testing.assert_array_equal(ours.astype(np.float32), sorted_.numpy()[0], err_msg=name)

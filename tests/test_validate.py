@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from dataset_factory import process_inbox
-from dataset_factory.errors import InvalidImage
-from dataset_factory.validate import Limits, decode
 from factory_helpers import assert_consistent, encode, hostile_files, pattern_image
+from vision.decode import Limits, decode
+from vision.errors import InvalidImage
 
 
 @pytest.fixture(scope="module")

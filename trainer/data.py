@@ -1,11 +1,12 @@
 """What the trainer learns from: the labelled images, their split, and the tf.data pipeline.
 
 Images come from the store (accepted rows, i.e. ``dataset/<class>/``) or from any folder laid
-out as ``<root>/<class>/<image>``. The pipeline decodes and resizes each file once (as the
-factory does when it classifies: trainer.pixels, under the same factory.max_pixels), caches
-the small uint8 result (in memory, or in a file under data_dir when it would pass
-train.cache_memory_mb: trainer.cache), then shuffles, batches, augments (training only, after the cache so every epoch sees new
-variants) and prefetches, all with AUTOTUNE parallelism.
+out as ``<root>/<class>/<image>``. The pipeline decodes and resizes each file once
+(vision.pixels.image_dataset, as the factory does when it classifies, under the same
+factory.max_pixels), caches the small uint8 result (in memory, or in a file under data_dir
+when it would pass train.cache_memory_mb: trainer.cache), then shuffles, batches, augments
+(training only, after the cache so every epoch sees new variants) and prefetches, all with
+AUTOTUNE parallelism.
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ from trainer.errors import NotEnoughDataError
 from trainer.split import SPLITS, assign_split, group_key
 
 logger = logging.getLogger(__name__)
-
-# How a file becomes model input (trainer.pixels); the factory prepares images the same way.
-RESIZE = {"library": "pillow", "method": "bilinear", "exif_transpose": True,
-          "alpha": "composited over white", "jpeg_draft": True, "keep_aspect": False}
-
 
 @dataclass(frozen=True)
 class Item:
@@ -133,21 +129,6 @@ def check_enough(plan: DatasetPlan) -> None:
 
 # ---- tf.data ------------------------------------------------------------------------------
 
-def decode_resize(path, image_size: int, max_pixels: int | None = None):
-    """File path tensor -> uint8 (image_size, image_size, 3), exactly as the factory sees it
-    (trainer.pixels: Pillow, EXIF orientation, alpha over white, bilinear resize, the same
-    factory.max_pixels; None: its default)."""
-    import tensorflow as tf
-
-    from dataset_factory.validate import DEFAULT_MAX_PIXELS
-    from trainer.pixels import load_pixels
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-    image = tf.numpy_function(lambda p: load_pixels(p, image_size, limit), [path], tf.uint8,
-                              stateful=False)
-    image.set_shape((image_size, image_size, 3))
-    return image
-
-
 def augmenter(seed: int):
     """Random flip, rotation, zoom and contrast; applied to training batches only."""
     import keras
@@ -168,13 +149,12 @@ def make_dataset(items: Sequence[Item], classes: Sequence[str], image_size: int,
     (trainer.cache decides which), False not at all. ``max_pixels``: factory.max_pixels.
     """
     import tensorflow as tf
+
+    from vision.pixels import image_dataset
     autotune = tf.data.AUTOTUNE
     index = {c: i for i, c in enumerate(classes)}
-    ds = tf.data.Dataset.from_tensor_slices(
-        ([i.path for i in items], [index[i.label] for i in items]))
-    ds = ds.map(lambda p, y: (decode_resize(p, image_size, max_pixels), y),
-                num_parallel_calls=autotune, deterministic=True)
-    ds = ds.ignore_errors(log_warning=True)
+    ds = image_dataset([i.path for i in items], image_size, max_pixels,
+                       labels=[index[i.label] for i in items], unreadable="skip")
     if isinstance(cache, str):
         ds = ds.cache(cache)
     elif cache:

@@ -13,11 +13,3 @@ class NotEnoughDataError(TrainerError):
 
 class UnknownArchError(TrainerError):
     """An architecture name that trainer.models does not define."""
-
-
-class ModelLoadError(TrainerError):
-    """A registry model.keras that Keras (safe mode) cannot load, or one that does not fit."""
-
-
-class RegistryEntryError(TrainerError):
-    """A model version that does not exist, is incomplete, or cannot be promoted."""

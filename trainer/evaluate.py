@@ -1,11 +1,17 @@
-"""Test-set metrics: accuracy, loss, per-class precision/recall/F1, confusion matrix."""
+"""Test-set metrics: accuracy, loss, per-class precision/recall/F1, confusion matrix; and
+scoring a registry model on a split (``evaluate_on``)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+from trainer import data
+
+if TYPE_CHECKING:
+    from vision.model import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +53,12 @@ def metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> di
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def evaluate_on(loaded: LoadedModel, items: Sequence[data.Item], batch_size: int,
+                max_pixels: int | None = None) -> dict[str, Any]:
+    """``metrics`` of a loaded registry model on ``items`` (read as the trainer reads them)."""
+    ds = data.make_dataset(items, loaded.classes, loaded.image_size, batch_size,
+                           training=False, cache=False, max_pixels=max_pixels)
+    y_true, probs = predict(loaded.model, ds)
+    return metrics(y_true, probs, loaded.classes)

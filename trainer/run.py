@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, TrainConfig, override
-from trainer import data, entry, gate
+from storage.registry import MODEL
+from trainer import data, promotion_gate, registry_writer, training_gate
 from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def effective_train_config(base: TrainConfig, overrides: dict[str, Any] | None) 
 def should_train(config: Config, store) -> tuple[bool, str]:
     """True when every class has reached its target and the dataset changed since the last
     model (any model trained, promoted or not); the reason says which condition decided."""
-    return gate.should_train(config, store)
+    return training_gate.should_train(config, store)
 
 
 def train(config: Config, store, force: bool = False, overrides: dict[str, Any] | None = None,
@@ -80,20 +81,23 @@ def train(config: Config, store, force: bool = False, overrides: dict[str, Any] 
     try:
         outcome = fit(plan, tc, placement, folder, progress=progress,
                       cache_dir=store.data_dir / "cache", max_pixels=config.factory.max_pixels)
-        written = entry.write_entry(folder, version, plan, tc, placement, outcome,
-                                    started=started, max_pixels=config.factory.max_pixels)
-        decision = gate.promotion_decision(store, config, tc, plan, written)
-        entry.finish_entry(folder, written, decision)
+        written = registry_writer.write_entry(folder, version, plan, tc, placement, outcome,
+                                              started=started,
+                                              max_pixels=config.factory.max_pixels)
+        decision = promotion_gate.promotion_decision(store, config, tc, plan, written)
+        registry_writer.finish_entry(folder, written, decision)
     except BaseException as exc:
-        entry.mark_failed(folder, exc)
+        registry_writer.mark_failed(folder, exc)
         logger.error("training %s failed (%s); models/CURRENT is unchanged", version,
                      type(exc).__name__)
         raise
-    gate.register(store, version, written, decision, plan.manifest_hash())
+    store.registry.register(version, registry_writer.summary(written, decision),
+                            plan.manifest_hash(), promote=decision.promoted,
+                            reason=decision.reason)
     logger.info("%s: test accuracy %.4f, loss %.4f; %s", version, written.test["accuracy"],
                 written.test["loss"], decision.reason)
     return TrainResult(True, decision.reason, version, decision.promoted, folder,
-                       entry.summary(written, decision))
+                       registry_writer.summary(written, decision))
 
 
 def _train_as_worker(plan, tc: TrainConfig, placement, progress: bool, cache_dir: Path,
@@ -102,11 +106,11 @@ def _train_as_worker(plan, tc: TrainConfig, placement, progress: bool, cache_dir
     must run every step and save), but writes nothing to the registry."""
     import tempfile
 
-    from trainer.entry import save_model
+    from trainer.registry_writer import save_model
     from trainer.fit import fit
     with tempfile.TemporaryDirectory(prefix="pingo-worker-") as scratch:
         outcome = fit(plan, tc, placement, Path(scratch), progress=progress,
                       cache_dir=cache_dir, max_pixels=max_pixels)
-        save_model(outcome.model, Path(scratch) / "model.keras")
+        save_model(outcome.model, Path(scratch) / MODEL)
     return TrainResult(True, f"trained as a worker on {placement.description}; the chief "
                        "writes the registry entry")

@@ -1,9 +1,7 @@
-"""One registry entry, models/vNNNN/: written file by file, metrics.json last.
+"""Writing one registry entry, models/vNNNN/: file by file, metrics.json last.
 
-The registry contract (the factory loads these): model.keras (Keras 3, float32 RGB 0..255 in,
-softmax out), classes.json (class names in output order), config.json (at least image_size and
-arch). An entry is complete once metrics.json exists; an interrupted run leaves an entry
-without it (and a failed one leaves FAILED.txt), which is never promoted.
+The trainer only writes entries; storage.registry owns their contract (file names, what
+makes one complete), listing and promotion, and vision.model loads them back.
 """
 
 from __future__ import annotations
@@ -17,27 +15,24 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import TrainConfig
 from storage.files import atomic_write, replace
+from storage.registry import (CLASSES, CONFIG, CONFUSION_PLOT, FAILED, HISTORY, MANIFEST,
+                              METRICS, MODEL)
 from trainer import data
-from trainer.errors import ModelLoadError
-from trainer.evaluate import metrics as compute_metrics
-from trainer.evaluate import predict
+from trainer.evaluate import evaluate_on
 from trainer.fit import CHECKPOINT, FitOutcome
 from trainer.plots import curve_name, plot_confusion, plot_curves
+from vision.model import load_model
+from vision.pixels import RESIZE
+
+if TYPE_CHECKING:
+    from trainer.devices import Placement
+    from trainer.promotion_gate import PromotionDecision
 
 logger = logging.getLogger(__name__)
-
-MODEL = "model.keras"
-CLASSES = "classes.json"
-CONFIG = "config.json"
-METRICS = "metrics.json"
-HISTORY = "history.csv"
-MANIFEST = "manifest.json"
-CONFUSION_PLOT = "confusion_matrix.png"
-FAILED = "FAILED.txt"
 
 
 @dataclass
@@ -54,17 +49,6 @@ class Written:
     train_seconds: float
 
 
-@dataclass
-class LoadedModel:
-    model: Any
-    classes: list[str]
-    config: dict[str, Any]
-
-    @property
-    def image_size(self) -> int:
-        return int(self.config["image_size"])
-
-
 def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
@@ -74,35 +58,6 @@ def save_model(model, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.partial.keras")
     model.save(str(tmp))
     replace(tmp, path)
-
-
-def load_entry_model(folder: Path) -> LoadedModel:
-    """Load a registry entry's model with Keras safe mode and check it fits classes.json."""
-    import keras
-    try:
-        classes = json.loads((folder / CLASSES).read_text(encoding="utf-8"))
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-        model = keras.models.load_model(str(folder / MODEL), safe_mode=True, compile=False)
-    except Exception as exc:  # any reason a file is missing or unreadable
-        raise ModelLoadError(f"{folder.name}: cannot load the model ({type(exc).__name__}: "
-                             f"{str(exc)[:200]})") from exc
-    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-        raise ModelLoadError(f"{folder.name}: {CLASSES} is not a list of class names")
-    size = config.get("image_size")
-    expected_in = (None, size, size, 3)
-    if tuple(model.input_shape) != expected_in or model.output_shape[-1] != len(classes):
-        raise ModelLoadError(f"{folder.name}: model takes {model.input_shape} and gives "
-                             f"{model.output_shape}, but the entry says {expected_in} -> "
-                             f"{len(classes)} classes")
-    return LoadedModel(model, classes, config)
-
-
-def evaluate_on(loaded: LoadedModel, items, batch_size: int, max_pixels: int | None = None
-                ) -> dict[str, Any]:
-    ds = data.make_dataset(items, loaded.classes, loaded.image_size, batch_size,
-                           training=False, cache=False, max_pixels=max_pixels)
-    y_true, probs = predict(loaded.model, ds)
-    return compute_metrics(y_true, probs, loaded.classes)
 
 
 def _history_csv(history: dict[str, list[float]]) -> str:
@@ -116,7 +71,7 @@ def _history_csv(history: dict[str, list[float]]) -> str:
 
 
 def write_entry(folder: Path, version: str, plan: data.DatasetPlan, tc: TrainConfig,
-                placement, outcome: FitOutcome, started: float,
+                placement: Placement, outcome: FitOutcome, started: float,
                 max_pixels: int | None = None) -> Written:
     """Everything but metrics.json: model, classes, config, history, manifest, plots."""
     import keras
@@ -129,7 +84,7 @@ def write_entry(folder: Path, version: str, plan: data.DatasetPlan, tc: TrainCon
         "image_size": tc.image_size,
         "classes": plan.classes,
         "input": {"dtype": "float32", "range": [0, 255], "channels": "RGB",
-                  "resize": data.RESIZE, "rescaling": "inside the model"},
+                  "resize": RESIZE, "rescaling": "inside the model"},
         "train": asdict(tc),
         "class_weights": ({plan.classes[i]: w for i, w in outcome.class_weights.items()}
                           if outcome.class_weights else None),
@@ -149,7 +104,7 @@ def write_entry(folder: Path, version: str, plan: data.DatasetPlan, tc: TrainCon
     (folder / CHECKPOINT).unlink(missing_ok=True)
 
     # Judge the file the factory will load, not the object in memory.
-    loaded = load_entry_model(folder)
+    loaded = load_model(folder)
     test = evaluate_on(loaded, plan.split("test"), tc.batch_size, max_pixels)
     name = curve_name(tc.arch, tc.image_size, outcome.epochs_run, test["accuracy"],
                       test["loss"])
@@ -161,7 +116,7 @@ def write_entry(folder: Path, version: str, plan: data.DatasetPlan, tc: TrainCon
                    outcome.epochs_run, outcome.best_epoch, outcome.seconds)
 
 
-def summary(written: Written, decision) -> dict[str, Any]:
+def summary(written: Written, decision: PromotionDecision) -> dict[str, Any]:
     """The compact metrics kept in the DB and returned to callers."""
     return {"test_accuracy": round(written.test["accuracy"], 6),
             "test_loss": round(written.test["loss"], 6),
@@ -171,7 +126,7 @@ def summary(written: Written, decision) -> dict[str, Any]:
             "train_seconds": round(written.train_seconds, 1), "promoted": decision.promoted}
 
 
-def finish_entry(folder: Path, written: Written, decision) -> None:
+def finish_entry(folder: Path, written: Written, decision: PromotionDecision) -> None:
     """metrics.json, written last: its presence marks the entry complete."""
     atomic_write(folder / METRICS, _json({
         "version": written.version,
@@ -192,19 +147,3 @@ def mark_failed(folder: Path, exc: BaseException) -> None:
         (folder / CHECKPOINT).unlink(missing_ok=True)
     except OSError:
         logger.exception("could not write %s in %s", FAILED, folder)
-
-
-def entry_state(folder: Path) -> str:
-    """complete / failed / incomplete (interrupted or still training)."""
-    if (folder / METRICS).is_file():
-        return "complete"
-    if (folder / FAILED).is_file():
-        return "failed"
-    return "incomplete"
-
-
-def read_metrics(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / METRICS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

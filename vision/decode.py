@@ -1,9 +1,11 @@
 """Decode-check one image file and normalise it to RGB, or say why it is refused.
 
-Every image is decoded completely (a truncated file fails here, not in training). JPEGs are decoded in draft mode:
-libjpeg scales by 1/2, 1/4 or 1/8 while decoding, which reads every byte of the stream (so
-damage is still found) but costs a fraction of a full-size decode. Nothing downstream needs
-more than ``draft_size`` pixels: hashes use 32x32, the verifier 64x64.
+The factory validates with it; hashing, the duplicate verifier, classification and training
+(vision.pixels) decode with it. Every image is decoded completely (a truncated file fails
+here, not in training). JPEGs are decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8
+while decoding, which reads every byte of the stream (so damage is still found) but costs a
+fraction of a full-size decode. Nothing downstream needs more than ``draft_size`` pixels:
+hashes use 32x32, the verifier 64x64.
 
 The pixel limit (``factory.max_pixels``) is this module's: every decoder in pingo (validation
 and hashing, the duplicate verifier, classification, training) goes through ``decode`` with
@@ -22,9 +24,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dataset_factory.errors import InvalidImage
 from core.config import FactoryConfig
 from core.imageformats import ALLOWED_FORMATS
+from vision.errors import InvalidImage
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,39 @@
+"""When to train: every class at its target and the dataset changed since the last model."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from trainer import data
+
+if TYPE_CHECKING:
+    from core.config import Config
+    from storage import Store
+
+logger = logging.getLogger(__name__)
+
+
+def dataset_hash(config: Config, store: Store) -> str:
+    """The manifest hash the next run would have (from the DB; no image is read)."""
+    tc = config.train
+    plan = data.plan_from_store(store, list(config.classes), tc.val_fraction, tc.test_fraction)
+    return plan.manifest_hash()
+
+
+def should_train(config: Config, store: Store) -> tuple[bool, str]:
+    """True when every class has reached its target and the dataset changed since the last
+    model (any model trained, promoted or not); the reason says which condition decided."""
+    if not config.classes:
+        return False, "no classes are configured"
+    stats = store.stats(config.targets)
+    below = [f"{name} {c['accepted']}/{c['target']}" for name, c in sorted(stats.classes.items())
+             if name in config.classes and c["accepted"] < c["target"]]
+    if below:
+        return False, "classes below target: " + ", ".join(below)
+    last = store.registry.latest_row()
+    if last is None:
+        return True, "every class is at target and there is no model yet"
+    if last["manifest_hash"] == dataset_hash(config, store):
+        return False, f"the dataset has not changed since model {last['version']}"
+    return True, f"every class is at target and the dataset changed since model {last['version']}"
