@@ -37,14 +37,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--dataset", default="sign-language-digits",
-                    help="folder under ../shared/datasets with <class>/ subfolders")
+    ap.add_argument(
+        "--dataset",
+        default="sign-language-digits",
+        help="folder under ../shared/datasets with <class>/ subfolders",
+    )
     ap.add_argument("--classes", nargs="*", help="class folders to serve (default: all)")
-    ap.add_argument("--per-class", type=int, default=None,
-                    help="photos served per class (default: all)")
+    ap.add_argument(
+        "--per-class", type=int, default=None, help="photos served per class (default: all)"
+    )
     ap.add_argument("--crawl-limit", type=int, default=5, help="new images per class per crawl")
-    ap.add_argument("--grace", type=float, default=30.0,
-                    help="seconds a stage may take to stop after SIGINT/SIGTERM")
+    ap.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds a stage may take to stop after SIGINT/SIGTERM",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the project folder")
     args = ap.parse_args()
 
@@ -61,16 +69,25 @@ def main() -> int:
     classes = sorted(p.name for p in photos.iterdir() if p.is_dir())
     faults: list[str] = []
     with make_server(photos, request_log=1_000_000).start() as site:
-        driver = Driver(work / "project", site.url, classes, seed=seed, grace=args.grace,
-                        crawl_limit=args.crawl_limit)
+        driver = Driver(
+            work / "project",
+            site.url,
+            classes,
+            seed=seed,
+            grace=args.grace,
+            crawl_limit=args.crawl_limit,
+        )
         chaos = Chaos(driver)
         started = time.monotonic()
         faults += chaos.warm_up()
         for number, (stage, signame) in enumerate(chaos.schedule(args.rounds), 1):
             r = chaos.round(number, stage, signame)
-            print(f"round {number:>3}: {r.kill.describe():<58} "
-                  f"{'landed' if r.landed else 'missed':<6} {r.seconds:6.1f}s"
-                  f"{'  FAULT' if r.faults else ''}", flush=True)
+            print(
+                f"round {number:>3}: {r.kill.describe():<58} "
+                f"{'landed' if r.landed else 'missed':<6} {r.seconds:6.1f}s"
+                f"{'  FAULT' if r.faults else ''}",
+                flush=True,
+            )
             for f in r.faults:
                 print("    " + f.replace("\n", "\n    "), flush=True)
             faults += r.faults
@@ -78,8 +95,10 @@ def main() -> int:
         total = time.monotonic() - started
     print()
     print(chaos.table())
-    print(f"  offered {sum(1 for _ in photos.glob('*/*'))} image URLs; outcomes "
-          f"{outcome_counts(driver.data_dir)}; {driver.runs} stage runs in {total:.0f}s")
+    print(
+        f"  offered {sum(1 for _ in photos.glob('*/*'))} image URLs; outcomes "
+        f"{outcome_counts(driver.data_dir)}; {driver.runs} stage runs in {total:.0f}s"
+    )
     print(f"  faults found: {len(faults)}")
     for f in faults:
         print("  - " + f.replace("\n", "\n    "))
@@ -87,6 +106,7 @@ def main() -> int:
         print(f"project kept at {work}")
     else:
         import shutil
+
         shutil.rmtree(work, ignore_errors=True)
     return 1 if faults else 0
 

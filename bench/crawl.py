@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.config import Config  # noqa: E402
 from crawler.demo_images import ensure_demo_images  # noqa: E402
 from crawler.demo_site import make_server  # noqa: E402
 from crawler.run import crawl  # noqa: E402
-from core.config import Config  # noqa: E402
 
 SIGN_DIGITS = ROOT.parent / "shared" / "datasets" / "sign-language-digits"
 logger = logging.getLogger("bench.crawl")
@@ -35,10 +35,15 @@ logger = logging.getLogger("bench.crawl")
 
 def project(url: str, classes: dict[str, tuple[str, int]], **crawl_settings) -> Config:
     tmp = Path(tempfile.mkdtemp(prefix="pingo-bench-crawl-"))
-    return Config.from_mapping({
-        "classes": {name: {"keywords": [kw], "target": target}
-                    for name, (kw, target) in classes.items()},
-        "crawl": {"demo_url": url, **crawl_settings}}, base_dir=tmp)
+    return Config.from_mapping(
+        {
+            "classes": {
+                name: {"keywords": [kw], "target": target} for name, (kw, target) in classes.items()
+            },
+            "crawl": {"demo_url": url, **crawl_settings},
+        },
+        base_dir=tmp,
+    )
 
 
 def render_rate(url: str, pages: int, drivers: int, on_reactor: bool) -> tuple[float, int, float]:
@@ -61,8 +66,11 @@ def bench_render(pages: int, drivers: int, delay: float) -> None:
         blocking = render_rate(site.url, pages, 1, on_reactor=True)
     print(f"\n(a) result pages rendered per second ({pages} pages, server delay {delay:.1f}s)")
     print(f"{'mode':<44} {'pages':>5} {'pages/s':>8} {'wall s':>7}")
-    print(f"{f'pool: {drivers} browsers on worker threads':<44} {pool[1]:>5} {pool[0]:>8.2f} {pool[2]:>7.1f}")
-    print(f"{'1 browser on the reactor thread (baseline)':<44} {blocking[1]:>5} {blocking[0]:>8.2f} {blocking[2]:>7.1f}")
+    for mode, (rate, rendered, wall) in (
+        (f"pool: {drivers} browsers on worker threads", pool),
+        ("1 browser on the reactor thread (baseline)", blocking),
+    ):
+        print(f"{mode:<44} {rendered:>5} {rate:>8.2f} {wall:>7.1f}")
     print(f"ratio pool/baseline: {pool[0] / blocking[0]:.2f}x")
 
 
@@ -71,9 +79,13 @@ def bench_download(folder: Path, concurrency: int, image_delay: float = 0.0) -> 
     with make_server(folder, page_size=100, image_delay=image_delay).start() as site:
         # One query naming every folder: one page (scrolled to the end) lists every image,
         # so the download window measures downloading, not waiting for renders.
-        config = project(site.url, {"all": (" ".join(classes), 100_000)},
-                         concurrency=concurrency, per_query_limit=5000,
-                         profiles={"demo": {"max_scrolls": 200}})
+        config = project(
+            site.url,
+            {"all": (" ".join(classes), 100_000)},
+            concurrency=concurrency,
+            per_query_limit=5000,
+            profiles={"demo": {"max_scrolls": 200}},
+        )
         start = time.monotonic()
         summary = crawl(config)
         wall = time.monotonic() - start
@@ -90,18 +102,28 @@ def bench_download(folder: Path, concurrency: int, image_delay: float = 0.0) -> 
                 r.read()
         bytes_only = time.monotonic() - t0
     refused = sum(sum(c.refused.values()) for c in summary.classes.values())
-    print(f"\n(b) images per second into the inbox from {folder} ({len(urls)} images"
-          + (f", server delay {image_delay * 1000:.0f} ms per image)" if image_delay else ")"))
+    print(
+        f"\n(b) images per second into the inbox from {folder} ({len(urls)} images"
+        + (f", server delay {image_delay * 1000:.0f} ms per image)" if image_delay else ")")
+    )
     print(f"{'mode':<44} {'images':>6} {'img/s':>8} {'wall s':>7}")
-    print(f"{f'scrapy + inbox pipeline (concurrency {concurrency})':<44} {stored:>6} "
-          f"{stored / window:>8.1f} {wall:>7.1f}")
-    print(f"{'urllib one at a time, same checks + Store':<44} {len(urls):>6} "
-          f"{len(urls) / naive:>8.1f} {naive:>7.1f}")
-    print(f"{'urllib one at a time, bytes only (ceiling)':<44} {len(urls):>6} "
-          f"{len(urls) / bytes_only:>8.1f} {bytes_only:>7.1f}")
-    print(f"ratio scrapy/urllib+Store: {(stored / window) / (len(urls) / naive):.2f}x; "
-          f"duplicates {s.get('file_status_count/duplicate', 0)}, refused {refused}; "
-          f"crawl incl. browser start and page renders: {stored / wall:.1f} img/s")
+    print(
+        f"{f'scrapy + inbox pipeline (concurrency {concurrency})':<44} {stored:>6} "
+        f"{stored / window:>8.1f} {wall:>7.1f}"
+    )
+    print(
+        f"{'urllib one at a time, same checks + Store':<44} {len(urls):>6} "
+        f"{len(urls) / naive:>8.1f} {naive:>7.1f}"
+    )
+    print(
+        f"{'urllib one at a time, bytes only (ceiling)':<44} {len(urls):>6} "
+        f"{len(urls) / bytes_only:>8.1f} {bytes_only:>7.1f}"
+    )
+    print(
+        f"ratio scrapy/urllib+Store: {(stored / window) / (len(urls) / naive):.2f}x; "
+        f"duplicates {s.get('file_status_count/duplicate', 0)}, refused {refused}; "
+        f"crawl incl. browser start and page renders: {stored / wall:.1f} img/s"
+    )
 
 
 def naive_store(urls: list[str]) -> float:
@@ -117,8 +139,15 @@ def naive_store(urls: list[str]) -> float:
                 body, ctype = r.read(), r.headers.get("Content-Type", "")
             try:
                 ext, w, h = check_image(body, ctype, 16, 40_000_000)
-                image_id = store.add_image(body, keyword_class="all", source="demo", ext=ext,
-                                           source_url=u, width=w, height=h)
+                image_id = store.add_image(
+                    body,
+                    keyword_class="all",
+                    source="demo",
+                    ext=ext,
+                    source_url=u,
+                    width=w,
+                    height=h,
+                )
             except (ImageRefused, DuplicateImageError):
                 image_id = None
             store.record_url(u, "stored", image_id)
@@ -132,8 +161,12 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=1.0, help="server delay per page (a)")
     parser.add_argument("--images", type=Path, default=SIGN_DIGITS, help="folder to serve (b)")
     parser.add_argument("--concurrency", type=int, default=16, help="parallel downloads (b)")
-    parser.add_argument("--image-delay", type=float, default=0.0,
-                        help="server delay per image in seconds, like network latency (b)")
+    parser.add_argument(
+        "--image-delay",
+        type=float,
+        default=0.0,
+        help="server delay per image in seconds, like network latency (b)",
+    )
     parser.add_argument("--only", choices=["render", "download"])
     args = parser.parse_args()
     if args.only != "download":

@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=2.0, help="decode time limit (b)")
     args = parser.parse_args()
 
-    files = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in
-                   (".jpg", ".jpeg", ".png"))[:args.count]
+    files = sorted(
+        p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )[: args.count]
     bodies = [(f.read_bytes(), "image/jpeg") for f in files]
     checker = ImageChecker(16, 40_000_000, args.timeout)
     try:
@@ -50,10 +51,13 @@ def main() -> None:
         n = len(bodies)
         print(f"(a) {n} images, {sum(len(b) for b, _ in bodies) / n / 1024:.1f} kB each")
         print(f"    in the thread    {inline / n * 1000:7.2f} ms/image")
-        print(f"    worker process   {bounded / n * 1000:7.2f} ms/image"
-              f"   ratio {bounded / inline:.2f}x")
+        print(
+            f"    worker process   {bounded / n * 1000:7.2f} ms/image"
+            f"   ratio {bounded / inline:.2f}x"
+        )
 
         from test_crawl_resources import scan_bomb
+
         bomb = scan_bomb(repeats=args.scans)
         t0 = time.perf_counter()
         checker.check(bomb, "image/jpeg")
@@ -63,8 +67,10 @@ def main() -> None:
         unbounded = time.perf_counter() - t0
         print(f"(b) scan bomb, {args.scans} scans, {len(bomb) / 1024:.0f} kB")
         print(f"    in the thread    {unbounded:7.1f} s, then stored")
-        print(f"    worker process   {refused:7.1f} s, refused as not_image"
-              f"   ratio {unbounded / refused:.1f}x")
+        print(
+            f"    worker process   {refused:7.1f} s, refused as not_image"
+            f"   ratio {unbounded / refused:.1f}x"
+        )
     finally:
         checker.close()
 

@@ -65,6 +65,7 @@ def inbox_files(n: int) -> list[tuple[bytes, str]]:
     import io
 
     from PIL import Image
+
     photos = sorted(DATASET.glob("*/*.JPG"))
     photos = random.Random(1).sample(photos, min(n, len(photos)))
     out = [(p.read_bytes(), "jpg") for p in photos]
@@ -86,6 +87,7 @@ class Database:
         if self.backend == "sqlite":
             return None
         from sqlalchemy import create_engine, text
+
         self.admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         self.name = f"pingo_bench_{uuid.uuid4().hex[:10]}"
         with self.admin.connect() as conn:
@@ -95,6 +97,7 @@ class Database:
     def __exit__(self, *exc):
         if self.name:
             from sqlalchemy import text
+
             with self.admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
             self.admin.dispose()
@@ -102,6 +105,7 @@ class Database:
 
 def pg_available() -> bool:
     from sqlalchemy import create_engine, text
+
     try:
         engine = create_engine(PG_ADMIN_URL)
         with engine.connect() as conn:
@@ -114,6 +118,7 @@ def pg_available() -> bool:
 
 def _children_cpu() -> float:
     import resource
+
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -122,19 +127,24 @@ def run_once(files, backend: str, workers: int, pool: int, chunk: int) -> dict:
     from core.config import load_config
     from storage import Store
 
-    with tempfile.TemporaryDirectory(prefix="pingo-bench-dist-") as tmp, \
-            Database(backend) as db_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="pingo-bench-dist-") as tmp,
+        Database(backend) as db_url,
+    ):
         tmp = Path(tmp)
         config_path = tmp / "pingo.toml"
-        config_path.write_text(textwrap.dedent(f"""
+        config_path.write_text(
+            textwrap.dedent(f"""
             [project]
-            data_dir = "{tmp / 'data'}"
+            data_dir = "{tmp / "data"}"
             [classes.hand]
             target = 100000
             [factory]
             workers = {pool}
             chunk_size = {chunk}
-            """) + (f'[storage]\ndb_url = "{db_url}"\n' if db_url else ""))
+            """)
+            + (f'[storage]\ndb_url = "{db_url}"\n' if db_url else "")
+        )
         config = load_config(config_path)
         with Store.from_config(config) as store:
             for data, ext in files:
@@ -146,9 +156,14 @@ def run_once(files, backend: str, workers: int, pool: int, chunk: int) -> dict:
         procs, ready = [], []
         for i in range(workers):
             ready.append(tmp / f"ready-{i}")
-            procs.append(subprocess.Popen(
-                [sys.executable, str(script), str(config_path), str(ready[-1]), str(go)],
-                env=env, stdout=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(script), str(config_path), str(ready[-1]), str(go)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         while not all(r.exists() for r in ready):
             if any(p.poll() is not None for p in procs):
                 raise SystemExit("a worker died at start")
@@ -168,10 +183,14 @@ def run_once(files, backend: str, workers: int, pool: int, chunk: int) -> dict:
             stats = store.stats(config.targets)
         if stats.inbox:
             raise SystemExit(f"{stats.inbox} images left in the inbox")
-        return {"rate": len(files) / wall, "wall": wall, "cpu_ms": 1000 * cpu / len(files),
-                "kept": stats.classes["hand"]["accepted"] + stats.classes["hand"]["review"],
-                "per_worker": [s["processed"] for s in summaries],
-                "lock": [(s["lock_wait_s"], s["lock_held_s"], s["deferred"]) for s in summaries]}
+        return {
+            "rate": len(files) / wall,
+            "wall": wall,
+            "cpu_ms": 1000 * cpu / len(files),
+            "kept": stats.classes["hand"]["accepted"] + stats.classes["hand"]["review"],
+            "per_worker": [s["processed"] for s in summaries],
+            "lock": [(s["lock_wait_s"], s["lock_held_s"], s["deferred"]) for s in summaries],
+        }
 
 
 def main() -> None:
@@ -179,15 +198,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320, help="real photos (copies added)")
     parser.add_argument("--chunk", type=int, default=64, help="factory.chunk_size")
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--pools", default="1",
-                        help="factory.workers values (hashing processes per worker; 0 = per core)")
+    parser.add_argument(
+        "--pools",
+        default="1",
+        help="factory.workers values (hashing processes per worker; 0 = per core)",
+    )
     args = parser.parse_args()
     files = inbox_files(args.images)
     backends = [b for b in args.backends.split(",") if b != "postgresql" or pg_available()]
-    print(f"inbox: {len(files)} images ({args.images} real photos + resized copies), "
-          f"chunk {args.chunk}, {os.cpu_count()} cores")
-    print(f"\n  {'configuration':<32} {'1 worker':>9} {'2 workers':>9} {'unit':<12} "
-          f"{'ratio':>6}")
+    print(
+        f"inbox: {len(files)} images ({args.images} real photos + resized copies), "
+        f"chunk {args.chunk}, {os.cpu_count()} cores"
+    )
+    print(f"\n  {'configuration':<32} {'1 worker':>9} {'2 workers':>9} {'unit':<12} {'ratio':>6}")
     for backend in backends:
         for pool in (int(p) for p in args.pools.split(",")):
             if pool == 0 and backend != "sqlite":
@@ -200,14 +223,26 @@ def main() -> None:
             held1 = sum(h for _, h, _ in one["lock"]) / one["wall"]
             held2 = sum(h for _, h, _ in two["lock"]) / two["wall"]
             for label, a, b, unit, ratio in (
-                    (name, one["rate"], two["rate"], "img/s", two["rate"] / one["rate"]),
-                    ("  CPU per image", one["cpu_ms"], two["cpu_ms"], "ms", two["cpu_ms"] / one["cpu_ms"]),
-                    ("  factory lock held", 100 * held1, 100 * held2, "% of wall", None)):
-                print(f"  {label:<32} {a:>9.1f} {b:>9.1f} {unit:<12} "
-                      + (f"{ratio:>5.2f}x" if ratio else ""), flush=True)
-            print(f"    kept {one['kept']} / {two['kept']}; 2-worker split "
-                  f"{'+'.join(map(str, two['per_worker']))}; wall {one['wall']:.1f}s vs "
-                  f"{two['wall']:.1f}s; lock (wait s, held s, deferred) {two['lock']}")
+                (name, one["rate"], two["rate"], "img/s", two["rate"] / one["rate"]),
+                (
+                    "  CPU per image",
+                    one["cpu_ms"],
+                    two["cpu_ms"],
+                    "ms",
+                    two["cpu_ms"] / one["cpu_ms"],
+                ),
+                ("  factory lock held", 100 * held1, 100 * held2, "% of wall", None),
+            ):
+                print(
+                    f"  {label:<32} {a:>9.1f} {b:>9.1f} {unit:<12} "
+                    + (f"{ratio:>5.2f}x" if ratio else ""),
+                    flush=True,
+                )
+            print(
+                f"    kept {one['kept']} / {two['kept']}; 2-worker split "
+                f"{'+'.join(map(str, two['per_worker']))}; wall {one['wall']:.1f}s vs "
+                f"{two['wall']:.1f}s; lock (wait s, held s, deferred) {two['lock']}"
+            )
 
 
 if __name__ == "__main__":

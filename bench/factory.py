@@ -41,12 +41,14 @@ def header(title, ours="pingo", theirs="baseline"):
 
 def make_big_jpegs(out: Path, n: int, side: int) -> list[Path]:
     from PIL import Image
-    photos = sorted(DATASET.glob("*/*"))[:: max(1, len(sorted(DATASET.glob('*/*'))) // n)][:n]
+
+    photos = sorted(DATASET.glob("*/*"))[:: max(1, len(sorted(DATASET.glob("*/*"))) // n)][:n]
     paths = []
     for i, p in enumerate(photos):
         dst = out / f"big_{i:04d}.jpg"
         Image.open(p).convert("RGB").resize((side, side), Image.Resampling.BICUBIC).save(
-            dst, "JPEG", quality=90)
+            dst, "JPEG", quality=90
+        )
         paths.append(dst)
     return paths
 
@@ -54,6 +56,7 @@ def make_big_jpegs(out: Path, n: int, side: int) -> list[Path]:
 def _rate(paths, settings, workers) -> tuple[float, float]:
     """(img/s with a warm pool, seconds the pool took to start)."""
     from dataset_factory.hash_pool import Analyser, Job
+
     t = time.perf_counter()
     with Analyser(settings, workers) as analyser:
         list(analyser.run([Job(-1, str(paths[0]))]))  # start the workers
@@ -70,6 +73,7 @@ def bench_hashing(n: int, side: int, workers: int) -> None:
     from PIL import Image
 
     from dataset_factory.hash_pool import Settings, worker_count
+
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_big_jpegs(Path(tmp), n, side)
         t = time.perf_counter()
@@ -79,8 +83,11 @@ def bench_hashing(n: int, side: int, workers: int) -> None:
         ours, start = _rate(paths, Settings(hard=False), workers)
         one, _ = _rate(paths, Settings(hard=False), 1)
         ours_hard, _ = _rate(paths, Settings(hard=True), workers)
-    header(f"(a) hashing {len(paths)} JPEGs of {side}x{side} ({side * side / 1e6:.1f} MP), "
-           f"{worker_count(workers)} workers", theirs="phash(open)")
+    header(
+        f"(a) hashing {len(paths)} JPEGs of {side}x{side} ({side * side / 1e6:.1f} MP), "
+        f"{worker_count(workers)} workers",
+        theirs="phash(open)",
+    )
     row("validate + phash (draft decode, pool)", ours, base, "img/s")
     row("validate + phash, one worker", one, base, "img/s")
     row("validate + phash + hard-edit views (pool)", ours_hard, base, "img/s")
@@ -89,12 +96,15 @@ def bench_hashing(n: int, side: int, workers: int) -> None:
 
 def bench_index(sizes: list[int], queries: int) -> None:
     from dataset_factory.index import HashArray, NearDuplicateIndex
+
     rng = np.random.default_rng(0)
-    header("(b) near-duplicate index, radius 6, one query at a time (one core)",
-           theirs="python loop")
+    header(
+        "(b) near-duplicate index, radius 6, one query at a time (one core)", theirs="python loop"
+    )
     for n in sizes:
-        hashes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + \
-            rng.integers(0, 2, n, dtype=np.int64).astype(np.uint64)
+        hashes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(
+            2
+        ) + rng.integers(0, 2, n, dtype=np.int64).astype(np.uint64)
         arr = HashArray(np.arange(n), hashes)
         qs = [int(h) ^ 0b101 for h in hashes[rng.integers(0, n, queries)]]
         arr.within(qs[0], 6)  # warm
@@ -109,8 +119,13 @@ def bench_index(sizes: list[int], queries: int) -> None:
         q = qs[0]
         _ = [i for i, h in enumerate(plain) if (h ^ q).bit_count() <= 6]
         loop_ms = (time.perf_counter() - t) * 1000 * (n / loop_n)
-        row(f"query at {n / 1e6:g}M hashes" + (" (loop scaled from 1M)" if loop_n < n else ""),
-            ours_ms, loop_ms, "ms/query", higher_is_better=False)
+        row(
+            f"query at {n / 1e6:g}M hashes" + (" (loop scaled from 1M)" if loop_n < n else ""),
+            ours_ms,
+            loop_ms,
+            "ms/query",
+            higher_is_better=False,
+        )
         if n == 1_000_000:
             index = NearDuplicateIndex("phash")
             index.main = HashArray(np.arange(n), hashes)
@@ -123,10 +138,17 @@ def bench_index(sizes: list[int], queries: int) -> None:
             t = time.perf_counter()
             np.concatenate([index.main.hashes[:n], one])  # what one add costs without spare room
             copy_ms = (time.perf_counter() - t) * 1000
-            row("add 10k hashes one by one to a 1M index", add_ms, copy_ms * 10_000, "ms",
-                higher_is_better=False)
-            print(f"  {'':<44} (baseline: re-concatenating the array for each add, "
-                  f"{copy_ms:.1f} ms x 10k)")
+            row(
+                "add 10k hashes one by one to a 1M index",
+                add_ms,
+                copy_ms * 10_000,
+                "ms",
+                higher_is_better=False,
+            )
+            print(
+                f"  {'':<44} (baseline: re-concatenating the array for each add, "
+                f"{copy_ms:.1f} ms x 10k)"
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 t = time.perf_counter()
                 index.save(Path(tmp) / "i.npz")
@@ -142,14 +164,16 @@ def bench_sort(n: int, loop_n: int, image_size: int, batch_size: int) -> None:
     from trainer.models import build_model
     from vision.model import load_model
     from vision.pixels import load_pixels
+
     paths = [str(p) for p in sorted(DATASET.glob("*/*"))[:n]]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "v0001"
         model_dir.mkdir()
         build_model("small_cnn", image_size, 10).save(model_dir / "model.keras")  # pingo's own
         (model_dir / "classes.json").write_text(json.dumps([str(i) for i in range(10)]))
-        (model_dir / "config.json").write_text(json.dumps({"image_size": image_size,
-                                                           "arch": "small_cnn"}))
+        (model_dir / "config.json").write_text(
+            json.dumps({"image_size": image_size, "arch": "small_cnn"})
+        )
         clf = Classifier(load_model(model_dir))
         clf.predict(paths[:batch_size], batch_size)  # warm up (graph tracing)
         t = time.perf_counter()
@@ -160,8 +184,7 @@ def bench_sort(n: int, loop_n: int, image_size: int, batch_size: int) -> None:
         for p in paths[:loop_n]:
             clf.model.predict(load_pixels(p, image_size)[None].astype("float32"), verbose=0)
         base = loop_n / (time.perf_counter() - t)
-    header(f"(c) auto-sort, small CNN at {image_size}px, batch {batch_size}",
-           theirs="predict(1)")
+    header(f"(c) auto-sort, small CNN at {image_size}px, batch {batch_size}", theirs="predict(1)")
     row(f"tf.data batches ({n} images) vs predict loop ({loop_n})", ours, base, "img/s")
 
 
@@ -178,8 +201,10 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=128, help="factory.batch_size default")
     args = ap.parse_args()
-    print(f"cpus: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (shared machine: "
-          "compare ratios, not absolute figures)")
+    print(
+        f"cpus: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (shared machine: "
+        "compare ratios, not absolute figures)"
+    )
     if args.only in (None, "hash"):
         bench_hashing(args.images, args.side, args.workers)
     if args.only in (None, "index"):

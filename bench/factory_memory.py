@@ -54,6 +54,7 @@ def real_hashes(n_photos: int) -> list[tuple[int, list[int]]]:
     """(main hash, view hashes) of real photos, as the factory computes them."""
     from dataset_factory.hashing import all_hashes
     from vision.decode import decode
+
     photos = sorted(DATASET.glob("*/*.JPG"))
     if not photos:
         sys.exit(f"no photos at {DATASET}")
@@ -78,6 +79,7 @@ def fill(data_dir: Path, rows: int, seed: int = 0) -> float:
     from dataset_factory.dedupe import index_path
     from dataset_factory.index import NearDuplicateIndex
     from storage.store import Store
+
     started = time.perf_counter()
     Store.open(data_dir).close()  # the schema, as pingo creates it
     rng = np.random.default_rng(seed)
@@ -87,10 +89,12 @@ def fill(data_dir: Path, rows: int, seed: int = 0) -> float:
     now = "2026-01-01 00:00:00.000000"
     con = sqlite3.connect(data_dir / "pingo.db")
     con.execute("PRAGMA synchronous=OFF")
-    sql = ("INSERT INTO images (id, sha256, phash, hash_method, source_url, source, query, "
-           "keyword_class, status, label, label_source, confidence, model_version, path, "
-           "width, height, bytes, created_at, updated_at) "
-           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    sql = (
+        "INSERT INTO images (id, sha256, phash, hash_method, source_url, source, query, "
+        "keyword_class, status, label, label_source, confidence, model_version, path, "
+        "width, height, bytes, created_at, updated_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
     block = 50_000
     for start in range(1, rows + 1, block):
         batch = []
@@ -101,10 +105,29 @@ def fill(data_dir: Path, rows: int, seed: int = 0) -> float:
             h = flip(main, rng)
             cls = f"class{pick % 10}"
             status = "review" if i % 10 == 0 else "accepted"
-            batch.append((i, f"{i:064x}", h, METHOD, f"https://img.example.org/{i}.jpg",
-                          "openverse", f"{cls} photo", cls, status, cls, "model", 0.97,
-                          "v0001", f"{'dataset' if status == 'accepted' else 'review'}/{cls}/"
-                          f"{i:064x}.jpg", 640, 480, 48_213, now, now))
+            batch.append(
+                (
+                    i,
+                    f"{i:064x}",
+                    h,
+                    METHOD,
+                    f"https://img.example.org/{i}.jpg",
+                    "openverse",
+                    f"{cls} photo",
+                    cls,
+                    status,
+                    cls,
+                    "model",
+                    0.97,
+                    "v0001",
+                    f"{'dataset' if status == 'accepted' else 'review'}/{cls}/{i:064x}.jpg",
+                    640,
+                    480,
+                    48_213,
+                    now,
+                    now,
+                )
+            )
             main_ids.append(i)
             main_h.append(h)
             for v in views:
@@ -123,6 +146,7 @@ def old_open_index(store, analyser, method: str, hard: bool):
     """The open_index pingo had before: one dict per kept row, held for the whole reconcile."""
     from dataset_factory.dedupe import KEPT, add_kept_rows, index_path
     from dataset_factory.index import NearDuplicateIndex
+
     path = index_path(store.data_dir, method, hard)
     index = NearDuplicateIndex.load(path, method) or NearDuplicateIndex(method)
     kept = {}
@@ -142,9 +166,10 @@ def old_open_index(store, analyser, method: str, hard: bool):
 
 
 def child(way: str, data_dir: Path) -> None:
-    from dataset_factory.hash_pool import Analyser, Settings
     from dataset_factory.dedupe import open_index
+    from dataset_factory.hash_pool import Analyser, Settings
     from storage.store import Store
+
     imported = rss_mb()
     opener = open_index if way == "new" else old_open_index
     store = Store.open(data_dir, repair=False)
@@ -153,14 +178,28 @@ def child(way: str, data_dir: Path) -> None:
         index = opener(store, analyser, METHOD, True)
     seconds = time.perf_counter() - t
     peak = rss_mb("VmHWM")
-    print(json.dumps({"way": way, "images": len(index), "views": len(index.views),
-                      "peak_mb": peak, "imports_mb": imported, "seconds": seconds}))
+    print(
+        json.dumps(
+            {
+                "way": way,
+                "images": len(index),
+                "views": len(index.views),
+                "peak_mb": peak,
+                "imports_mb": imported,
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 def measure(way: str, data_dir: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", way, "--data", str(data_dir)],
-                         check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", way, "--data", str(data_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -179,21 +218,29 @@ def main() -> None:
             print(f"reusing {data_dir}")
         else:
             print(f"filling {data_dir} with {args.rows:,} kept rows ...", flush=True)
-            print(f"  {fill(data_dir, args.rows):.1f} s; DB "
-                  f"{(data_dir / 'pingo.db').stat().st_size / 2**20:.0f} MB")
+            print(
+                f"  {fill(data_dir, args.rows):.1f} s; DB "
+                f"{(data_dir / 'pingo.db').stat().st_size / 2**20:.0f} MB"
+            )
         new = measure("new", data_dir)
         if args.skip_baseline:
             return print(json.dumps(new))
         old = measure("old", data_dir)
     print(f"\nopen_index over {new['images']:,} kept images ({new['views']:,} view hashes)")
     print(f"  {'':<34} {'pingo':>10} {'baseline':>10} {'ratio':>7}")
-    print(f"  {'peak RSS (MB)':<34} {new['peak_mb']:>10.0f} {old['peak_mb']:>10.0f} "
-          f"{old['peak_mb'] / new['peak_mb']:>6.1f}x")
-    print(f"  {'peak RSS above imports (MB)':<34} {new['peak_mb'] - new['imports_mb']:>10.0f} "
-          f"{old['peak_mb'] - old['imports_mb']:>10.0f} "
-          f"{(old['peak_mb'] - old['imports_mb']) / (new['peak_mb'] - new['imports_mb']):>6.1f}x")
-    print(f"  {'seconds to open':<34} {new['seconds']:>10.1f} {old['seconds']:>10.1f} "
-          f"{old['seconds'] / new['seconds']:>6.1f}x")
+    print(
+        f"  {'peak RSS (MB)':<34} {new['peak_mb']:>10.0f} {old['peak_mb']:>10.0f} "
+        f"{old['peak_mb'] / new['peak_mb']:>6.1f}x"
+    )
+    print(
+        f"  {'peak RSS above imports (MB)':<34} {new['peak_mb'] - new['imports_mb']:>10.0f} "
+        f"{old['peak_mb'] - old['imports_mb']:>10.0f} "
+        f"{(old['peak_mb'] - old['imports_mb']) / (new['peak_mb'] - new['imports_mb']):>6.1f}x"
+    )
+    print(
+        f"  {'seconds to open':<34} {new['seconds']:>10.1f} {old['seconds']:>10.1f} "
+        f"{old['seconds'] / new['seconds']:>6.1f}x"
+    )
     print(f"  target: <= 150 MB peak at 1M rows: {'met' if new['peak_mb'] <= 150 else 'MISSED'}")
 
 

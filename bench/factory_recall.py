@@ -32,8 +32,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset_factory.hash_pool import Settings, analyse_paths  # noqa: E402
 from dataset_factory.dedupe import Deduper, Kept  # noqa: E402
+from dataset_factory.hash_pool import Settings, analyse_paths  # noqa: E402
 from dataset_factory.index import NearDuplicateIndex  # noqa: E402
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sign-language-digits"
@@ -41,13 +41,15 @@ DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sign-la
 
 def _crop(im, left, top, right, bottom):
     w, h = im.size
-    return im.crop((round(w * left), round(h * top), round(w * (1 - right)), round(h * (1 - bottom))))
+    return im.crop(
+        (round(w * left), round(h * top), round(w * (1 - right)), round(h * (1 - bottom)))
+    )
 
 
 EASY = {
     "resize50": lambda im, r: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS),
     "jpeg_q30": lambda im, r: im,  # saved with quality 30 below
-    "crop5": lambda im, r: _crop(im, .025, .025, .025, .025),
+    "crop5": lambda im, r: _crop(im, 0.025, 0.025, 0.025, 0.025),
     "brightness": lambda im, r: ImageEnhance.Brightness(im).enhance(1.3),
     "upscale2x": lambda im, r: im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC),
 }
@@ -72,7 +74,7 @@ def _caption(im, r):
 
 def _rotate(im, r):
     angle = r.choice([-5, -4, -3, 3, 4, 5])
-    return _crop(im.rotate(angle, Image.Resampling.BICUBIC), .06, .06, .06, .06)
+    return _crop(im.rotate(angle, Image.Resampling.BICUBIC), 0.06, 0.06, 0.06, 0.06)
 
 
 def _crop10(im, r):
@@ -123,8 +125,17 @@ def plant(paths: list[Path], out: Path, seed: int = 11) -> list[tuple[int, str, 
     return copies
 
 
-def evaluate(orig_analyses, copy_analyses, copies, *, max_distance, hard, hard_distance=14,
-             verify_threshold=0.86, sizes=None):
+def evaluate(
+    orig_analyses,
+    copy_analyses,
+    copies,
+    *,
+    max_distance,
+    hard,
+    hard_distance=14,
+    verify_threshold=0.86,
+    sizes=None,
+):
     """(recall per edit, wrong merges among originals) for one configuration."""
     index = NearDuplicateIndex("phash")
     kept = {}
@@ -132,8 +143,14 @@ def evaluate(orig_analyses, copy_analyses, copies, *, max_distance, hard, hard_d
     def lookup(i):
         return kept[i]
 
-    deduper = Deduper(index, max_distance=max_distance, hard=hard, hard_distance=hard_distance,
-                      verify_threshold=verify_threshold, lookup=lookup)
+    deduper = Deduper(
+        index,
+        max_distance=max_distance,
+        hard=hard,
+        hard_distance=hard_distance,
+        verify_threshold=verify_threshold,
+        lookup=lookup,
+    )
     merged = 0
     for a in orig_analyses:
         if not hard:
@@ -144,7 +161,7 @@ def evaluate(orig_analyses, copy_analyses, copies, *, max_distance, hard, hard_d
         deduper.remember(a.image_id, a)
     found = Counter()
     total = Counter()
-    for (orig, kind, name, _), a in zip(copies, copy_analyses):
+    for (orig, _kind, name, _), a in zip(copies, copy_analyses):
         if not hard:
             a = _plain(a)
         total[name] += 1
@@ -156,6 +173,7 @@ def evaluate(orig_analyses, copy_analyses, copies, *, max_distance, hard, hard_d
 
 def _plain(a):
     from dataclasses import replace
+
     return replace(a, views=[], mirror_views=[], thumbs=[])
 
 
@@ -165,10 +183,16 @@ def radius_sweep(orig_analyses, copy_analyses, copies):
     np.fill_diagonal(dist, 65)
     nearest = dist.min(axis=1)
     easy = [(o, a) for (o, kind, _, _), a in zip(copies, copy_analyses) if kind == "easy"]
-    d_easy = np.array([int(np.bitwise_count(np.uint64(a.phash & 0xFFFFFFFFFFFFFFFF) ^ hashes[o]))
-                       for o, a in easy])
-    print("\nradius sweep (main phash only): easy-copy recall vs distinct originals that have "
-          "another original within the radius")
+    d_easy = np.array(
+        [
+            int(np.bitwise_count(np.uint64(a.phash & 0xFFFFFFFFFFFFFFFF) ^ hashes[o]))
+            for o, a in easy
+        ]
+    )
+    print(
+        "\nradius sweep (main phash only): easy-copy recall vs distinct originals that have "
+        "another original within the radius"
+    )
     print(f"{'radius':>6} {'easy recall':>12} {'wrongly merged':>15}")
     for r in range(0, 17, 2):
         print(f"{r:>6} {np.mean(d_easy <= r):>12.3f} {np.mean(nearest <= r):>15.4f}")
@@ -177,8 +201,12 @@ def radius_sweep(orig_analyses, copy_analyses, copies):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--originals", type=int, default=200, help="held-out originals (0 = all)")
-    ap.add_argument("--split", choices=["odd", "even"], default="odd",
-                    help="odd = held-out, even = the tuning half")
+    ap.add_argument(
+        "--split",
+        choices=["odd", "even"],
+        default="odd",
+        help="odd = held-out, even = the tuning half",
+    )
     ap.add_argument("--radius-sweep", action="store_true")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--hard-distance", type=int, default=14)
@@ -193,12 +221,21 @@ def main() -> None:
         orig = analyse_paths(paths, settings, args.workers)
         cps = analyse_paths([c[3] for c in copies], settings, args.workers)
         sizes = dict(enumerate(paths))
-        print(f"{len(paths)} originals ({args.split} split), {len(copies)} planted copies; "
-              f"hashed in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"{len(paths)} originals ({args.split} split), {len(copies)} planted copies; "
+            f"hashed in {time.perf_counter() - t0:.1f}s"
+        )
         plain, plain_merged = evaluate(orig, cps, copies, max_distance=10, hard=False, sizes=sizes)
-        ours, ours_merged = evaluate(orig, cps, copies, max_distance=args.max_distance, hard=True,
-                                     hard_distance=args.hard_distance,
-                                     verify_threshold=args.verify_threshold, sizes=sizes)
+        ours, ours_merged = evaluate(
+            orig,
+            cps,
+            copies,
+            max_distance=args.max_distance,
+            hard=True,
+            hard_distance=args.hard_distance,
+            verify_threshold=args.verify_threshold,
+            sizes=sizes,
+        )
         print(f"\n{'edit':<12} {'kind':<5} {'phash r=10':>11} {'pingo':>8}")
         for name in [*EASY, *HARD]:
             kind = "easy" if name in EASY else "hard"
@@ -207,18 +244,29 @@ def main() -> None:
             p = np.mean([plain[n] for n in names])
             o = np.mean([ours[n] for n in names])
             print(f"{'ALL ' + kind:<18} {p:>11.3f} {o:>8.3f}   ratio {o / max(p, 1e-9):.2f}x")
-        print(f"{'wrong merges':<18} {plain_merged:>11d} {ours_merged:>8d}   "
-              f"(distinct originals reported as copies, of {len(paths)})")
+        print(
+            f"{'wrong merges':<18} {plain_merged:>11d} {ours_merged:>8d}   "
+            f"(distinct originals reported as copies, of {len(paths)})"
+        )
         if args.radius_sweep:
             radius_sweep(orig, cps, copies)
             print("\nradius sweep with verification (pingo, hard duplicates on)")
             print(f"{'radius':>6} {'easy recall':>12} {'hard recall':>12} {'wrong merges':>13}")
             for r in (4, 6, 8, 10, 12):
-                rec, merged = evaluate(orig, cps, copies, max_distance=r, hard=True,
-                                       hard_distance=args.hard_distance,
-                                       verify_threshold=args.verify_threshold, sizes=sizes)
-                print(f"{r:>6} {np.mean([rec[n] for n in EASY]):>12.3f} "
-                      f"{np.mean([rec[n] for n in HARD]):>12.3f} {merged:>13d}")
+                rec, merged = evaluate(
+                    orig,
+                    cps,
+                    copies,
+                    max_distance=r,
+                    hard=True,
+                    hard_distance=args.hard_distance,
+                    verify_threshold=args.verify_threshold,
+                    sizes=sizes,
+                )
+                print(
+                    f"{r:>6} {np.mean([rec[n] for n in EASY]):>12.3f} "
+                    f"{np.mean([rec[n] for n in HARD]):>12.3f} {merged:>13d}"
+                )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage import Move, Store, db, store as store_mod  # noqa: E402
+from storage import Move, Store, db  # noqa: E402
+from storage import store as store_mod
 
 
 def one(mode: str, n: int, root: Path) -> float:
@@ -36,11 +37,14 @@ def one(mode: str, n: int, root: Path) -> float:
         t = time.perf_counter()
         ids = []
         for i in range(n):
-            ids.append(store.add_image(i.to_bytes(4, "big") * 100, keyword_class="cat",
-                                       source="bench", ext="jpg"))
+            ids.append(
+                store.add_image(
+                    i.to_bytes(4, "big") * 100, keyword_class="cat", source="bench", ext="jpg"
+                )
+            )
             store.record_url(f"http://bench/{i}", "image")
         for i in range(0, n, 50):
-            store.move_many([Move(j, "accepted", {"label": "cat"}) for j in ids[i:i + 50]])
+            store.move_many([Move(j, "accepted", {"label": "cat"}) for j in ids[i : i + 50]])
         return n / (time.perf_counter() - t)
 
 
@@ -48,7 +52,9 @@ def engine_begin(mode: str):
     def wrap(begin):
         def patched(durable: bool = False):
             return begin(durable=mode == "full")
+
         return patched
+
     return wrap
 
 

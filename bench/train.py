@@ -32,8 +32,9 @@ DATASET = ROOT.parent / "shared" / "datasets" / "sign-language-digits"
 TARGET_ACCURACY = 0.967
 
 
-def pipeline_rates(plan, image_size: int, batch_size: int, epochs: int, seed: int,
-                   augment: bool) -> dict:
+def pipeline_rates(
+    plan, image_size: int, batch_size: int, epochs: int, seed: int, augment: bool
+) -> dict:
     """images/s per epoch for pingo's pipeline and keras-io's, over the same training files."""
     import keras
     import tensorflow as tf
@@ -41,8 +42,9 @@ def pipeline_rates(plan, image_size: int, batch_size: int, epochs: int, seed: in
     from trainer import data
 
     items = plan.split("train")
-    ours = data.make_dataset(items, plan.classes, image_size, batch_size, training=True,
-                             augment=augment, seed=seed)
+    ours = data.make_dataset(
+        items, plan.classes, image_size, batch_size, training=True, augment=augment, seed=seed
+    )
 
     # keras-io image_classification_from_scratch: from the folder, augmentation mapped in
     # the pipeline, prefetch; no cache. Same files: a folder of links to the training split.
@@ -52,12 +54,15 @@ def pipeline_rates(plan, image_size: int, batch_size: int, epochs: int, seed: in
         folder.mkdir(exist_ok=True)
         os.symlink(item.path, folder / f"{i:05d}{Path(item.path).suffix}")
     kio = keras.utils.image_dataset_from_directory(
-        link_root, image_size=(image_size, image_size), batch_size=batch_size, seed=seed,
-        verbose=False)
+        link_root,
+        image_size=(image_size, image_size),
+        batch_size=batch_size,
+        seed=seed,
+        verbose=False,
+    )
     if augment:
         aug = data.augmenter(seed)
-        kio = kio.map(lambda x, y: (aug(x, training=True), y),
-                      num_parallel_calls=tf.data.AUTOTUNE)
+        kio = kio.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     kio = kio.prefetch(tf.data.AUTOTUNE)
 
     # Epochs alternate between the two pipelines, so load from other work on the machine
@@ -78,8 +83,10 @@ def print_rates(rates: dict, title: str) -> None:
     for i, (ours, kio) in enumerate(zip(rates["pingo"], rates["keras-io"]), 1):
         print(f"{i:>8}  {ours:>14.0f}  {kio:>20.0f}  {ours / kio:>5.2f}x")
     mean = {k: sum(v[1:] or v) / len(v[1:] or v) for k, v in rates.items()}
-    print(f"{'mean 2+':>8}  {mean['pingo']:>14.0f}  {mean['keras-io']:>20.0f}  "
-          f"{mean['pingo'] / mean['keras-io']:>5.2f}x")
+    print(
+        f"{'mean 2+':>8}  {mean['pingo']:>14.0f}  {mean['keras-io']:>20.0f}  "
+        f"{mean['pingo'] / mean['keras-io']:>5.2f}x"
+    )
 
 
 def main(argv=None) -> int:
@@ -93,12 +100,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--pipeline-epochs", type=int, default=4)
     p.add_argument("--skip-train", action="store_true", help="pipeline comparison only")
-    p.add_argument("--out", type=Path, default=None,
-                   help="keep the registry entry here (default: a temp folder)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="keep the registry entry here (default: a temp folder)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("tensorflow", "absl", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.dataset.is_dir():
@@ -112,43 +124,66 @@ def main(argv=None) -> int:
     from trainer.promotion_gate import PromotionDecision
 
     placement = choose_placement()
-    tc = dataclasses.replace(TrainConfig(), image_size=args.image_size, epochs=args.epochs,
-                             batch_size=args.batch_size, arch=args.arch, seed=args.seed,
-                             patience=args.patience)
+    tc = dataclasses.replace(
+        TrainConfig(),
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        arch=args.arch,
+        seed=args.seed,
+        patience=args.patience,
+    )
     t0 = time.perf_counter()
     plan = data.plan_from_folder(args.dataset, tc.val_fraction, tc.test_fraction)
     counts = {s: sum(c.values()) for s, c in plan.counts().items()}
-    print(f"dataset: {len(plan.items)} images, {len(plan.classes)} classes, split {counts} "
-          f"(listed and hashed in {time.perf_counter() - t0:.1f}s); device: "
-          f"{placement.description}")
+    print(
+        f"dataset: {len(plan.items)} images, {len(plan.classes)} classes, split {counts} "
+        f"(listed and hashed in {time.perf_counter() - t0:.1f}s); device: "
+        f"{placement.description}"
+    )
 
     rates = {}
     for augment in (False, True):
         key = "augment" if augment else "decode_only"
-        rates[key] = pipeline_rates(plan, tc.image_size, tc.batch_size, args.pipeline_epochs,
-                                    tc.seed, augment)
-        print_rates(rates[key], f"input pipeline, {counts['train']} training images at "
-                    f"{tc.image_size}px, batch {tc.batch_size}, augmentation "
-                    f"{'on' if augment else 'off'}")
-    result = {"images": len(plan.items), "split": counts, "device": placement.description,
-              "pipeline_images_per_s": rates, "cores": os.cpu_count()}
+        rates[key] = pipeline_rates(
+            plan, tc.image_size, tc.batch_size, args.pipeline_epochs, tc.seed, augment
+        )
+        print_rates(
+            rates[key],
+            f"input pipeline, {counts['train']} training images at "
+            f"{tc.image_size}px, batch {tc.batch_size}, augmentation "
+            f"{'on' if augment else 'off'}",
+        )
+    result = {
+        "images": len(plan.items),
+        "split": counts,
+        "device": placement.description,
+        "pipeline_images_per_s": rates,
+        "cores": os.cpu_count(),
+    }
 
     if not args.skip_train:
         folder = args.out or Path(tempfile.mkdtemp(prefix="pingo-bench-train-"))
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         outcome = fit(plan, tc, placement, folder)
-        written = registry_writer.write_entry(folder, "bench", plan, tc, placement, outcome,
-                                              started=time.time())
-        registry_writer.finish_entry(folder, written, PromotionDecision(
-            False, "benchmark run", new_accuracy=written.test["accuracy"]))
+        written = registry_writer.write_entry(
+            folder, "bench", plan, tc, placement, outcome, started=time.time()
+        )
+        registry_writer.finish_entry(
+            folder,
+            written,
+            PromotionDecision(False, "benchmark run", new_accuracy=written.test["accuracy"]),
+        )
         wall = time.perf_counter() - start
         test = written.test
         ok = test["accuracy"] >= TARGET_ACCURACY
         print(f"\ntraining {tc.arch} at {tc.image_size}px on {placement.description}:")
         print(f"{'':>22}  {'pingo ' + tc.arch:>16}  {'project best':>12}")
-        print(f"{'test accuracy':>22}  {test['accuracy']:>16.4f}  {TARGET_ACCURACY:>12.3f}"
-              f"  {'PASS' if ok else 'BELOW TARGET'}")
+        print(
+            f"{'test accuracy':>22}  {test['accuracy']:>16.4f}  {TARGET_ACCURACY:>12.3f}"
+            f"  {'PASS' if ok else 'BELOW TARGET'}"
+        )
         print(f"{'test loss':>22}  {test['loss']:>16.4f}")
         print(f"{'macro F1':>22}  {test['macro_f1']:>16.4f}")
         print(f"{'test images':>22}  {test['images']:>16d}")
@@ -156,11 +191,18 @@ def main(argv=None) -> int:
         print(f"{'fit seconds':>22}  {written.train_seconds:>16.0f}")
         print(f"{'wall seconds':>22}  {wall:>16.0f}  (fit + save + reload + evaluate + plots)")
         print(f"registry entry: {folder} (plot {written.curve_plot})")
-        result.update(test_accuracy=test["accuracy"], test_loss=test["loss"],
-                      macro_f1=test["macro_f1"], epochs_run=written.epochs_run,
-                      best_epoch=written.best_epoch, fit_seconds=written.train_seconds,
-                      wall_seconds=wall, image_size=tc.image_size, arch=tc.arch,
-                      target_reached=ok)
+        result.update(
+            test_accuracy=test["accuracy"],
+            test_loss=test["loss"],
+            macro_f1=test["macro_f1"],
+            epochs_run=written.epochs_run,
+            best_epoch=written.best_epoch,
+            fit_seconds=written.train_seconds,
+            wall_seconds=wall,
+            image_size=tc.image_size,
+            arch=tc.arch,
+            target_reached=ok,
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -39,21 +39,34 @@ DEFAULT_CONFIG_NAME = "pingo.toml"
 # Letters, digits, "_", "-", "." and inner spaces; no "/", no "..", no leading dot or space.
 # Matched with fullmatch: "$" alone would let a trailing newline through.
 _SAFE_NAME = re.compile(r"[^\W][\w.\- ]{0,63}")
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
-                     *(f"lpt{i}" for i in range(1, 10))}
+_WINDOWS_RESERVED = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(1, 10)),
+    *(f"lpt{i}" for i in range(1, 10)),
+}
 
 
 def check_safe_name(name: str, what: str = "class name") -> str:
     """Return ``name`` if it is safe as one folder name, else raise UnsafeNameError."""
-    if (not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name
-            or name.endswith((" ", ".")) or name.lower() in _WINDOWS_RESERVED):
+    if (
+        not isinstance(name, str)
+        or not _SAFE_NAME.fullmatch(name)
+        or ".." in name
+        or name.endswith((" ", "."))
+        or name.lower() in _WINDOWS_RESERVED
+    ):
         raise UnsafeNameError(
             f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_', '-', '.' or "
-            "inner spaces, starting with a letter or digit (no '/', '..' or leading dot)")
+            "inner spaces, starting with a letter or digit (no '/', '..' or leading dot)"
+        )
     return name
 
 
 # ---- value checks: each returns None when fine, else the text "what is allowed" ----------
+
 
 def at_least(low: float) -> Callable[[Any], str | None]:
     return lambda v: None if v >= low else f"a number >= {low}"
@@ -73,6 +86,7 @@ def non_empty(v: Any) -> str | None:
 
 def cron(v: str) -> str | None:
     from apscheduler.triggers.cron import CronTrigger  # light import, only when validating
+
     try:
         CronTrigger.from_crontab(v)
     except ValueError as exc:
@@ -98,9 +112,14 @@ def http_url(v: str | None) -> str | None:
     return "an http:// or https:// URL"
 
 
-def setting(default: Any = None, *, check: Callable[[Any], str | None] | None = None,
-            default_factory: Callable[[], Any] | None = None, doc: str = "",
-            example: Any = None) -> Any:
+def setting(
+    default: Any = None,
+    *,
+    check: Callable[[Any], str | None] | None = None,
+    default_factory: Callable[[], Any] | None = None,
+    doc: str = "",
+    example: Any = None,
+) -> Any:
     """A config field. ``doc`` is its comment in the starter file; ``example`` is the value
     shown there (commented out) for a setting whose default is unset."""
     meta = {"check": check, "doc": doc, "example": example}
@@ -111,147 +130,234 @@ def setting(default: Any = None, *, check: Callable[[Any], str | None] | None = 
 
 # ---- sections ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ProjectConfig:
-    data_dir: str = setting("data", check=non_empty, doc="DB, inbox/, dataset/, review/, "
-                            "rejected/, models/, reports/")
-    log_level: str = setting("INFO", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"),
-                             doc="DEBUG, INFO, WARNING or ERROR")
+    data_dir: str = setting(
+        "data", check=non_empty, doc="DB, inbox/, dataset/, review/, rejected/, models/, reports/"
+    )
+    log_level: str = setting(
+        "INFO",
+        check=one_of("DEBUG", "INFO", "WARNING", "ERROR"),
+        doc="DEBUG, INFO, WARNING or ERROR",
+    )
 
 
 @dataclass(frozen=True)
 class ClassConfig:
     name: str
-    keywords: list[str] = setting(default_factory=list, doc="what to search for (any "
-                                  "language); default: the class name")
+    keywords: list[str] = setting(
+        default_factory=list, doc="what to search for (any language); default: the class name"
+    )
     target: int = setting(1000, check=at_least(1), doc="images wanted in dataset/<class>/")
-    confidence: float | None = setting(None, check=lambda v: between(0, 1)(v) if v is not None
-                                       else None, doc="per-class override of factory.confidence",
-                                       example=0.95)
+    confidence: float | None = setting(
+        None,
+        check=lambda v: between(0, 1)(v) if v is not None else None,
+        doc="per-class override of factory.confidence",
+        example=0.95,
+    )
 
 
 @dataclass(frozen=True)
 class CrawlConfig:
-    sources: list[str] = setting(default_factory=lambda: ["demo"], check=non_empty,
-                                 doc='search-source profiles: "demo" (local), "bing", ...')
+    sources: list[str] = setting(
+        default_factory=lambda: ["demo"],
+        check=non_empty,
+        doc='search-source profiles: "demo" (local), "bing", ...',
+    )
     schedule: str = setting("0 */6 * * *", check=cron, doc="cron: when the scheduler crawls")
-    demo_url: str = setting("http://127.0.0.1:8765", check=http_url,
-                            doc="the local demo search site (`pingo demo-site`)")
+    demo_url: str = setting(
+        "http://127.0.0.1:8765",
+        check=http_url,
+        doc="the local demo search site (`pingo demo-site`)",
+    )
     per_query_limit: int = setting(200, check=at_least(1), doc="most results taken per query")
     concurrency: int = setting(16, check=at_least(1), doc="parallel image downloads")
-    download_delay: float = setting(0.0, check=at_least(0), doc="seconds between requests to a host")
+    download_delay: float = setting(
+        0.0, check=at_least(0), doc="seconds between requests to a host"
+    )
     max_drivers: int = setting(2, check=at_least(1), doc="headless browsers rendering pages")
-    page_load_timeout: float = setting(30.0, check=at_least(1),
-                                       doc="seconds a result page may take to load")
-    redis_url: str | None = setting(None, check=redis_address, doc="shared frontier for several "
-                                    "crawlers, e.g. on several machines (scrapy-redis)",
-                                    example="redis://127.0.0.1:6379/0")
-    redis_key_prefix: str | None = setting(None, check=redis_key_name, doc="namespace of this "
-                                           "project's Redis keys; default derived from the DB",
-                                           example="pingo-shapes")
-    idle_timeout: float = setting(30.0, check=at_least(1), doc="with redis_url: a crawler exits "
-                                  "after the shared queue has been empty this many seconds")
-    selenium_remote_url: str | None = setting(None, check=http_url, doc="browsers from a "
-                                              "Selenium Grid", example="http://127.0.0.1:4444")
-    pages_per_browser: int = setting(50, check=at_least(1),
-                                     doc="result pages a browser renders before it is recycled")
+    page_load_timeout: float = setting(
+        30.0, check=at_least(1), doc="seconds a result page may take to load"
+    )
+    redis_url: str | None = setting(
+        None,
+        check=redis_address,
+        doc="shared frontier for several crawlers, e.g. on several machines (scrapy-redis)",
+        example="redis://127.0.0.1:6379/0",
+    )
+    redis_key_prefix: str | None = setting(
+        None,
+        check=redis_key_name,
+        doc="namespace of this project's Redis keys; default derived from the DB",
+        example="pingo-shapes",
+    )
+    idle_timeout: float = setting(
+        30.0,
+        check=at_least(1),
+        doc="with redis_url: a crawler exits "
+        "after the shared queue has been empty this many seconds",
+    )
+    selenium_remote_url: str | None = setting(
+        None, check=http_url, doc="browsers from a Selenium Grid", example="http://127.0.0.1:4444"
+    )
+    pages_per_browser: int = setting(
+        50, check=at_least(1), doc="result pages a browser renders before it is recycled"
+    )
     download_timeout: float = setting(20.0, check=at_least(1), doc="seconds per image download")
     retries: int = setting(2, check=at_least(0), doc="retries of a failed download or render")
-    retry_failed_after: float = setting(24.0, check=at_least(0),
-                                        doc="hours before a later crawl tries again a URL that "
-                                            "timed out or got a 5xx/429 (others never)")
-    max_url_attempts: int = setting(3, check=at_least(1),
-                                    doc="crawls that may try one such URL; 1 = never again")
-    max_image_bytes: int = setting(8 * 1024 * 1024, check=at_least(1024),
-                                   doc="larger downloads are refused (too_large)")
-    min_image_side: int = setting(16, check=at_least(1),
-                                  doc="images narrower or lower than this are refused (too_small)")
-    max_image_pixels: int = setting(40_000_000, check=at_least(1),
-                                    doc="images with more pixels are refused (too_large)")
+    retry_failed_after: float = setting(
+        24.0,
+        check=at_least(0),
+        doc="hours before a later crawl tries again a URL that "
+        "timed out or got a 5xx/429 (others never)",
+    )
+    max_url_attempts: int = setting(
+        3, check=at_least(1), doc="crawls that may try one such URL; 1 = never again"
+    )
+    max_image_bytes: int = setting(
+        8 * 1024 * 1024, check=at_least(1024), doc="larger downloads are refused (too_large)"
+    )
+    min_image_side: int = setting(
+        16, check=at_least(1), doc="images narrower or lower than this are refused (too_small)"
+    )
+    max_image_pixels: int = setting(
+        40_000_000, check=at_least(1), doc="images with more pixels are refused (too_large)"
+    )
     obey_robots: bool = setting(True, doc="honour robots.txt")
-    allow_private_networks: bool = setting(False, doc="download images from loopback, "
-                                           "link-local and private addresses too (an intranet "
-                                           "crawl); crawl.demo_url is always allowed")
-    user_agent: str = setting("pingo/0.1 (+https://github.com/pingo/pingo; image dataset crawler)",
-                              check=non_empty, doc="the User-Agent header of every request")
+    allow_private_networks: bool = setting(
+        False,
+        doc="download images from loopback, "
+        "link-local and private addresses too (an intranet "
+        "crawl); crawl.demo_url is always allowed",
+    )
+    user_agent: str = setting(
+        "pingo/0.1 (+https://github.com/pingo/pingo; image dataset crawler)",
+        check=non_empty,
+        doc="the User-Agent header of every request",
+    )
     max_seconds: float = setting(3600.0, check=at_least(1), doc="a crawl stops after this long")
-    profiles: dict = setting(default_factory=dict, check=check_profiles,
-        doc="[crawl.profiles.<name>] tables: add or fix search sources (docs/crawler.md)")
+    profiles: dict = setting(
+        default_factory=dict,
+        check=check_profiles,
+        doc="[crawl.profiles.<name>] tables: add or fix search sources (docs/crawler.md)",
+    )
 
 
 @dataclass(frozen=True)
 class FactoryConfig:
-    hash: str = setting("phash", check=one_of(*HASH_METHODS),
-                        doc="perceptual hash: " + ", ".join(HASH_METHODS))
-    max_distance: int = setting(6, check=between(0, 64),
-                                doc="Hamming bits: closer hashes are near duplicates")
-    confidence: float = setting(0.90, check=between(0, 1),
-                                doc="top-1 confidence needed to auto-accept; else review/")
+    hash: str = setting(
+        "phash", check=one_of(*HASH_METHODS), doc="perceptual hash: " + ", ".join(HASH_METHODS)
+    )
+    max_distance: int = setting(
+        6, check=between(0, 64), doc="Hamming bits: closer hashes are near duplicates"
+    )
+    confidence: float = setting(
+        0.90, check=between(0, 1), doc="top-1 confidence needed to auto-accept; else review/"
+    )
     min_size: int = setting(32, check=at_least(1), doc="smallest accepted width/height, pixels")
     batch_size: int = setting(128, check=at_least(1), doc="images per classification batch")
     workers: int = setting(0, check=at_least(0), doc="hashing processes; 0 = one per core")
     max_aspect: float = setting(8.0, check=at_least(1), doc="longest/shortest side allowed")
-    max_pixels: int = setting(64_000_000, check=at_least(1),
-                              doc="larger images are refused as decompression bombs")
-    decode_timeout: float = setting(30.0, check=at_least(0.01),
-                                    doc="seconds one image may take to decode and hash")
-    hard_duplicates: bool = setting(True, doc="also catch crops, borders, captions and mirror "
-                                    "flips")
-    hard_distance: int = setting(14, check=between(0, 64),
-                                 doc="Hamming bits between views before verification")
-    verify_threshold: float = setting(0.86, check=between(-1, 1),
-                                      doc="pixel correlation a hard duplicate must reach")
-    chunk_size: int = setting(256, check=at_least(1),
-                              doc="inbox images a factory worker claims and files at a time")
-    claim_lease: float = setting(120.0, check=at_least(1),
-                                 doc="seconds a killed factory worker's inbox rows wait before "
-                                     "another worker takes them (renewed while alive)")
+    max_pixels: int = setting(
+        64_000_000, check=at_least(1), doc="larger images are refused as decompression bombs"
+    )
+    decode_timeout: float = setting(
+        30.0, check=at_least(0.01), doc="seconds one image may take to decode and hash"
+    )
+    hard_duplicates: bool = setting(
+        True, doc="also catch crops, borders, captions and mirror flips"
+    )
+    hard_distance: int = setting(
+        14, check=between(0, 64), doc="Hamming bits between views before verification"
+    )
+    verify_threshold: float = setting(
+        0.86, check=between(-1, 1), doc="pixel correlation a hard duplicate must reach"
+    )
+    chunk_size: int = setting(
+        256, check=at_least(1), doc="inbox images a factory worker claims and files at a time"
+    )
+    claim_lease: float = setting(
+        120.0,
+        check=at_least(1),
+        doc="seconds a killed factory worker's inbox rows wait before "
+        "another worker takes them (renewed while alive)",
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    image_size: int = setting(128, check=between(8, 1024),
-                              doc="pixels; the model sees image_size x image_size")
-    epochs: int = setting(100, check=at_least(1),
-                          doc="upper bound; early stopping usually ends sooner")
+    image_size: int = setting(
+        128, check=between(8, 1024), doc="pixels; the model sees image_size x image_size"
+    )
+    epochs: int = setting(
+        100, check=at_least(1), doc="upper bound; early stopping usually ends sooner"
+    )
     batch_size: int = setting(32, check=at_least(1), doc="images per training step")
-    arch: str = setting("small_cnn", check=one_of(*ARCHITECTURES),
-                        doc="model architecture: " + ", ".join(ARCHITECTURES)
-                            + " (mobilenet_v2 can start from train.weights_path)")
-    weights_path: str | None = setting(None, check=non_empty, doc="local weights file for a "
-                                       "keras.applications backbone (never downloaded)",
-                                       example="mobilenet_v2_no_top.h5")
-    schedule: str = setting("0 2 * * *", check=cron, doc="cron: nightly retrain (runs only "
-                            "when every class is at target)")
-    promote_margin: float = setting(0.0, check=between(-1, 1), doc="a new model is promoted if "
-                                    "its test accuracy >= current + margin")
-    seed: int = setting(1337, doc="random seed of the initial weights, shuffling and "
-                        "augmentation")
+    arch: str = setting(
+        "small_cnn",
+        check=one_of(*ARCHITECTURES),
+        doc="model architecture: "
+        + ", ".join(ARCHITECTURES)
+        + " (mobilenet_v2 can start from train.weights_path)",
+    )
+    weights_path: str | None = setting(
+        None,
+        check=non_empty,
+        doc="local weights file for a keras.applications backbone (never downloaded)",
+        example="mobilenet_v2_no_top.h5",
+    )
+    schedule: str = setting(
+        "0 2 * * *",
+        check=cron,
+        doc="cron: nightly retrain (runs only when every class is at target)",
+    )
+    promote_margin: float = setting(
+        0.0,
+        check=between(-1, 1),
+        doc="a new model is promoted if its test accuracy >= current + margin",
+    )
+    seed: int = setting(1337, doc="random seed of the initial weights, shuffling and augmentation")
     learning_rate: float = setting(1e-3, check=between(0, 1), doc="Adam's initial step size")
-    patience: int = setting(10, check=at_least(1),
-                            doc="epochs without a better val_loss before stopping early")
-    val_fraction: float = setting(0.15, check=between(0.01, 0.5),
-                                  doc="share of images (by content hash) kept for validation")
-    test_fraction: float = setting(0.15, check=between(0.01, 0.5),
-                                   doc="share of images (by content hash) held out for testing")
+    patience: int = setting(
+        10, check=at_least(1), doc="epochs without a better val_loss before stopping early"
+    )
+    val_fraction: float = setting(
+        0.15, check=between(0.01, 0.5), doc="share of images (by content hash) kept for validation"
+    )
+    test_fraction: float = setting(
+        0.15, check=between(0.01, 0.5), doc="share of images (by content hash) held out for testing"
+    )
     augment: bool = setting(True, doc="random flip/rotation/zoom/contrast on training batches")
-    keep_models: int = setting(5, check=at_least(1),
-                               doc="model versions `pingo prune` keeps (the newest ones; the "
-                                   "promoted and the previous version are kept besides)")
-    cache_memory_mb: int = setting(2048, check=at_least(0),
-                                   doc="decoded images are cached in memory up to this size, "
-                                       "else in a file under data_dir/cache (48 KB an image "
-                                       "at 128 px)")
+    keep_models: int = setting(
+        5,
+        check=at_least(1),
+        doc="model versions `pingo prune` keeps (the newest ones; the "
+        "promoted and the previous version are kept besides)",
+    )
+    cache_memory_mb: int = setting(
+        2048,
+        check=at_least(0),
+        doc="decoded images are cached in memory up to this size, "
+        "else in a file under data_dir/cache (48 KB an image "
+        "at 128 px)",
+    )
 
 
 @dataclass(frozen=True)
 class StorageConfig:
-    db_url: str | None = setting(None, doc="SQLAlchemy URL; default: sqlite in data_dir",
-                                 example="postgresql://user@127.0.0.1/pingo")
-    keep_rejected_days: float = setting(30.0, check=at_least(0),
-                                        doc="days a rejected image's file is kept before "
-                                            "`pingo prune` deletes it (its row stays, so "
-                                            "nothing is fetched twice)")
+    db_url: str | None = setting(
+        None,
+        doc="SQLAlchemy URL; default: sqlite in data_dir",
+        example="postgresql://user@127.0.0.1/pingo",
+    )
+    keep_rejected_days: float = setting(
+        30.0,
+        check=at_least(0),
+        doc="days a rejected image's file is kept before "
+        "`pingo prune` deletes it (its row stays, so "
+        "nothing is fetched twice)",
+    )
 
 
 _SECTIONS: dict[str, type] = {
@@ -286,7 +392,7 @@ class Config:
             return f"sqlite:///{self.data_dir / 'pingo.db'}"
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-            return prefix + str((self.base_dir / url[len(prefix):]).resolve())
+            return prefix + str((self.base_dir / url[len(prefix) :]).resolve())
         return url
 
     @property
@@ -298,20 +404,26 @@ class Config:
         return self.factory.confidence if own is None else own
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], base_dir: Path | None = None,
-                     path: Path | None = None) -> Config:
+    def from_mapping(
+        cls, data: dict[str, Any], base_dir: Path | None = None, path: Path | None = None
+    ) -> Config:
         """Build and validate a Config from parsed TOML; raise ConfigError naming the key."""
         if not isinstance(data, dict):
             raise ConfigError("config must be a TOML table")
         unknown = sorted(set(data) - set(_SECTIONS) - {"classes"})
         if unknown:
-            raise ConfigError(f"unknown section [{unknown[0]}]: allowed sections are "
-                              + ", ".join(f"[{s}]" for s in ["project", "classes", *list(_SECTIONS)[1:]]))
-        sections = {name: _build(section_cls, data.get(name, {}), name)
-                    for name, section_cls in _SECTIONS.items()}
+            raise ConfigError(
+                f"unknown section [{unknown[0]}]: allowed sections are "
+                + ", ".join(f"[{s}]" for s in ["project", "classes", *list(_SECTIONS)[1:]])
+            )
+        sections = {
+            name: _build(section_cls, data.get(name, {}), name)
+            for name, section_cls in _SECTIONS.items()
+        }
         classes = _build_classes(data.get("classes", {}))
-        return cls(classes=classes, base_dir=(base_dir or Path.cwd()).resolve(), path=path,
-                   **sections)
+        return cls(
+            classes=classes, base_dir=(base_dir or Path.cwd()).resolve(), path=path, **sections
+        )
 
 
 def _build_classes(raw: Any) -> dict[str, ClassConfig]:
@@ -341,16 +453,16 @@ def _build(section_cls: type, raw: Any, prefix: str, fixed: dict[str, Any] | Non
     return section_cls(**(fixed or {}), **_checked(section_cls, raw, prefix, tuple(fixed or ())))
 
 
-def _checked(section_cls: type, raw: dict[str, Any], prefix: str,
-             fixed: tuple[str, ...] = ()) -> dict[str, Any]:
+def _checked(
+    section_cls: type, raw: dict[str, Any], prefix: str, fixed: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """``raw``'s values, each type-checked and checked like a config file's; ConfigError
     naming the first key that is unknown or not allowed."""
     fields = {f.name: f for f in dataclasses.fields(section_cls) if f.name not in fixed}
     hints = typing.get_type_hints(section_cls)
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"{prefix}.{key}: unknown key; allowed keys are "
-                              + ", ".join(fields))
+            raise ConfigError(f"{prefix}.{key}: unknown key; allowed keys are " + ", ".join(fields))
     values = {}
     for key, value in raw.items():
         full = f"{prefix}.{key}"
@@ -395,10 +507,15 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: got {value!r}; allowed is {_type_name(tp)}")
         return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    ok = (isinstance(value, bool) if tp is bool else
-          isinstance(value, int) and not isinstance(value, bool) if tp is int else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float else
-          isinstance(value, tp))
+    ok = (
+        isinstance(value, bool)
+        if tp is bool
+        else isinstance(value, int) and not isinstance(value, bool)
+        if tp is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is float
+        else isinstance(value, tp)
+    )
     if not ok:
         raise ConfigError(f"{key}: got {value!r}; allowed is {_type_name(tp)}")
     return float(value) if tp is float else value
@@ -419,8 +536,10 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"no config file at {path}: run `pingo init` to write a starter "
-                          f"pingo.toml, or pass --config FILE") from None
+        raise ConfigError(
+            f"no config file at {path}: run `pingo init` to write a starter "
+            f"pingo.toml, or pass --config FILE"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
@@ -432,16 +551,16 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     return config
 
 
-STARTER_HEADER = f'''\
+STARTER_HEADER = f"""\
 # pingo configuration. Every key is optional; the values shown are the defaults (a class's
 # target: {ClassConfig.target}). Written by `pingo init` from the settings in core/config.py;
 # reference: README.md, section "Configuration".
-'''
+"""
 
-STARTER_CLASSES_NOTE = '''\
+STARTER_CLASSES_NOTE = """\
 # One table per class. The table name becomes the folder name dataset/<class>/.
 # The starter classes match the local demo search site, so `make demo` works offline.
-'''
+"""
 
 STARTER_TARGET = 100  # images per demo class: enough for `make demo`, quick to crawl
 _COMMENT_COLUMN = 31
@@ -461,8 +580,9 @@ def _setting_lines(f: dataclasses.Field, value: Any) -> list[str]:
     with its example; a table (crawl.profiles) as a comment only."""
     doc = f.metadata.get("doc", "")
     if isinstance(value, dict):
-        return textwrap.wrap(f"{f.name}: {doc}", _WIDTH, initial_indent="# ",
-                             subsequent_indent="# ")
+        return textwrap.wrap(
+            f"{f.name}: {doc}", _WIDTH, initial_indent="# ", subsequent_indent="# "
+        )
     if value is None:
         line = f"# {f.name} = {_toml_value(f.metadata['example'])}"
     else:
@@ -475,8 +595,12 @@ def _setting_lines(f: dataclasses.Field, value: Any) -> list[str]:
 
 
 def _section_lines(instance: Any, skip: tuple[str, ...] = ()) -> list[str]:
-    return [line for f in dataclasses.fields(instance) if f.name not in skip
-            for line in _setting_lines(f, getattr(instance, f.name))]
+    return [
+        line
+        for f in dataclasses.fields(instance)
+        if f.name not in skip
+        for line in _setting_lines(f, getattr(instance, f.name))
+    ]
 
 
 def starter_config() -> str:

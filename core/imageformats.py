@@ -10,13 +10,27 @@ from __future__ import annotations
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"})
 
 # File extension for each allowed format.
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp",
-              "TIFF": "tiff", "MPO": "jpg"}
+EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "MPO": "jpg",
+}
 
 # How each allowed format's files begin: a body that starts otherwise is not an image of
 # ours at all (not_image); one that starts so but does not decode is damaged (corrupt).
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM",
-               b"II*\x00", b"MM\x00*")
+_SIGNATURES = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+)
 
 
 def looks_like_allowed(head: bytes) -> bool:

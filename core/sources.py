@@ -41,23 +41,40 @@ class SourceProfile:
 BUILTIN: dict[str, SourceProfile] = {
     # The local demo search site (crawler/demo_site.py).
     "demo": SourceProfile(
-        name="demo", search_url="{demo_url}/search?q={query}", result_css="#results a.result",
-        url_attr="data-meta", json_key="murl", page_json_key="purl", scroll_pause=1.0),
+        name="demo",
+        search_url="{demo_url}/search?q={query}",
+        result_css="#results a.result",
+        url_attr="data-meta",
+        json_key="murl",
+        page_json_key="purl",
+        scroll_pause=1.0,
+    ),
     # Bing Images: each result is <a class="iusc" m='{"murl": full image, "purl": page, ...}'>.
     "bing": SourceProfile(
-        name="bing", search_url="https://www.bing.com/images/search?q={query}&form=HDRSC2&first=1",
-        result_css="a.iusc", url_attr="m", json_key="murl", page_json_key="purl"),
+        name="bing",
+        search_url="https://www.bing.com/images/search?q={query}&form=HDRSC2&first=1",
+        result_css="a.iusc",
+        url_attr="m",
+        json_key="murl",
+        page_json_key="purl",
+    ),
     # Naver image search: thumbnails are served through search.pstatic.net, the original
     # image URL is the thumbnail URL's "src" parameter.
     "naver": SourceProfile(
-        name="naver", search_url="https://search.naver.com/search.naver?where=image&query={query}",
-        result_css="img._fe_image_tab_content_thumbnail_image", url_attr="src",
-        url_param="src"),
+        name="naver",
+        search_url="https://search.naver.com/search.naver?where=image&query={query}",
+        result_css="img._fe_image_tab_content_thumbnail_image",
+        url_attr="src",
+        url_param="src",
+    ),
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SourceProfile)}
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    "scroll": bool, "max_scrolls": int, "scroll_pause": (int, float)}  # others: str
+    "scroll": bool,
+    "max_scrolls": int,
+    "scroll_pause": (int, float),
+}  # others: str
 
 
 def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = None) -> SourceProfile:
@@ -66,8 +83,10 @@ def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = Non
         raise BadProfileError(f"crawl.profiles.{name}: must be a table")
     unknown = sorted(set(table) - set(_FIELDS) - {"name"})
     if unknown:
-        raise BadProfileError(f"crawl.profiles.{name}.{unknown[0]}: unknown key; allowed keys "
-                              "are " + ", ".join(k for k in _FIELDS if k != "name"))
+        raise BadProfileError(
+            f"crawl.profiles.{name}.{unknown[0]}: unknown key; allowed keys "
+            "are " + ", ".join(k for k in _FIELDS if k != "name")
+        )
     values = dataclasses.asdict(base) if base else {}
     values.update(table, name=name)
     for key in ("search_url", "result_css"):
@@ -77,8 +96,11 @@ def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = Non
         raise BadProfileError(f"crawl.profiles.{name}.search_url: must contain {{query}}")
     for key, value in values.items():
         expected = _FIELD_TYPES.get(key, str)
-        if value is not None and not isinstance(value, expected) or (
-                expected is int and isinstance(value, bool)):
+        if (
+            value is not None
+            and not isinstance(value, expected)
+            or (expected is int and isinstance(value, bool))
+        ):
             raise BadProfileError(f"crawl.profiles.{name}.{key}: got {value!r}; wrong type")
     values["scroll_pause"] = float(values.get("scroll_pause", 1.5))
     return SourceProfile(**values)
@@ -106,7 +128,9 @@ def resolve_sources(names: list[str], configured: dict | None = None) -> list[So
     profiles = load_profiles(configured)
     missing = [n for n in names if n not in profiles]
     if missing:
-        raise UnknownSourceError(f"unknown search source {missing[0]!r}; known sources are "
-                                 + ", ".join(sorted(profiles))
-                                 + " (add one in [crawl.profiles.<name>])")
+        raise UnknownSourceError(
+            f"unknown search source {missing[0]!r}; known sources are "
+            + ", ".join(sorted(profiles))
+            + " (add one in [crawl.profiles.<name>])"
+        )
     return [profiles[n] for n in names]

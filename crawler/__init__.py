@@ -21,5 +21,6 @@ def __getattr__(name: str) -> Any:
     # crawler.errors) must not pay for it.
     if name == "crawl":
         from crawler.run import crawl
+
         return crawl
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,10 +24,18 @@ from crawler.settings import default, get
 
 logger = logging.getLogger(__name__)
 
-HEADLESS_CHROME_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu",
-                        "--disable-dev-shm-usage", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run",
-                        "--window-size=1280,900", "--blink-settings=imagesEnabled=false")
+HEADLESS_CHROME_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,900",
+    "--blink-settings=imagesEnabled=false",
+)
 HEADLESS_FIREFOX_ARGS = ("-headless",)
 
 
@@ -43,29 +51,47 @@ class BrowserSpec:
     page_load_timeout: float = default("SELENIUM_PAGE_LOAD_TIMEOUT")
 
     @classmethod
-    def from_settings(cls, settings) -> "BrowserSpec":
+    def from_settings(cls, settings) -> BrowserSpec:
         name = (settings.get("SELENIUM_DRIVER_NAME") or default("SELENIUM_DRIVER_NAME")).lower()
         if name == "chromium":
             name = "chrome"
         if name not in ("chrome", "firefox"):
             raise BrowserError(f"SELENIUM_DRIVER_NAME {name!r}: allowed are chrome, firefox")
         args = settings.getlist("SELENIUM_DRIVER_ARGUMENTS") or list(
-            HEADLESS_CHROME_ARGS if name == "chrome" else HEADLESS_FIREFOX_ARGS)
+            HEADLESS_CHROME_ARGS if name == "chrome" else HEADLESS_FIREFOX_ARGS
+        )
         remote = settings.get("SELENIUM_COMMAND_EXECUTOR")
         driver_path = settings.get("SELENIUM_DRIVER_EXECUTABLE_PATH")
         browser_path = settings.get("SELENIUM_BROWSER_EXECUTABLE_PATH")
         if not remote:
             driver_path = driver_path or shutil.which(
-                "chromedriver" if name == "chrome" else "geckodriver")
+                "chromedriver" if name == "chrome" else "geckodriver"
+            )
             if not driver_path:
-                raise BrowserError(f"no {'chromedriver' if name == 'chrome' else 'geckodriver'}"
-                                   " on PATH: install it (make browser) or set "
-                                   "SELENIUM_DRIVER_EXECUTABLE_PATH")
+                raise BrowserError(
+                    f"no {'chromedriver' if name == 'chrome' else 'geckodriver'}"
+                    " on PATH: install it (make browser) or set "
+                    "SELENIUM_DRIVER_EXECUTABLE_PATH"
+                )
             if name == "chrome" and not browser_path:
-                browser_path = next(filter(None, map(shutil.which, (
-                    "chromium", "chromium-browser", "google-chrome", "chrome"))), None)
-        return cls(name, driver_path, tuple(args), browser_path, remote,
-                   get(settings, "SELENIUM_PAGE_LOAD_TIMEOUT"))
+                browser_path = next(
+                    filter(
+                        None,
+                        map(
+                            shutil.which,
+                            ("chromium", "chromium-browser", "google-chrome", "chrome"),
+                        ),
+                    ),
+                    None,
+                )
+        return cls(
+            name,
+            driver_path,
+            tuple(args),
+            browser_path,
+            remote,
+            get(settings, "SELENIUM_PAGE_LOAD_TIMEOUT"),
+        )
 
 
 @dataclass(eq=False)
@@ -77,7 +103,7 @@ class Browser:
     _pids: dict[int, str] = field(default_factory=dict)  # pid -> start time (pid reuse guard)
 
     @classmethod
-    def start(cls, spec: BrowserSpec) -> "Browser":
+    def start(cls, spec: BrowserSpec) -> Browser:
         from selenium import webdriver
         from selenium.common.exceptions import WebDriverException
 
@@ -90,8 +116,7 @@ class Browser:
             driver_path, browser_path = spec.driver_executable_path, spec.browser_executable_path
             if tie:  # driver and browser die with this process, even on SIGKILL
                 driver_path = driver_path and leftovers.launcher(profile, "driver", driver_path)
-                browser_path = browser_path and leftovers.launcher(profile, "browser",
-                                                                   browser_path)
+                browser_path = browser_path and leftovers.launcher(profile, "browser", browser_path)
             if spec.driver_name == "chrome":
                 options = webdriver.ChromeOptions()
                 for arg in spec.driver_arguments:
@@ -109,19 +134,23 @@ class Browser:
                 driver = webdriver.Remote(command_executor=spec.command_executor, options=options)
                 pid = None
             elif spec.driver_name == "chrome":
-                driver = webdriver.Chrome(service=webdriver.ChromeService(
-                    executable_path=driver_path), options=options)
+                driver = webdriver.Chrome(
+                    service=webdriver.ChromeService(executable_path=driver_path), options=options
+                )
                 pid = driver.service.process.pid
             else:
-                driver = webdriver.Firefox(service=webdriver.FirefoxService(
-                    executable_path=driver_path), options=options)
+                driver = webdriver.Firefox(
+                    service=webdriver.FirefoxService(executable_path=driver_path), options=options
+                )
                 pid = driver.service.process.pid
             if profile and pid:
                 leftovers.write_owner(profile, pid)  # lets a later crawl kill it if orphaned
         except (WebDriverException, OSError) as exc:
             if profile:
                 shutil.rmtree(profile, ignore_errors=True)
-            raise BrowserError(f"cannot start {spec.driver_name}: {str(exc).strip()[:300]}") from exc
+            raise BrowserError(
+                f"cannot start {spec.driver_name}: {str(exc).strip()[:300]}"
+            ) from exc
         browser = cls(driver, profile, pid)
         browser.refresh_pids()
         try:
@@ -129,9 +158,11 @@ class Browser:
             driver.set_script_timeout(spec.page_load_timeout)
         except Exception as exc:  # e.g. an infinite timeout: the browser runs; end it
             browser.quit()
-            raise BrowserError(f"cannot set up {spec.driver_name} (page load timeout "
-                               f"{spec.page_load_timeout}): {type(exc).__name__}: "
-                               f"{str(exc).strip()[:300]}") from exc
+            raise BrowserError(
+                f"cannot set up {spec.driver_name} (page load timeout "
+                f"{spec.page_load_timeout}): {type(exc).__name__}: "
+                f"{str(exc).strip()[:300]}"
+            ) from exc
         logger.debug("started browser (driver pid %s)", pid)
         return browser
 

@@ -37,6 +37,7 @@ def _smooth_noise(rng, cells: int, size: int):
     """Unit-variance random noise on a ``cells`` x ``cells`` grid, smoothly resized to ``size``."""
     import numpy as np
     from PIL import Image
+
     coarse = rng.normal(0, 1, (cells, cells)).astype(np.float32)
     return np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.BICUBIC))
 
@@ -68,9 +69,16 @@ def draw(class_name: str, index: int, size: int = DEFAULT_SIZE) -> bytes:
         pen.ellipse([x - r, y - r, x + r, y + r], fill=fill)
     else:
         corners = 4 if class_name == "square" else 3
-        pen.polygon([(x + r * math.cos(angle + 2 * math.pi * k / corners),
-                      y + r * math.sin(angle + 2 * math.pi * k / corners))
-                     for k in range(corners)], fill=fill)
+        pen.polygon(
+            [
+                (
+                    x + r * math.cos(angle + 2 * math.pi * k / corners),
+                    y + r * math.sin(angle + 2 * math.pi * k / corners),
+                )
+                for k in range(corners)
+            ],
+            fill=fill,
+        )
     pixels = np.asarray(image.resize((size, size), Image.LANCZOS), dtype=np.float32)
     # A fine grain of its own for every image: without it two circles of similar size and
     # place are near duplicates to the factory (its verifier compares band-passed detail).
@@ -83,8 +91,9 @@ def draw(class_name: str, index: int, size: int = DEFAULT_SIZE) -> bytes:
     return buf.getvalue()
 
 
-def ensure_demo_images(root: Path | None = None, count: int = DEFAULT_COUNT,
-                       size: int = DEFAULT_SIZE) -> Path:
+def ensure_demo_images(
+    root: Path | None = None, count: int = DEFAULT_COUNT, size: int = DEFAULT_SIZE
+) -> Path:
     """Return a folder ``<class>/<class>_NNN.png`` with the demo set, generating it once."""
     root = Path(root) if root else cache_root()
     folder = root / f"demo-images-v{VERSION}-{count}x{size}"

@@ -25,10 +25,10 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from crawler.errors import DemoSiteError
@@ -38,9 +38,17 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
 PAGE_SIZE = 12
 # Broken results served first when faults are on: name -> what the crawler should make of it.
-FAULTS = {"404": "http_404", "500": "http_500", "slow": "timeout", "corrupt": "corrupt",
-          "huge": "too_large", "notimage": "not_image", "tiny": "too_small",
-          "private": "robots", "redirect": "private_address"}
+FAULTS = {
+    "404": "http_404",
+    "500": "http_500",
+    "slow": "timeout",
+    "corrupt": "corrupt",
+    "huge": "too_large",
+    "notimage": "not_image",
+    "tiny": "too_small",
+    "private": "robots",
+    "redirect": "private_address",
+}
 SLOW_IMAGE_SECONDS = 30.0
 REQUEST_LOG = 1000  # paths the site remembers (a long-running demo must not grow without end)
 HUGE_IMAGE_BYTES = 12 * 1024 * 1024
@@ -96,9 +104,11 @@ more();
 </body></html>
 """
 
-HOME_PAGE = ("<!doctype html><html><head><title>pingo demo image search</title></head><body>"
-             "<h1>pingo demo image search</h1><form action='/search'><input name='q'>"
-             "<button>Search</button></form><p>Classes: {classes}</p></body></html>")
+HOME_PAGE = (
+    "<!doctype html><html><head><title>pingo demo image search</title></head><body>"
+    "<h1>pingo demo image search</h1><form action='/search'><input name='q'>"
+    "<button>Search</button></form><p>Classes: {classes}</p></body></html>"
+)
 
 
 def _words(text: str) -> set[str]:
@@ -108,14 +118,20 @@ def _words(text: str) -> set[str]:
 def script_json(value) -> str:
     """JSON safe inside an HTML <script>: no "</script>", "<!--" or line separators."""
     text = json.dumps(value)
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for char, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escaped)
     return text
 
 
 def _tiny_png() -> bytes:
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", (4, 4), (10, 200, 10)).save(buf, "PNG")
     return buf.getvalue()
@@ -143,13 +159,16 @@ class DemoSite:
         for sub in sorted(p for p in self.images_dir.iterdir() if p.is_dir()):
             if sub.name.startswith("."):
                 continue
-            names = sorted(f.name for f in sub.iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            names = sorted(
+                f.name for f in sub.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+            )
             if names:
                 self.index[sub.name] = names
         if not self.index:
-            raise DemoSiteError(f"demo site: {self.images_dir} has no class subfolders "
-                                "with images (expected DIR/<class>/<image>)")
+            raise DemoSiteError(
+                f"demo site: {self.images_dir} has no class subfolders "
+                "with images (expected DIR/<class>/<image>)"
+            )
 
     @property
     def requests(self) -> list[str]:
@@ -165,15 +184,22 @@ class DemoSite:
         words = _words(query)
         found = []
         if self.faults:
-            found += [{"full": (f"/private/{n}.png" if n == "private" else f"/fault/{n}.png"),
-                       "thumb": "/fault/tiny.png", "title": f"fault {n}"} for n in FAULTS]
+            found += [
+                {
+                    "full": (f"/private/{n}.png" if n == "private" else f"/fault/{n}.png"),
+                    "thumb": "/fault/tiny.png",
+                    "title": f"fault {n}",
+                }
+                for n in FAULTS
+            ]
         for name, files in self.index.items():
             if name.lower() not in words:
                 continue
             for f in files:
                 path = f"{quote(name)}/{quote(f)}"
-                found.append({"full": f"/image/{path}", "thumb": f"/thumb/{path}",
-                              "title": f"{name} {f}"})
+                found.append(
+                    {"full": f"/image/{path}", "thumb": f"/thumb/{path}", "title": f"{name} {f}"}
+                )
         for item in found:
             item["page"] = "/page/" + item["full"].rsplit("/", 1)[-1]
         return found
@@ -190,10 +216,15 @@ class _Handler(BaseHTTPRequestHandler):
     site: DemoSite  # set on the subclass made per server
 
     def log_message(self, fmt, *args):  # keep test output quiet; debug log instead
-        logger.debug("demo site: " + fmt, *args)
+        logger.debug("demo site: %s", fmt % args)
 
-    def _send(self, status: int, body: bytes, ctype: str = "text/html; charset=utf-8",
-              length: int | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str = "text/html; charset=utf-8",
+        length: int | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -214,8 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/robots.txt":
                 return self._send(200, ROBOTS_TXT.encode(), "text/plain")
             if path == "/":
-                return self._send(200, HOME_PAGE.format(
-                    classes=html.escape(", ".join(site.index))).encode())
+                return self._send(
+                    200, HOME_PAGE.format(classes=html.escape(", ".join(site.index))).encode()
+                )
             if path == "/search":
                 return self._search(params.get("q", ""))
             if path == "/api/search":
@@ -223,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path.startswith(("/image/", "/thumb/", "/private/")):
                 return self._image(path)
             if path.startswith("/fault/"):
-                return self._fault(path[len("/fault/"):].rsplit(".", 1)[0])
+                return self._fault(path[len("/fault/") :].rsplit(".", 1)[0])
             if path.startswith("/page/"):
                 return self._send(200, b"<html><body>an image page</body></html>")
             return self._send(404, b"not found", "text/plain")
@@ -235,15 +267,19 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.site.page_delay)
         if "http500" in _words(query):
             return self._send(500, b"<html><body>internal error</body></html>")
-        page = SEARCH_PAGE.format(title=html.escape(query), query=html.escape(query),
-                                  query_json=script_json(query), page_size=self.site.page_size)
+        page = SEARCH_PAGE.format(
+            title=html.escape(query),
+            query=html.escape(query),
+            query_json=script_json(query),
+            page_size=self.site.page_size,
+        )
         self._send(200, page.encode())
 
     def _api(self, params: dict[str, str]) -> None:
         found = self.site.results(params.get("q", ""))
         start = max(0, int(params.get("start", 0) or 0))
         count = min(100, max(1, int(params.get("count", PAGE_SIZE) or PAGE_SIZE)))
-        body = json.dumps({"total": len(found), "results": found[start:start + count]})
+        body = json.dumps({"total": len(found), "results": found[start : start + count]})
         self._send(200, body.encode(), "application/json")
 
     def _image(self, path: str) -> None:
@@ -287,8 +323,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, _tiny_png(), "image/png")
         if name == "redirect":  # loopback under another name: only the demo origin is trusted
             self.send_response(302)
-            self.send_header("Location",
-                             f"http://localhost:{self.server.server_address[1]}/fault/tiny.png")
+            self.send_header(
+                "Location", f"http://localhost:{self.server.server_address[1]}/fault/tiny.png"
+            )
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -303,16 +340,19 @@ class DemoServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            raise DemoSiteError(f"demo site: cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise DemoSiteError(
+                f"demo site: cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
         self.httpd.daemon_threads = True
         self.httpd.request_queue_size = 128
         self.site = site
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "DemoServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="pingo-demo-site",
-                                        daemon=True)
+    def start(self) -> DemoServer:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="pingo-demo-site", daemon=True
+        )
         self._thread.start()
         logger.info("demo search site serving %s at %s", self.site.images_dir, self.url)
         return self
@@ -330,24 +370,27 @@ class DemoServer:
         if self._thread:
             self._thread.join(5)
 
-    def __enter__(self) -> "DemoServer":
+    def __enter__(self) -> DemoServer:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def make_server(images_dir: str | Path | None = None, port: int = 0, host: str = "127.0.0.1",
-                **switches) -> DemoServer:
+def make_server(
+    images_dir: str | Path | None = None, port: int = 0, host: str = "127.0.0.1", **switches
+) -> DemoServer:
     """A demo server (not started) over ``images_dir`` (default: the generated demo set)."""
     if images_dir is None:
         from crawler.demo_images import ensure_demo_images
+
         images_dir = ensure_demo_images()
     return DemoServer(DemoSite(Path(images_dir), **switches), host, port)
 
 
-def serve_in_thread(images_dir: str | Path | None = None, port: int = 0,
-                    **switches) -> tuple[str, Callable[[], None]]:
+def serve_in_thread(
+    images_dir: str | Path | None = None, port: int = 0, **switches
+) -> tuple[str, Callable[[], None]]:
     """Start the demo site in a background thread; return (base URL, stop function)."""
     server = make_server(images_dir, port, **switches).start()
     return server.url, server.stop

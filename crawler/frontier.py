@@ -162,6 +162,7 @@ def default_key_prefix(db_url: str | None, data_dir: str) -> str:
     """
     if db_url:
         from sqlalchemy.engine import make_url
+
         identity = make_url(db_url).render_as_string(hide_password=True)
     else:
         identity = str(data_dir)
@@ -172,26 +173,32 @@ def redis_client(url: str):
     try:
         import redis
     except ImportError:  # pragma: no cover - the distributed extra is missing
-        raise CrawlError("crawl.redis_url needs the redis and scrapy-redis packages "
-                         "(pip install 'pingo[distributed]')") from None
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10,
-                                retry_on_timeout=True)
+        raise CrawlError(
+            "crawl.redis_url needs the redis and scrapy-redis packages "
+            "(pip install 'pingo[distributed]')"
+        ) from None
+    return redis.Redis.from_url(
+        url, socket_timeout=30, socket_connect_timeout=10, retry_on_timeout=True
+    )
 
 
 def check_redis(url: str) -> None:
     """Fail early, with a clear CrawlError, when Redis cannot be reached."""
     client = redis_client(url)  # CrawlError when the redis package is missing
     import redis
+
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise CrawlError(f"cannot reach Redis at {redact_url(url)} (crawl.redis_url): "
-                         f"{exc}") from None
+        raise CrawlError(
+            f"cannot reach Redis at {redact_url(url)} (crawl.redis_url): {exc}"
+        ) from None
 
 
 def redact_url(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``: safe for messages and logs."""
     from urllib.parse import urlsplit, urlunsplit
+
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -206,8 +213,14 @@ def redact_url(url: str) -> str:
 class SharedFrontier:
     """The round state of one project in Redis, seen by one worker."""
 
-    def __init__(self, server, prefix: str, worker_ttl: float = default("PINGO_REDIS_WORKER_TTL"),
-                 idle_timeout: float = default("PINGO_IDLE_TIMEOUT"), worker_id: str | None = None):
+    def __init__(
+        self,
+        server,
+        prefix: str,
+        worker_ttl: float = default("PINGO_REDIS_WORKER_TTL"),
+        idle_timeout: float = default("PINGO_IDLE_TIMEOUT"),
+        worker_id: str | None = None,
+    ):
         self.server = server
         self.prefix = prefix
         self.worker_ttl = worker_ttl
@@ -222,16 +235,25 @@ class SharedFrontier:
         self.inflight_key = self._inflight(self.worker_id)
         self.charged_key = f"{prefix}:charged:{self.worker_id}"
         self.alive_key = f"{prefix}:alive:{self.worker_id}"
-        self._scripts = {name: server.register_script(src) for name, src in (
-            ("pop", _POP), ("admit", _ADMIT), ("admit_leftovers", _ADMIT_LEFTOVERS),
-            ("charge", _CHARGE), ("refund", _REFUND), ("finish", _FINISH),
-            ("follow_up", _FOLLOW_UP), ("reap", _REAP))}
+        self._scripts = {
+            name: server.register_script(src)
+            for name, src in (
+                ("pop", _POP),
+                ("admit", _ADMIT),
+                ("admit_leftovers", _ADMIT_LEFTOVERS),
+                ("charge", _CHARGE),
+                ("refund", _REFUND),
+                ("finish", _FINISH),
+                ("follow_up", _FOLLOW_UP),
+                ("reap", _REAP),
+            )
+        }
         self.started_round = False
         self.last_pop = time.monotonic()  # when this worker last took a request
         self.renders = 0  # result pages this worker took and has not finished
 
     @classmethod
-    def from_crawler(cls, crawler) -> "SharedFrontier":
+    def from_crawler(cls, crawler) -> SharedFrontier:
         """One frontier per crawler, shared by the scheduler, the spider and the pipeline."""
         frontier = getattr(crawler, "_pingo_frontier", None)
         if frontier is None:
@@ -240,10 +262,14 @@ class SharedFrontier:
             if not url:
                 raise NotConfigured("REDIS_URL is not set: not a distributed crawl")
             prefix = settings.get("PINGO_REDIS_PREFIX") or default_key_prefix(
-                settings.get("PINGO_DB_URL"), settings.get("PINGO_DATA_DIR") or "")
-            frontier = cls(redis_client(url), prefix,
-                           worker_ttl=get(settings, "PINGO_REDIS_WORKER_TTL"),
-                           idle_timeout=get(settings, "PINGO_IDLE_TIMEOUT"))
+                settings.get("PINGO_DB_URL"), settings.get("PINGO_DATA_DIR") or ""
+            )
+            frontier = cls(
+                redis_client(url),
+                prefix,
+                worker_ttl=get(settings, "PINGO_REDIS_WORKER_TTL"),
+                idle_timeout=get(settings, "PINGO_IDLE_TIMEOUT"),
+            )
             crawler._pingo_frontier = frontier
         return frontier
 
@@ -270,9 +296,12 @@ class SharedFrontier:
             if self.started_round:
                 self._start_round(plan, queries)
             self.heartbeat()
-        logger.info("%s crawl round under %s as worker %s",
-                    "started a new" if self.started_round else "joined the", self.prefix,
-                    self.worker_id)
+        logger.info(
+            "%s crawl round under %s as worker %s",
+            "started a new" if self.started_round else "joined the",
+            self.prefix,
+            self.worker_id,
+        )
         return self.started_round
 
     def _start_round(self, plan, queries: dict[str, list[tuple[str, str]]]) -> None:
@@ -287,8 +316,16 @@ class SharedFrontier:
             pairs = queries.get(p.name) or []
             if pairs:
                 pipe.rpush(self.queries_key(p.name), *(json.dumps(q) for q in pairs))
-        pipe.set(self.round_key, json.dumps({"started": time.time(), "by": self.worker_id,
-                                             "plan": {p.name: p.lacking for p in plan}}))
+        pipe.set(
+            self.round_key,
+            json.dumps(
+                {
+                    "started": time.time(),
+                    "by": self.worker_id,
+                    "plan": {p.name: p.lacking for p in plan},
+                }
+            ),
+        )
         pipe.execute()
 
     def _members(self) -> list[str]:
@@ -305,14 +342,18 @@ class SharedFrontier:
         worker's own too, when ``leaving``)."""
         return self._scripts["reap"](
             keys=[self.workers_key, self.queue_key, self.open_key],
-            args=[self.prefix, REQUEUE_SCORE, self.worker_id, "1" if leaving else "0"])
+            args=[self.prefix, REQUEUE_SCORE, self.worker_id, "1" if leaving else "0"],
+        )
 
     def reap(self) -> tuple[int, int]:
         """Take back the in-flight work of dead workers: (workers reaped, requests requeued)."""
         reaped, requeued = self._reap(leaving=False)
         if reaped:
-            logger.warning("took back the work of %d crawler(s) that stopped answering: "
-                           "%d requests requeued", reaped, requeued)
+            logger.warning(
+                "took back the work of %d crawler(s) that stopped answering: %d requests requeued",
+                reaped,
+                requeued,
+            )
         return int(reaped), int(requeued)
 
     def leave(self) -> int:
@@ -327,8 +368,9 @@ class SharedFrontier:
 
     def others_busy(self) -> bool:
         """Does another registered worker hold requests (alive, or dead and not reaped)?"""
-        return any(self.server.hlen(self._inflight(w)) for w in self._members()
-                   if w != self.worker_id)
+        return any(
+            self.server.hlen(self._inflight(w)) for w in self._members() if w != self.worker_id
+        )
 
     # ---- the queue -----------------------------------------------------------------------
 
@@ -347,23 +389,32 @@ class SharedFrontier:
         self.server.zadd(self.queue_key, {data: score})
 
     def admit(self, class_name: str, data: bytes, score: float) -> bool:
-        return bool(self._scripts["admit"](
-            keys=[self.queue_key, self.left_key, self.open_key, self.leftovers_key(class_name)],
-            args=[class_name, data, score]))
+        return bool(
+            self._scripts["admit"](
+                keys=[self.queue_key, self.left_key, self.open_key, self.leftovers_key(class_name)],
+                args=[class_name, data, score],
+            )
+        )
 
     def admit_leftovers(self, class_name: str, score: float) -> int:
-        return int(self._scripts["admit_leftovers"](
-            keys=[self.queue_key, self.left_key, self.open_key, self.leftovers_key(class_name)],
-            args=[class_name, score]))
+        return int(
+            self._scripts["admit_leftovers"](
+                keys=[self.queue_key, self.left_key, self.open_key, self.leftovers_key(class_name)],
+                args=[class_name, score],
+            )
+        )
 
     def follow_up(self, old_id: str, data: bytes, score: float) -> None:
-        self._scripts["follow_up"](keys=[self.queue_key, self.inflight_key],
-                                   args=[old_id, data, score])
+        self._scripts["follow_up"](
+            keys=[self.queue_key, self.inflight_key], args=[old_id, data, score]
+        )
 
     def finish(self, inflight_id: str | None, class_name: str = "") -> None:
         if inflight_id:
-            self._scripts["finish"](keys=[self.inflight_key, self.charged_key, self.open_key],
-                                    args=[inflight_id, class_name])
+            self._scripts["finish"](
+                keys=[self.inflight_key, self.charged_key, self.open_key],
+                args=[inflight_id, class_name],
+            )
 
     # ---- budgets -------------------------------------------------------------------------
 
@@ -382,12 +433,16 @@ class SharedFrontier:
         return int(left or 0) - int(open_ or 0)
 
     def charge(self, class_name: str, inflight_id: str | None) -> bool:
-        return bool(self._scripts["charge"](keys=[self.left_key, self.charged_key],
-                                            args=[class_name, inflight_id or ""]))
+        return bool(
+            self._scripts["charge"](
+                keys=[self.left_key, self.charged_key], args=[class_name, inflight_id or ""]
+            )
+        )
 
     def refund(self, class_name: str, inflight_id: str | None) -> None:
-        self._scripts["refund"](keys=[self.left_key, self.charged_key],
-                                args=[class_name, inflight_id or ""])
+        self._scripts["refund"](
+            keys=[self.left_key, self.charged_key], args=[class_name, inflight_id or ""]
+        )
 
     def pop_query(self, class_name: str) -> tuple[str, str] | None:
         data = self.server.lpop(self.queries_key(class_name))
@@ -399,9 +454,12 @@ class SharedFrontier:
 
     def snapshot(self) -> dict[str, Any]:
         """The shared state, for logs, stats and tests."""
-        return {"left": self.left(),
-                "open": {k.decode(): int(v) for k, v in self.server.hgetall(self.open_key).items()},
-                "queue": self.queue_length(), "workers": sorted(self._members())}
+        return {
+            "left": self.left(),
+            "open": {k.decode(): int(v) for k, v in self.server.hgetall(self.open_key).items()},
+            "queue": self.queue_length(),
+            "workers": sorted(self._members()),
+        }
 
     def clear(self, keep_lock: bool = False) -> None:
         """Delete every key of this project (the last worker out, or a deliberate reset)."""

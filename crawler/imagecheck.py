@@ -91,8 +91,15 @@ class ImageChecker:
 
     def check(self, body: bytes, content_type: str) -> Verdict:
         worker = self._borrow()
-        verdict = worker.ask(body, {"content_type": content_type, "min_side": self.min_side,
-                                    "max_pixels": self.max_pixels}, self.timeout)
+        verdict = worker.ask(
+            body,
+            {
+                "content_type": content_type,
+                "min_side": self.min_side,
+                "max_pixels": self.max_pixels,
+            },
+            self.timeout,
+        )
         if verdict is not None:
             self._idle.put(worker)
             return verdict
@@ -102,8 +109,10 @@ class ImageChecker:
             logger.warning("an image took over %gs to decode; refused as not_image", self.timeout)
             return ("refused", "not_image", f"decoding took over {self.timeout:g}s")
         self.crashes += 1
-        logger.warning("an image crashed its decoder (exit code %s); refused as not_image",
-                       worker.process.returncode)
+        logger.warning(
+            "an image crashed its decoder (exit code %s); refused as not_image",
+            worker.process.returncode,
+        )
         return ("refused", "not_image", "the decoder crashed")
 
     def close(self) -> None:
@@ -113,7 +122,7 @@ class ImageChecker:
         for worker in workers:
             worker.stop()
 
-    def _borrow(self) -> "_Worker":
+    def _borrow(self) -> _Worker:
         while True:
             try:
                 worker = self._idle.get_nowait()
@@ -129,7 +138,7 @@ class ImageChecker:
             self._all.add(worker)
         return worker
 
-    def _drop(self, worker: "_Worker") -> None:
+    def _drop(self, worker: _Worker) -> None:
         with self._lock:
             self._all.discard(worker)
         worker.kill()
@@ -138,15 +147,21 @@ class ImageChecker:
 class _Worker:
     def __init__(self):
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                          env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
+        )
         # Its own session: Ctrl-C or SIGTERM sent to the crawl's process group must not kill
         # a worker, not even while it starts (before it ignores them); a killed check would be
         # recorded as a body that crashed the decoder and the image refused for good. It ends
         # when the crawl closes its stdin, or dies with the crawl (PR_SET_PDEATHSIG, EOF).
-        self.process = subprocess.Popen([sys.executable, "-m", "crawler.imagecheck"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env=env, close_fds=True, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "crawler.imagecheck"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+        )
         self.timed_out = False
         self._ready = False
 
@@ -229,6 +244,7 @@ def _serve() -> None:
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         import ctypes
+
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
@@ -238,6 +254,7 @@ def _die_with_parent() -> None:
 def _limit_memory() -> None:
     try:
         import resource
+
         with open("/proc/self/statm") as f:
             pages = int(f.read().split()[0])
         limit = pages * os.sysconf("SC_PAGE_SIZE") + MEMORY_LIMIT

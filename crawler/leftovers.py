@@ -58,10 +58,13 @@ def launcher(folder: Path, name: str, executable: str) -> str:
     if shutil.which("setpriv"):
         line = f'exec setpriv --pdeathsig KILL -- {shlex.quote(executable)} "$@"'
     else:  # no util-linux: prctl from a Python stand-in, then exec
-        code = ("import ctypes,os,sys;ctypes.CDLL(None).prctl(1,9);"
-                "os.execv(sys.argv[1],sys.argv[1:])")
-        line = (f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} "
-                f'{shlex.quote(executable)} "$@"')
+        code = (
+            "import ctypes,os,sys;ctypes.CDLL(None).prctl(1,9);os.execv(sys.argv[1],sys.argv[1:])"
+        )
+        line = (
+            f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} "
+            f'{shlex.quote(executable)} "$@"'
+        )
     script.write_text(f"#!/bin/sh\n{line}\n")
     script.chmod(0o700)
     return str(script)
@@ -79,8 +82,11 @@ def _can_exec(folder: str) -> bool:
     except (OSError, AttributeError):
         return False
     if noexec:  # said once per folder
-        logger.warning("%s is mounted noexec: browsers are not tied to the crawl process "
-                       "(a later crawl still removes what a killed one left)", folder)
+        logger.warning(
+            "%s is mounted noexec: browsers are not tied to the crawl process "
+            "(a later crawl still removes what a killed one left)",
+            folder,
+        )
     return not noexec
 
 
@@ -156,6 +162,7 @@ def _mtime(path: Path) -> float:
 
 def _start_time(pid: int) -> str | None:
     from crawler.browser import _start_time as start_time
+
     return start_time(pid)
 
 

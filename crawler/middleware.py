@@ -26,7 +26,7 @@ from scrapy.http import HtmlResponse
 from scrapy.utils.defer import maybe_deferred_to_future
 
 from crawler.browser import BrowserSpec
-from crawler.pool import BrowserPool, RenderJob, Rendered
+from crawler.pool import BrowserPool, Rendered, RenderJob
 from crawler.selenium_request import SeleniumRequest
 from crawler.settings import get
 
@@ -50,13 +50,17 @@ class SeleniumMiddleware:
         def stat(key: str, n: int = 1) -> None:
             # Workers call this from their threads; stats are touched on the reactor only.
             from twisted.internet import reactor
+
             reactor.callFromThread(stats.inc_value, key, n)
 
-        pool = BrowserPool(spec, size=get(settings, "SELENIUM_MAX_DRIVERS"),
-                           pages_per_browser=get(settings, "SELENIUM_PAGES_PER_BROWSER"),
-                           retries=get(settings, "SELENIUM_RETRY_TIMES"),
-                           deadline=get(settings, "SELENIUM_RENDER_DEADLINE") or None,
-                           stat=stat)
+        pool = BrowserPool(
+            spec,
+            size=get(settings, "SELENIUM_MAX_DRIVERS"),
+            pages_per_browser=get(settings, "SELENIUM_PAGES_PER_BROWSER"),
+            retries=get(settings, "SELENIUM_RETRY_TIMES"),
+            deadline=get(settings, "SELENIUM_RENDER_DEADLINE") or None,
+            stat=stat,
+        )
         middleware = cls(crawler, pool, get(settings, "SELENIUM_ON_REACTOR_THREAD"))
         crawler.signals.connect(middleware.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(middleware.spider_closed, signal=signals.spider_closed)
@@ -75,8 +79,14 @@ class SeleniumMiddleware:
     async def process_request(self, request):
         if not isinstance(request, SeleniumRequest):
             return None
-        job = RenderJob(request.url, request.wait_time, request.wait_until, request.script,
-                        request.screenshot, getattr(request, "scroll", None))
+        job = RenderJob(
+            request.url,
+            request.wait_time,
+            request.wait_until,
+            request.script,
+            request.screenshot,
+            getattr(request, "scroll", None),
+        )
         if self.on_reactor_thread:
             rendered = self.pool.render_blocking(job)  # blocks every other download
         else:
@@ -88,9 +98,19 @@ class SeleniumMiddleware:
         return self._response(request, rendered)
 
     def _response(self, request, rendered: Rendered) -> HtmlResponse:
-        request.meta.update(scrolls=rendered.scrolls, scroll_count=rendered.scroll_count,
-                            render_seconds=rendered.seconds, render_attempts=rendered.attempts)
+        request.meta.update(
+            scrolls=rendered.scrolls,
+            scroll_count=rendered.scroll_count,
+            render_seconds=rendered.seconds,
+            render_attempts=rendered.attempts,
+        )
         if rendered.screenshot is not None:
             request.meta["screenshot"] = rendered.screenshot
-        return HtmlResponse(rendered.url, status=rendered.status, body=rendered.body,
-                            encoding="utf-8", request=request, flags=["selenium"])
+        return HtmlResponse(
+            rendered.url,
+            status=rendered.status,
+            body=rendered.body,
+            encoding="utf-8",
+            request=request,
+            flags=["selenium"],
+        )

@@ -117,6 +117,7 @@ class PrivateAddressMiddleware:
             # Fail the download here, as the network error it is: letting it through would
             # have Scrapy resolve the name again, and a second answer may be private.
             from twisted.internet.error import DNSLookupError
+
             raise DNSLookupError(f"{host}: {exc}") from None
         private = [a for a in addresses if not is_public(a)]
         verdict = f"{host} is {', '.join(private)}, a private address" if private else None

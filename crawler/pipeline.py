@@ -3,8 +3,8 @@
 A FilesPipeline subclass: Scrapy's downloader fetches (robots.txt, retries, DOWNLOAD_MAXSIZE,
 AutoThrottle all apply), then the bytes are checked (an allowed format, decodable, not too
 small, not too many pixels: :mod:`crawler.imagecheck`, in worker processes under a time
-limit, ``PINGO_DECODE_TIMEOUT``) and stored unchanged through ``Store.add_image`` (storage writes the file
-atomically; no re-encode). Every fetched URL is recorded with its outcome via
+limit, ``PINGO_DECODE_TIMEOUT``) and stored unchanged through ``Store.add_image`` (storage
+writes the file atomically; no re-encode). Every fetched URL is recorded with its outcome via
 ``Store.record_url`` so no URL is fetched twice, across crawls too. Exact byte duplicates are
 counted, not errors. DB and file work runs on a few worker threads, not on the reactor.
 
@@ -28,8 +28,12 @@ import logging
 import time
 from typing import Any
 
-from scrapy.exceptions import DownloadCancelledError, DownloadTimeoutError, IgnoreRequest
-from scrapy.exceptions import NotConfigured
+from scrapy.exceptions import (
+    DownloadCancelledError,
+    DownloadTimeoutError,
+    IgnoreRequest,
+    NotConfigured,
+)
 from scrapy.pipelines.files import FilesPipeline
 from scrapy.utils.defer import maybe_deferred_to_future
 
@@ -53,14 +57,22 @@ class ImageRefused(_Quiet):
         self.reason = reason
 
 
-def check_image(body: bytes, content_type: str, min_side: int, max_pixels: int,
-                checker: ImageChecker | None = None) -> tuple[str, int, int]:
+def check_image(
+    body: bytes,
+    content_type: str,
+    min_side: int,
+    max_pixels: int,
+    checker: ImageChecker | None = None,
+) -> tuple[str, int, int]:
     """Return (extension, width, height) of an image pingo keeps, else raise ImageRefused.
 
     With a ``checker`` the decode runs in its worker processes, under its time limit;
     without, in this thread (trusted input, benchmarks)."""
-    verdict = checker.check(body, content_type) if checker else inspect(
-        body, content_type, min_side, max_pixels)
+    verdict = (
+        checker.check(body, content_type)
+        if checker
+        else inspect(body, content_type, min_side, max_pixels)
+    )
     if verdict[0] != "ok":
         raise ImageRefused(verdict[1], verdict[2])
     return verdict[1], verdict[2], verdict[3]
@@ -85,8 +97,11 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, HttpError):  # a distributed crawl's image request: status not 2xx
         return f"http_{exc.response.status}"
     if isinstance(exc, IgnoreRequest):
-        return "robots" if "robots" in str(exc).lower() or "Forbidden by robots" in str(exc) \
+        return (
+            "robots"
+            if "robots" in str(exc).lower() or "Forbidden by robots" in str(exc)
             else "ignored"
+        )
     if isinstance(exc, DownloadCancelledError):
         return "too_large"
     if isinstance(exc, DownloadTimeoutError) or "timeout" in type(exc).__name__.lower():
@@ -99,9 +114,19 @@ class InboxImagesPipeline(FilesPipeline):
     PINGO_INBOX_WRITERS (threads storing images), PINGO_DECODE_TIMEOUT (seconds one body may
     take to decode; 0 = decode in the writer threads, unbounded). Defaults: crawler.settings."""
 
-    def __init__(self, store_uri, *, crawler, data_dir: str, db_url: str | None,
-                 min_side: int, max_pixels: int, writers: int = default("PINGO_INBOX_WRITERS"),
-                 frontier=None, decode_timeout: float = default("PINGO_DECODE_TIMEOUT")):
+    def __init__(
+        self,
+        store_uri,
+        *,
+        crawler,
+        data_dir: str,
+        db_url: str | None,
+        min_side: int,
+        max_pixels: int,
+        writers: int = default("PINGO_INBOX_WRITERS"),
+        frontier=None,
+        decode_timeout: float = default("PINGO_DECODE_TIMEOUT"),
+    ):
         super().__init__(store_uri, crawler=crawler)
         self.frontier = frontier  # the shared budget of a distributed crawl, else None
         self.writers = writers
@@ -123,13 +148,19 @@ class InboxImagesPipeline(FilesPipeline):
         frontier = None
         if settings.get("REDIS_URL"):
             from crawler.frontier import SharedFrontier
+
             frontier = SharedFrontier.from_crawler(crawler)
-        return cls(data_dir, crawler=crawler, data_dir=data_dir,
-                   db_url=settings.get("PINGO_DB_URL"),
-                   min_side=get(settings, "PINGO_MIN_IMAGE_SIDE"),
-                   max_pixels=get(settings, "PINGO_MAX_IMAGE_PIXELS"),
-                   writers=get(settings, "PINGO_INBOX_WRITERS"), frontier=frontier,
-                   decode_timeout=get(settings, "PINGO_DECODE_TIMEOUT"))
+        return cls(
+            data_dir,
+            crawler=crawler,
+            data_dir=data_dir,
+            db_url=settings.get("PINGO_DB_URL"),
+            min_side=get(settings, "PINGO_MIN_IMAGE_SIDE"),
+            max_pixels=get(settings, "PINGO_MAX_IMAGE_PIXELS"),
+            writers=get(settings, "PINGO_INBOX_WRITERS"),
+            frontier=frontier,
+            decode_timeout=get(settings, "PINGO_DECODE_TIMEOUT"),
+        )
 
     def open_spider(self) -> None:
         from twisted.python.threadpool import ThreadPool
@@ -158,7 +189,8 @@ class InboxImagesPipeline(FilesPipeline):
         from twisted.internet.threads import deferToThreadPool
 
         return await maybe_deferred_to_future(
-            deferToThreadPool(reactor, self._db, fn, *args, **kwargs))
+            deferToThreadPool(reactor, self._db, fn, *args, **kwargs)
+        )
 
     # ---- FilesPipeline hooks -----------------------------------------------------------------
 
@@ -166,8 +198,14 @@ class InboxImagesPipeline(FilesPipeline):
         from scrapy import Request
         from scrapy.http.request import NO_CALLBACK
 
-        return [Request(item["image_url"], callback=NO_CALLBACK, priority=10,
-                        meta={"pingo_class": item["keyword_class"]})]
+        return [
+            Request(
+                item["image_url"],
+                callback=NO_CALLBACK,
+                priority=10,
+                meta={"pingo_class": item["keyword_class"]},
+            )
+        ]
 
     def media_to_download(self, request, info, *, item=None):
         return None  # always download: the spider already skipped URLs fetched before
@@ -181,8 +219,13 @@ class InboxImagesPipeline(FilesPipeline):
         status, image_id = await self._in_db_thread(self._keep, response.body, ctype, item)
         self.inc_stats(status)
         self._mark_arrival()
-        return {"url": request.url, "path": "", "checksum": None, "status": status,
-                "image_id": image_id}
+        return {
+            "url": request.url,
+            "path": "",
+            "checksum": None,
+            "status": status,
+            "image_id": image_id,
+        }
 
     def media_failed(self, failure, request, info):
         if isinstance(failure.value, ImageRefused):
@@ -195,21 +238,30 @@ class InboxImagesPipeline(FilesPipeline):
         self.crawler.stats.min_value("pingo/first_image_at", now)
         self.crawler.stats.max_value("pingo/last_image_at", now)
 
-    def _keep(self, body: bytes, content_type: str, item: dict,
-              inflight: str | None = None) -> tuple[str, int | None]:
+    def _keep(
+        self, body: bytes, content_type: str, item: dict, inflight: str | None = None
+    ) -> tuple[str, int | None]:
         from storage.errors import DuplicateImageError
 
-        ext, width, height = check_image(body, content_type, self.min_side, self.max_pixels,
-                                         self.checker)
+        ext, width, height = check_image(
+            body, content_type, self.min_side, self.max_pixels, self.checker
+        )
         cls = item["keyword_class"]
         # Several crawlers share the budget: take one image of it before storing, atomically.
         if self.frontier is not None and not self.frontier.charge(cls, inflight):
             return "over_budget", None
         try:
             image_id = self.store.add_image(
-                body, keyword_class=cls, source=item["source"], ext=ext,
-                source_url=item["image_url"], page_url=item.get("page_url"),
-                query=item.get("query"), width=width, height=height)
+                body,
+                keyword_class=cls,
+                source=item["source"],
+                ext=ext,
+                source_url=item["image_url"],
+                page_url=item.get("page_url"),
+                query=item.get("query"),
+                width=width,
+                height=height,
+            )
         except DuplicateImageError as dup:
             if self.frontier is not None:
                 self.frontier.refund(cls, inflight)
@@ -232,15 +284,19 @@ class InboxImagesPipeline(FilesPipeline):
         else:
             try:
                 item["outcome"], item["image_id"] = await self._in_db_thread(
-                    self._keep, fetched["body"], fetched["content_type"], item,
-                    fetched.get("inflight"))
+                    self._keep,
+                    fetched["body"],
+                    fetched["content_type"],
+                    item,
+                    fetched.get("inflight"),
+                )
             except ImageRefused as exc:
                 item["reason"] = exc.reason
             else:
                 self._mark_arrival()
 
     def item_completed(self, results, item, info):
-        (ok, value), = results
+        ((ok, value),) = results
         if ok:
             item["outcome"], item["image_id"] = value["status"], value["image_id"]
         else:
@@ -273,8 +329,9 @@ class InboxImagesPipeline(FilesPipeline):
             refund(cls)  # the class still lacks this image: the spider finds another
         outcome = item.get("reason") or item["outcome"]
         if outcome != "over_budget":  # not kept for lack of budget: a later crawl may take it
-            await self._in_db_thread(self.store.record_url, item["image_url"], outcome,
-                                     item["image_id"])
+            await self._in_db_thread(
+                self.store.record_url, item["image_url"], outcome, item["image_id"]
+            )
         if fetched is not None:
             self.frontier.finish(fetched.get("inflight"), cls)
             top_up = getattr(self.crawler.spider, "top_up", None)

@@ -17,8 +17,9 @@ import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from crawler.browser import Browser, BrowserSpec
 from crawler.errors import BrowserError, CrawlError
@@ -28,8 +29,10 @@ from crawler.settings import default
 logger = logging.getLogger(__name__)
 
 # How the page's own HTTP status is read (Chromium 109+); None where unsupported.
-STATUS_JS = ("const e = performance.getEntriesByType('navigation')[0];"
-             "return e && e.responseStatus ? e.responseStatus : null;")
+STATUS_JS = (
+    "const e = performance.getEntriesByType('navigation')[0];"
+    "return e && e.responseStatus ? e.responseStatus : null;"
+)
 
 
 WARM_UP_PAGE = "data:text/html,<title>warm-up</title><p>pingo</p><script>1</script>"
@@ -38,7 +41,7 @@ WAIT_POLL_SECONDS = 0.05
 
 
 # Pools of this process, so a stop signal can reach them (see abandon_all).
-_POOLS: "weakref.WeakSet[BrowserPool]" = weakref.WeakSet()
+_POOLS: weakref.WeakSet[BrowserPool] = weakref.WeakSet()
 
 
 def abandon_all() -> None:
@@ -59,6 +62,7 @@ def end_all_browsers() -> None:
     """At the crawl process's exit: kill the browsers no ``close()`` quit, remove their
     folders."""
     import shutil
+
     for pool in list(_POOLS):
         with pool._lock:
             browsers, pool._all = list(pool._all), set()
@@ -102,10 +106,15 @@ class _Lease:
 
 
 class BrowserPool:
-    def __init__(self, spec: BrowserSpec, size: int = default("SELENIUM_MAX_DRIVERS"),
-                 pages_per_browser: int = default("SELENIUM_PAGES_PER_BROWSER"),
-                 retries: int = default("SELENIUM_RETRY_TIMES"), deadline: float | None = None,
-                 stat: Callable[[str, int], None] | None = None):
+    def __init__(
+        self,
+        spec: BrowserSpec,
+        size: int = default("SELENIUM_MAX_DRIVERS"),
+        pages_per_browser: int = default("SELENIUM_PAGES_PER_BROWSER"),
+        retries: int = default("SELENIUM_RETRY_TIMES"),
+        deadline: float | None = None,
+        stat: Callable[[str, int], None] | None = None,
+    ):
         self.spec = spec
         self.size = size
         self.pages_per_browser = pages_per_browser
@@ -197,8 +206,11 @@ class BrowserPool:
     def kill_hung(self) -> None:
         now = time.monotonic()
         with self._lock:
-            hung = [lease for lease in self._leases.values()
-                    if now > lease.deadline and not lease.killed]
+            hung = [
+                lease
+                for lease in self._leases.values()
+                if now > lease.deadline and not lease.killed
+            ]
             for lease in hung:
                 lease.killed = True
         for lease in hung:
@@ -235,8 +247,13 @@ class BrowserPool:
                 self._discard(browser)  # a page that will not load may have wedged it
             except (WebDriverException, Urllib3Error, OSError) as exc:
                 self._stat("selenium/browser_crashed", 1)
-                logger.warning("browser failed rendering %s (%s); replacing it",
-                               job.url, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
+                logger.warning(
+                    "browser failed rendering %s (%s); replacing it",
+                    job.url,
+                    str(exc).strip().splitlines()[0][:200]
+                    if str(exc).strip()
+                    else type(exc).__name__,
+                )
                 last = exc
                 self._discard(browser)
             else:
@@ -252,11 +269,14 @@ class BrowserPool:
             if attempt <= self.retries:
                 self._stat("selenium/retry_count", 1)
         self._stat("selenium/render_failed", 1)
-        raise RenderFailed(f"{job.url}: not rendered after {self.retries + 1} attempts: "
-                           f"{type(last).__name__}: {str(last).strip()[:200]}")
+        raise RenderFailed(
+            f"{job.url}: not rendered after {self.retries + 1} attempts: "
+            f"{type(last).__name__}: {str(last).strip()[:200]}"
+        )
 
     def _prestart(self) -> None:
         from selenium.common.exceptions import WebDriverException
+
         if self._closed:
             return
         try:
@@ -312,8 +332,9 @@ class BrowserPool:
             if isinstance(condition, str):
                 condition = EC.presence_of_element_located((By.CSS_SELECTOR, condition))
             try:
-                WebDriverWait(driver, job.wait_time or 10,
-                              poll_frequency=WAIT_POLL_SECONDS).until(condition)
+                WebDriverWait(driver, job.wait_time or 10, poll_frequency=WAIT_POLL_SECONDS).until(
+                    condition
+                )
             except TimeoutException:
                 self._stat("selenium/wait_timeout", 1)  # e.g. no results: read what is there
         if job.script:
@@ -322,8 +343,14 @@ class BrowserPool:
         if job.scroll is not None and status < 400:
             scrolls, count = self._scroll(driver, job.scroll)
         shot = driver.get_screenshot_as_png() if job.screenshot else None
-        return Rendered(driver.current_url, driver.page_source.encode("utf-8"), int(status),
-                        scrolls, count, shot)
+        return Rendered(
+            driver.current_url,
+            driver.page_source.encode("utf-8"),
+            int(status),
+            scrolls,
+            count,
+            shot,
+        )
 
     def _scroll(self, driver, spec: Scroll) -> tuple[int, int]:
         """Scroll to the bottom until ``spec.want`` results exist or a scroll adds none."""

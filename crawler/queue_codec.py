@@ -21,8 +21,9 @@ from typing import Any
 from crawler.errors import CrawlError
 
 # The request classes a queue entry may name (request_from_dict would import any other).
-ALLOWED_CLASSES = frozenset({"scrapy.http.request.Request", "scrapy.Request",
-                             "crawler.selenium_request.SeleniumRequest"})
+ALLOWED_CLASSES = frozenset(
+    {"scrapy.http.request.Request", "scrapy.Request", "crawler.selenium_request.SeleniumRequest"}
+)
 
 
 class UndecodableRequest(CrawlError):
@@ -77,7 +78,7 @@ def _decode(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
-        (tag, inner), = value.items()
+        ((tag, inner),) = value.items()
         try:
             if tag == "$b":
                 return base64.b64decode(inner, validate=True)

@@ -48,12 +48,18 @@ class SharedScheduler(Scheduler):
         frontier = SharedFrontier.from_crawler(crawler)
         if crawler.settings.get("SCHEDULER_SERIALIZER"):
             logger.warning("SCHEDULER_SERIALIZER is ignored: pingo's shared queue is JSON only")
-        scheduler = cls(frontier.server, frontier=frontier, crawler=crawler,
-                        persist=True,  # the round outlives any one worker
-                        queue_key=frontier.queue_key, queue_cls="scrapy_redis.queue.PriorityQueue",
-                        dupefilter=_dupefilter(frontier, crawler.settings),
-                        dupefilter_key=frontier.dupefilter_key, idle_before_close=0,
-                        serializer=queue_codec)
+        scheduler = cls(
+            frontier.server,
+            frontier=frontier,
+            crawler=crawler,
+            persist=True,  # the round outlives any one worker
+            queue_key=frontier.queue_key,
+            queue_cls="scrapy_redis.queue.PriorityQueue",
+            dupefilter=_dupefilter(frontier, crawler.settings),
+            dupefilter_key=frontier.dupefilter_key,
+            idle_before_close=0,
+            serializer=queue_codec,
+        )
         scheduler.stats = crawler.stats
         scheduler.max_renders = get(crawler.settings, "SELENIUM_MAX_DRIVERS")
         return scheduler
@@ -71,6 +77,7 @@ class SharedScheduler(Scheduler):
 
     def close(self, reason):
         import redis
+
         if self._beat is not None and self._beat.running:
             self._beat.stop()
         try:
@@ -84,6 +91,7 @@ class SharedScheduler(Scheduler):
 
     def _heartbeat(self) -> None:
         import redis
+
         try:
             self.frontier.heartbeat()
             _, requeued = self.frontier.reap()
@@ -133,8 +141,7 @@ class SharedScheduler(Scheduler):
 
         # Browsers all busy: take only requests with priority > 0 (images), not pages.
         try:
-            got = self.frontier.pop("(0" if self.frontier.renders >= self.max_renders
-                                    else "+inf")
+            got = self.frontier.pop("(0" if self.frontier.renders >= self.max_renders else "+inf")
         except redis.RedisError as exc:  # nothing to take; idle time runs (see the spider)
             self._redis_failed(exc)
             return None
@@ -156,6 +163,7 @@ class SharedScheduler(Scheduler):
 
     def has_pending_requests(self):
         import redis
+
         try:
             return self.frontier.queue_length() > 0
         except redis.RedisError as exc:
@@ -171,5 +179,6 @@ class SharedScheduler(Scheduler):
 def _dupefilter(frontier: SharedFrontier, settings):
     from scrapy_redis.dupefilter import RFPDupeFilter
 
-    return RFPDupeFilter(frontier.server, key=frontier.dupefilter_key,
-                         debug=settings.getbool("DUPEFILTER_DEBUG"))
+    return RFPDupeFilter(
+        frontier.server, key=frontier.dupefilter_key, debug=settings.getbool("DUPEFILTER_DEBUG")
+    )

@@ -25,19 +25,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _EARLY_STOPS: list[int] = []
 if __name__ == "__main__":  # a stop while this crawl process still imports Scrapy: kept
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, lambda signum, _frame: _EARLY_STOPS.append(signum))
 
-from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError
-from core.sources import resolve_sources
-from crawler.spider import ClassPlan
-from crawler.summary import CrawlSummary
+from core.sources import resolve_sources  # noqa: E402  (after the early signal handlers)
+from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError  # noqa: E402
+from crawler.spider import ClassPlan  # noqa: E402
+from crawler.summary import CrawlSummary  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +49,17 @@ PARENT_ENV = "PINGO_CRAWL_PARENT"
 INTERRUPTED_STAT = "pingo/interrupted"
 
 
-def plan_crawl(config, store, classes: list[str] | None = None,
-               limit: int | None = None) -> tuple[list[ClassPlan], dict[str, str]]:
+def plan_crawl(
+    config, store, classes: list[str] | None = None, limit: int | None = None
+) -> tuple[list[ClassPlan], dict[str, str]]:
     """Classes below target and how many each lacks (target - accepted - inbox), capped."""
     wanted = list(config.classes) if not classes else list(classes)
     unknown = [c for c in wanted if c not in config.classes]
     if unknown:
-        raise UnknownCrawlClassError(f"unknown class {unknown[0]!r}; the config declares "
-                                     + (", ".join(config.classes) or "no classes"))
+        raise UnknownCrawlClassError(
+            f"unknown class {unknown[0]!r}; the config declares "
+            + (", ".join(config.classes) or "no classes")
+        )
     stats = store.stats(config.targets)
     inbox = store.inbox_counts()
     plan, skipped = [], {}
@@ -64,8 +68,11 @@ def plan_crawl(config, store, classes: list[str] | None = None,
         accepted = stats.classes.get(name, {}).get("accepted", 0) or 0
         lacking = cls.target - accepted - inbox.get(name, 0)
         if lacking <= 0:
-            skipped[name] = ("at target" if accepted >= cls.target else
-                             f"{inbox.get(name, 0)} images already wait in the inbox")
+            skipped[name] = (
+                "at target"
+                if accepted >= cls.target
+                else f"{inbox.get(name, 0)} images already wait in the inbox"
+            )
             continue
         if limit is not None:
             lacking = min(lacking, limit)
@@ -73,9 +80,16 @@ def plan_crawl(config, store, classes: list[str] | None = None,
     return plan, skipped
 
 
-def crawl(config, store=None, classes: list[str] | None = None,
-          sources: list[str] | None = None, limit: int | None = None, *,
-          settings: dict[str, Any] | None = None, demo_url: str | None = None) -> CrawlSummary:
+def crawl(
+    config,
+    store=None,
+    classes: list[str] | None = None,
+    sources: list[str] | None = None,
+    limit: int | None = None,
+    *,
+    settings: dict[str, Any] | None = None,
+    demo_url: str | None = None,
+) -> CrawlSummary:
     """Crawl the classes below target (or ``classes``) on ``sources`` (default: config's).
 
     ``limit`` caps the images taken per class; ``settings`` overrides Scrapy settings;
@@ -100,30 +114,41 @@ def crawl(config, store=None, classes: list[str] | None = None,
         logger.info("every class has what it needs; nothing to crawl")
         return CrawlSummary.from_stats({}, names, {}, skipped)
     from crawler.settings import build_settings
+
     scrapy_settings = build_settings(config, data_dir, db_url, settings)
     if demo_url:  # a demo site started elsewhere (e.g. on port 0) is as local as the configured
         scrapy_settings["PINGO_TRUSTED_ORIGINS"] = [
-            *scrapy_settings["PINGO_TRUSTED_ORIGINS"], demo_url]
+            *scrapy_settings["PINGO_TRUSTED_ORIGINS"],
+            demo_url,
+        ]
     _check_browser(scrapy_settings)
     if not scrapy_settings.get("SELENIUM_COMMAND_EXECUTOR"):
         from crawler.leftovers import remove_leftovers
+
         remove_leftovers()  # browser folders (and processes) of crawls that were killed
     if scrapy_settings.get("REDIS_URL"):
         from crawler.frontier import check_redis
+
         check_redis(scrapy_settings["REDIS_URL"])
     payload = {
-        "plan": plan, "sources": profiles, "demo_url": demo_url or config.crawl.demo_url,
+        "plan": plan,
+        "sources": profiles,
+        "demo_url": demo_url or config.crawl.demo_url,
         "per_query_limit": config.crawl.per_query_limit,
         "settings": scrapy_settings,
         "log_level": _effective_log_level(),
     }
-    logger.info("crawling %s on %s", ", ".join(f"{p.name} ({p.lacking})" for p in plan),
-                ", ".join(names))
+    logger.info(
+        "crawling %s on %s", ", ".join(f"{p.name} ({p.lacking})" for p in plan), ", ".join(names)
+    )
     stats = _run_child(payload)
     summary = CrawlSummary.from_stats(lacking, names, stats, skipped)
     for s in summary.empty_sources:
-        logger.warning("source %r found no results for any keyword: its markup may have "
-                       "changed; see docs/crawler.md", s)
+        logger.warning(
+            "source %r found no results for any keyword: its markup may have "
+            "changed; see docs/crawler.md",
+            s,
+        )
     return summary
 
 
@@ -133,6 +158,7 @@ def _check_browser(settings: dict[str, Any]) -> None:
         from scrapy.settings import Settings
 
         from crawler.browser import BrowserSpec
+
         BrowserSpec.from_settings(Settings(settings))
 
 
@@ -151,12 +177,14 @@ def _run_child(payload: dict[str, Any]) -> dict[str, Any]:
         job, result = Path(tmp) / "job.pickle", Path(tmp) / "stats.json"
         job.write_bytes(pickle.dumps(payload))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                          env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
+        )
         env[PARENT_ENV] = str(os.getpid())
         with _sigterm_raises():
-            child = subprocess.Popen([sys.executable, "-m", "crawler.run", str(job),
-                                      str(result)], env=env)
+            child = subprocess.Popen(
+                [sys.executable, "-m", "crawler.run", str(job), str(result)], env=env
+            )
             try:
                 code = child.wait()
             except BaseException as exc:
@@ -173,8 +201,9 @@ def _run_child(payload: dict[str, Any]) -> dict[str, Any]:
             raise CrawlError(f"the crawl process ended with exit code {code} before reporting")
         stats = json.loads(result.read_text())
         if stats.get(INTERRUPTED_STAT):  # stopped by a signal sent to it alone
-            raise CrawlInterrupted(f"interrupted by {stats[INTERRUPTED_STAT]}",
-                                   stats[INTERRUPTED_STAT], stats)
+            raise CrawlInterrupted(
+                f"interrupted by {stats[INTERRUPTED_STAT]}", stats[INTERRUPTED_STAT], stats
+            )
         return stats
 
 
@@ -195,8 +224,9 @@ def _stop_child(child: subprocess.Popen, signum: int) -> None:
                 try:
                     child.wait(STOP_WAIT_SECONDS)
                 except subprocess.TimeoutExpired:
-                    logger.warning("the crawl process did not stop within %.0fs; killing it",
-                                   STOP_WAIT_SECONDS)
+                    logger.warning(
+                        "the crawl process did not stop within %.0fs; killing it", STOP_WAIT_SECONDS
+                    )
                     child.kill()
             child.wait()
             return
@@ -225,7 +255,8 @@ def _sigterm_raises() -> Iterator[None]:
 
 # ---- the child -------------------------------------------------------------------------------
 
-def run_here(payload: dict[str, Any], stop: "_StopSignals | None" = None) -> dict[str, Any]:
+
+def run_here(payload: dict[str, Any], stop: _StopSignals | None = None) -> dict[str, Any]:
     """Run one crawl in this process (once per process: Twisted cannot restart)."""
     from scrapy.crawler import CrawlerProcess
     from twisted.internet import task
@@ -238,8 +269,13 @@ def run_here(payload: dict[str, Any], stop: "_StopSignals | None" = None) -> dic
     if payload["settings"].get("REDIS_URL"):
         from crawler.shared_spider import SharedImageSearchSpider as spider_cls
     crawler = process.create_crawler(spider_cls)
-    process.crawl(crawler, plan=payload["plan"], sources=payload["sources"],
-                  demo_url=payload["demo_url"], per_query_limit=payload["per_query_limit"])
+    process.crawl(
+        crawler,
+        plan=payload["plan"],
+        sources=payload["sources"],
+        demo_url=payload["demo_url"],
+        per_query_limit=payload["per_query_limit"],
+    )
     parent = os.getppid()
 
     def stop_if_orphaned():  # where PR_SET_PDEATHSIG is missing (not Linux)
@@ -249,6 +285,7 @@ def run_here(payload: dict[str, Any], stop: "_StopSignals | None" = None) -> dic
             process.stop()
 
     from twisted.internet import reactor  # the one Scrapy installed
+
     watch = task.LoopingCall(stop_if_orphaned)
     reactor.callWhenRunning(watch.start, 0.5, False)
     if stop is not None:
@@ -264,6 +301,7 @@ def run_here(payload: dict[str, Any], stop: "_StopSignals | None" = None) -> dic
 def _abandon_browsers() -> None:
     """Renders and browser starts in progress give up; no new browser starts."""
     from crawler.pool import abandon_all
+
     abandon_all()
 
 
@@ -294,12 +332,14 @@ class _StopSignals:
             _abandon_browsers()
             if self.process is not None:
                 from twisted.internet import reactor
+
                 reactor.callFromThread(self._stop)
             return
         if now - self.first < DUPLICATE_SIGNAL_SECONDS:
             return
         logger.warning("second %s: quitting now", name)
         from crawler.pool import kill_all_browsers
+
         kill_all_browsers()
         os._exit(128 + signum)
 
@@ -310,6 +350,7 @@ class _StopSignals:
 
     def _stop(self) -> None:
         from twisted.internet import reactor
+
         d = self.process.stop()
         # If the crawl never got going, stop_after_crawl may have nothing to wait for.
         d.addBoth(lambda _: reactor.running and reactor.callLater(0, _stop_reactor))
@@ -317,6 +358,7 @@ class _StopSignals:
 
 def _stop_reactor() -> None:
     from twisted.internet import reactor
+
     try:
         reactor.stop()
     except Exception:  # already stopping
@@ -331,6 +373,7 @@ def _die_with_parent() -> None:
         return
     try:
         import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -343,8 +386,15 @@ def _die_with_parent() -> None:
 
 def _quiet_noisy_loggers(level: int | None) -> None:
     level = logging.WARNING if level is None else max(level, logging.WARNING)
-    for noisy in ("scrapy", "selenium", "PIL", "twisted", "filelock", "scrapy_selenium",
-                  "scrapy_redis"):
+    for noisy in (
+        "scrapy",
+        "selenium",
+        "PIL",
+        "twisted",
+        "filelock",
+        "scrapy_selenium",
+        "scrapy_redis",
+    ):
         logging.getLogger(noisy).setLevel(level)
     # Selenium's HTTP client retries a browser that is gone; the pool reports that itself.
     logging.getLogger("urllib3").setLevel(max(level, logging.ERROR))
@@ -358,15 +408,20 @@ def _child_main(job: str, result: str) -> int:
     level = payload.get("log_level")
     if level is not None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
         if level > logging.DEBUG:  # Scrapy logs its banner before its levels can be set
-            handler.addFilter(lambda r: r.levelno >= logging.WARNING
-                              or not r.name.startswith(("scrapy", "twisted")))
+            handler.addFilter(
+                lambda r: (
+                    r.levelno >= logging.WARNING or not r.name.startswith(("scrapy", "twisted"))
+                )
+            )
         logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(level)
     stats = run_here(payload, stop)
     from storage.files import atomic_write
+
     atomic_write(Path(result), json.dumps(stats, default=str))
     return 0
 
@@ -377,6 +432,7 @@ def _exit_now(code: int) -> None:
     for them forever). Browsers still running are killed first; the stats are written."""
     try:
         from crawler.pool import end_all_browsers
+
         end_all_browsers()
     finally:
         logging.shutdown()

@@ -35,12 +35,18 @@ class SeleniumRequest(_Base):
     scroll: a :class:`Scroll`; the response's meta gets ``scrolls`` and ``scroll_count``.
     """
 
-    attributes = (*Request.attributes, "wait_time", "wait_until", "screenshot", "script",
-                  "scroll")
+    attributes = (*Request.attributes, "wait_time", "wait_until", "screenshot", "script", "scroll")
 
-    def __init__(self, *args, wait_time: float | None = None, wait_until=None,
-                 screenshot: bool = False, script: str | None = None,
-                 scroll: Scroll | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        wait_time: float | None = None,
+        wait_until=None,
+        screenshot: bool = False,
+        script: str | None = None,
+        scroll: Scroll | None = None,
+        **kwargs,
+    ):
         self.wait_time = wait_time
         self.wait_until = wait_until
         self.screenshot = screenshot

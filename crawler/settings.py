@@ -30,8 +30,10 @@ DEFAULTS: dict[str, Any] = {
     "CLOSESPIDER_ERRORCOUNT": 50,
     "MEDIA_ALLOW_REDIRECTS": True,
     # Private addresses are refused before robots.txt (100) or any connection.
-    "DOWNLOADER_MIDDLEWARES": {"crawler.netguard.PrivateAddressMiddleware": 50,
-                               "crawler.middleware.SeleniumMiddleware": 800},
+    "DOWNLOADER_MIDDLEWARES": {
+        "crawler.netguard.PrivateAddressMiddleware": 50,
+        "crawler.middleware.SeleniumMiddleware": 800,
+    },
     "ITEM_PIPELINES": {"crawler.pipeline.InboxImagesPipeline": 300},
     "LOG_LEVEL": "INFO",
     "SELENIUM_DRIVER_NAME": "chrome",
@@ -43,49 +45,56 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def build_settings(config: Config, data_dir: str, db_url: str | None,
-                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_settings(
+    config: Config, data_dir: str, db_url: str | None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     crawl = config.crawl
     settings = dict(DEFAULTS)
-    settings.update({
-        "USER_AGENT": crawl.user_agent,
-        "ROBOTSTXT_OBEY": crawl.obey_robots,
-        "CONCURRENT_REQUESTS": crawl.concurrency + crawl.max_drivers,
-        "CONCURRENT_REQUESTS_PER_DOMAIN": crawl.concurrency + crawl.max_drivers,
-        "AUTOTHROTTLE_TARGET_CONCURRENCY": float(crawl.concurrency),
-        "DOWNLOAD_DELAY": crawl.download_delay,
-        "AUTOTHROTTLE_START_DELAY": max(crawl.download_delay, 0.1),
-        "DOWNLOAD_TIMEOUT": crawl.download_timeout,
-        "DOWNLOAD_MAXSIZE": crawl.max_image_bytes,
-        "DOWNLOAD_WARNSIZE": 0,
-        "RETRY_TIMES": crawl.retries,
-        "CLOSESPIDER_TIMEOUT": crawl.max_seconds,
-        "SELENIUM_MAX_DRIVERS": crawl.max_drivers,
-        "SELENIUM_PAGES_PER_BROWSER": crawl.pages_per_browser,
-        "SELENIUM_PAGE_LOAD_TIMEOUT": crawl.page_load_timeout,
-        "SELENIUM_RETRY_TIMES": crawl.retries,
-        "SELENIUM_COMMAND_EXECUTOR": crawl.selenium_remote_url,
-        "PINGO_DATA_DIR": str(data_dir),
-        "PINGO_DB_URL": db_url,
-        "PINGO_MIN_IMAGE_SIDE": crawl.min_image_side,
-        # The factory would refuse what is over its limits: refuse it here, unstored.
-        "PINGO_MAX_IMAGE_PIXELS": min(crawl.max_image_pixels, config.factory.max_pixels),
-        "PINGO_DECODE_TIMEOUT": config.factory.decode_timeout,
-        "PINGO_ALLOW_PRIVATE_NETWORKS": crawl.allow_private_networks,
-        "PINGO_TRUSTED_ORIGINS": [crawl.demo_url],  # the local demo site
-        "PINGO_URL_RETRY_AFTER": crawl.retry_failed_after * 3600,  # seconds
-        "PINGO_URL_MAX_ATTEMPTS": crawl.max_url_attempts,
-        "PINGO_IDLE_TIMEOUT": crawl.idle_timeout,  # read by the frontier (with redis_url)
-    })
+    settings.update(
+        {
+            "USER_AGENT": crawl.user_agent,
+            "ROBOTSTXT_OBEY": crawl.obey_robots,
+            "CONCURRENT_REQUESTS": crawl.concurrency + crawl.max_drivers,
+            "CONCURRENT_REQUESTS_PER_DOMAIN": crawl.concurrency + crawl.max_drivers,
+            "AUTOTHROTTLE_TARGET_CONCURRENCY": float(crawl.concurrency),
+            "DOWNLOAD_DELAY": crawl.download_delay,
+            "AUTOTHROTTLE_START_DELAY": max(crawl.download_delay, 0.1),
+            "DOWNLOAD_TIMEOUT": crawl.download_timeout,
+            "DOWNLOAD_MAXSIZE": crawl.max_image_bytes,
+            "DOWNLOAD_WARNSIZE": 0,
+            "RETRY_TIMES": crawl.retries,
+            "CLOSESPIDER_TIMEOUT": crawl.max_seconds,
+            "SELENIUM_MAX_DRIVERS": crawl.max_drivers,
+            "SELENIUM_PAGES_PER_BROWSER": crawl.pages_per_browser,
+            "SELENIUM_PAGE_LOAD_TIMEOUT": crawl.page_load_timeout,
+            "SELENIUM_RETRY_TIMES": crawl.retries,
+            "SELENIUM_COMMAND_EXECUTOR": crawl.selenium_remote_url,
+            "PINGO_DATA_DIR": str(data_dir),
+            "PINGO_DB_URL": db_url,
+            "PINGO_MIN_IMAGE_SIDE": crawl.min_image_side,
+            # The factory would refuse what is over its limits: refuse it here, unstored.
+            "PINGO_MAX_IMAGE_PIXELS": min(crawl.max_image_pixels, config.factory.max_pixels),
+            "PINGO_DECODE_TIMEOUT": config.factory.decode_timeout,
+            "PINGO_ALLOW_PRIVATE_NETWORKS": crawl.allow_private_networks,
+            "PINGO_TRUSTED_ORIGINS": [crawl.demo_url],  # the local demo site
+            "PINGO_URL_RETRY_AFTER": crawl.retry_failed_after * 3600,  # seconds
+            "PINGO_URL_MAX_ATTEMPTS": crawl.max_url_attempts,
+            "PINGO_IDLE_TIMEOUT": crawl.idle_timeout,  # read by the frontier (with redis_url)
+        }
+    )
     if crawl.redis_url:
         # Several crawlers share one frontier: scrapy-redis's queue and dupefilter, through
         # pingo's scheduler (rounds, shared budgets, work taken back from dead workers).
         from crawler.frontier import default_key_prefix
-        settings.update({
-            "SCHEDULER": "crawler.redis_scheduler.SharedScheduler",
-            "REDIS_URL": crawl.redis_url,
-            "PINGO_REDIS_PREFIX": crawl.redis_key_prefix or default_key_prefix(db_url, data_dir),
-        })
+
+        settings.update(
+            {
+                "SCHEDULER": "crawler.redis_scheduler.SharedScheduler",
+                "REDIS_URL": crawl.redis_url,
+                "PINGO_REDIS_PREFIX": crawl.redis_key_prefix
+                or default_key_prefix(db_url, data_dir),
+            }
+        )
     settings.update(overrides or {})
     return settings
 
@@ -93,6 +102,7 @@ def build_settings(config: Config, data_dir: str, db_url: str | None,
 @functools.cache
 def _defaults() -> dict[str, Any]:
     from core.config import Config
+
     return build_settings(Config(), "", None)
 
 

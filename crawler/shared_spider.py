@@ -66,8 +66,11 @@ class SharedImageSearchSpider(ImageSearchSpider):
     def pop_query(self, class_name: str) -> tuple[str, str] | None:
         query = self.frontier.pop_query(class_name)
         if query is not None and query[0] not in self.sources:
-            logger.error("the round asks for source %r, which this worker's config does not "
-                         "define; skipping that query", query[0])
+            logger.error(
+                "the round asks for source %r, which this worker's config does not "
+                "define; skipping that query",
+                query[0],
+            )
             return None
         return query
 
@@ -83,11 +86,15 @@ class SharedImageSearchSpider(ImageSearchSpider):
     def _take(self, item: dict) -> scrapy.Request:
         cls = item["keyword_class"]
         self.crawler.stats.inc_value(f"pingo/{cls}/found")
-        return scrapy.Request(item["image_url"], callback=self.image_fetched,
-                              errback=self.image_failed, priority=IMAGE_PRIORITY,
-                              # No handle_httpstatus_all: that would stop redirects being
-                              # followed; a 4xx/5xx comes to image_failed as an HttpError.
-                              meta={"pingo_class": cls, "pingo_item": item})
+        return scrapy.Request(
+            item["image_url"],
+            callback=self.image_fetched,
+            errback=self.image_failed,
+            priority=IMAGE_PRIORITY,
+            # No handle_httpstatus_all: that would stop redirects being
+            # followed; a 4xx/5xx comes to image_failed as an HttpError.
+            meta={"pingo_class": cls, "pingo_item": item},
+        )
 
     # ---- callbacks -----------------------------------------------------------------------
 
@@ -109,10 +116,12 @@ class SharedImageSearchSpider(ImageSearchSpider):
 
     def image_fetched(self, response):
         item = dict(response.meta["pingo_item"])
-        item["fetched"] = {"status": response.status, "body": response.body,
-                           "content_type": response.headers.get(b"Content-Type", b"")
-                           .decode("latin-1"),
-                           "inflight": response.meta.get("pingo_inflight")}
+        item["fetched"] = {
+            "status": response.status,
+            "body": response.body,
+            "content_type": response.headers.get(b"Content-Type", b"").decode("latin-1"),
+            "inflight": response.meta.get("pingo_inflight"),
+        }
         yield item
 
     def image_failed(self, failure):
@@ -133,8 +142,9 @@ class SharedImageSearchSpider(ImageSearchSpider):
             last = max(self._last_busy, self.frontier.last_pop)
             if time.monotonic() - last < self.frontier.idle_timeout:
                 raise DontCloseSpider from None
-            logger.error("the shared queue in Redis cannot be reached (%s); this crawler "
-                         "stops", exc)
+            logger.error(
+                "the shared queue in Redis cannot be reached (%s); this crawler stops", exc
+            )
 
     def _top_up_or_leave(self) -> None:
         from scrapy.exceptions import DontCloseSpider
@@ -160,5 +170,6 @@ class SharedImageSearchSpider(ImageSearchSpider):
             raise DontCloseSpider
         if now - max(self._last_busy, frontier.last_pop) < frontier.idle_timeout:
             raise DontCloseSpider
-        logger.info("the shared queue has been empty for %.0fs; this crawler stops",
-                    frontier.idle_timeout)
+        logger.info(
+            "the shared queue has been empty for %.0fs; this crawler stops", frontier.idle_timeout
+        )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 from core.sources import SourceProfile

@@ -36,8 +36,15 @@ class ClassPlan:
 class ImageSearchSpider(scrapy.Spider):
     name = "pingo_images"
 
-    def __init__(self, plan: list[ClassPlan], sources: list[SourceProfile], demo_url: str = "",
-                 per_query_limit: int = CrawlConfig.per_query_limit, render_wait: float = 10.0, **kwargs):
+    def __init__(
+        self,
+        plan: list[ClassPlan],
+        sources: list[SourceProfile],
+        demo_url: str = "",
+        per_query_limit: int = CrawlConfig.per_query_limit,
+        render_wait: float = 10.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.plan = {p.name: p for p in plan}
         self.sources = {s.name: s for s in sources}
@@ -45,8 +52,9 @@ class ImageSearchSpider(scrapy.Spider):
         self.per_query_limit = per_query_limit
         self.render_wait = render_wait
         self.budget = {p.name: p.lacking for p in plan}
-        self.queries = {p.name: deque((s.name, kw) for s in sources for kw in p.keywords)
-                        for p in plan}
+        self.queries = {
+            p.name: deque((s.name, kw) for s in sources for kw in p.keywords) for p in plan
+        }
         self.taken: set[str] = set()
         # Fresh results not taken yet (the class had enough then); used when downloads fail.
         self.leftovers = {p.name: deque() for p in plan}
@@ -62,9 +70,11 @@ class ImageSearchSpider(scrapy.Spider):
     def _open_store(self):
         if self.store is None:
             from storage import Store
+
             settings = self.crawler.settings
-            self.store = Store.open(settings.get("PINGO_DATA_DIR"), settings.get("PINGO_DB_URL"),
-                                    repair=False)
+            self.store = Store.open(
+                settings.get("PINGO_DATA_DIR"), settings.get("PINGO_DB_URL"), repair=False
+            )
         return self.store
 
     @cached_property
@@ -74,10 +84,13 @@ class ImageSearchSpider(scrapy.Spider):
 
         from crawler.pipeline import passing_failure
         from storage import UrlRetry
+
         settings = self.crawler.settings
-        return UrlRetry(passing_failure,
-                        timedelta(seconds=get(settings, "PINGO_URL_RETRY_AFTER")),
-                        get(settings, "PINGO_URL_MAX_ATTEMPTS"))
+        return UrlRetry(
+            passing_failure,
+            timedelta(seconds=get(settings, "PINGO_URL_RETRY_AFTER")),
+            get(settings, "PINGO_URL_MAX_ATTEMPTS"),
+        )
 
     def on_closed(self) -> None:
         if self.store is not None:
@@ -114,24 +127,33 @@ class ImageSearchSpider(scrapy.Spider):
         source_name, keyword = query
         return self.results_request(class_name, source_name, keyword, want)
 
-    def results_request(self, class_name: str, source_name: str, keyword: str,
-                        want: int | None = None) -> SeleniumRequest:
+    def results_request(
+        self, class_name: str, source_name: str, keyword: str, want: int | None = None
+    ) -> SeleniumRequest:
         source = self.sources[source_name]
         lacking = max(self.lacking(class_name), 0)
         want = want or min(self.per_query_limit, max(2 * lacking, lacking + 20))
         self.crawler.stats.inc_value(f"pingo/source/{source_name}/queries")
         return SeleniumRequest(
-            url=source.results_url(keyword, self.demo_url), callback=self.parse_results,
-            errback=self.results_failed, dont_filter=True,
-            wait_time=self.render_wait, wait_until=source.wait_css or source.result_css,
+            url=source.results_url(keyword, self.demo_url),
+            callback=self.parse_results,
+            errback=self.results_failed,
+            dont_filter=True,
+            wait_time=self.render_wait,
+            wait_until=source.wait_css or source.result_css,
             scroll=Scroll(source.result_css, want, source.max_scrolls, source.scroll_pause)
-            if source.scroll else None,
-            cb_kwargs={"class_name": class_name, "source_name": source_name, "keyword": keyword,
-                       "want": want},
-            meta={"handle_httpstatus_all": True})
+            if source.scroll
+            else None,
+            cb_kwargs={
+                "class_name": class_name,
+                "source_name": source_name,
+                "keyword": keyword,
+                "want": want,
+            },
+            meta={"handle_httpstatus_all": True},
+        )
 
-    def parse_results(self, response, class_name: str, source_name: str, keyword: str,
-                      want: int):
+    def parse_results(self, response, class_name: str, source_name: str, keyword: str, want: int):
         stats = self.crawler.stats
         lacked = self.lacking(class_name)
         if response.status >= 400:
@@ -139,26 +161,39 @@ class ImageSearchSpider(scrapy.Spider):
             stats.inc_value(f"pingo/source/{source_name}/page_errors")
             yield from self._continue(class_name)
             return
-        found = list(extract(self.sources[source_name], response))[:self.per_query_limit]
+        found = list(extract(self.sources[source_name], response))[: self.per_query_limit]
         stats.inc_value(f"pingo/source/{source_name}/results", len(found))
         fresh = [(u, p) for u, p in dict(found).items() if u not in self.taken]
-        seen = self._open_store().seen_urls([u for u, _ in fresh], self.url_retry) \
-            if fresh else set()
+        seen = (
+            self._open_store().seen_urls([u for u, _ in fresh], self.url_retry) if fresh else set()
+        )
         stats.inc_value(f"pingo/{class_name}/already_seen", len(seen))
         new = 0
         for url, page in fresh:
             if url in seen:
                 continue
-            item = {"image_url": url, "page_url": page or response.url, "source": source_name,
-                    "query": keyword, "keyword_class": class_name}
+            item = {
+                "image_url": url,
+                "page_url": page or response.url,
+                "source": source_name,
+                "query": keyword,
+                "keyword_class": class_name,
+            }
             if not self.can_take(class_name):
                 self.leftovers[class_name].append(item)
                 continue
             new += 1
             yield self._take(item)
         still = self.still_lacking(class_name, lacked, new)
-        logger.info("%s %r: %d results, %d new for %s (%d still lacking)", source_name, keyword,
-                    len(found), new, class_name, max(still, 0))
+        logger.info(
+            "%s %r: %d results, %d new for %s (%d still lacking)",
+            source_name,
+            keyword,
+            len(found),
+            new,
+            class_name,
+            max(still, 0),
+        )
         if still > 0 and len(found) >= want and want < self.per_query_limit:
             # The page may hold more than was scrolled into view: ask for more of the same.
             more = min(self.per_query_limit, want * 2 + still)
@@ -185,8 +220,12 @@ class ImageSearchSpider(scrapy.Spider):
             if lacking <= 0:
                 continue
             if self.leftovers[name]:
-                request = scrapy.Request("data:,", callback=self.emit_leftovers,
-                                         cb_kwargs={"class_name": name}, dont_filter=True)
+                request = scrapy.Request(
+                    "data:,",
+                    callback=self.emit_leftovers,
+                    cb_kwargs={"class_name": name},
+                    dont_filter=True,
+                )
             else:
                 request = self.next_query(name)
             if request is not None:

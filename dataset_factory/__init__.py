@@ -32,5 +32,6 @@ __all__ = ["FactorySummary", "process_inbox"]
 def __getattr__(name: str) -> Any:
     if name in __all__:
         from dataset_factory import run
+
         return getattr(run, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

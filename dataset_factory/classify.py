@@ -9,8 +9,9 @@ prefetches, so decoding overlaps inference and each batch is one call.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,18 +30,22 @@ class Prediction:
     confidence: float
 
 
-def model_input(paths: Sequence[str], image_size: int, batch_size: int,
-                max_pixels: int = DEFAULT_MAX_PIXELS):
+def model_input(
+    paths: Sequence[str], image_size: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+):
     """float32 (N, size, size, 3) batches in 0..255, in the order of ``paths``; a file that
     fails now reads as black (it passed validation under the same ``max_pixels``, so only a
     file damaged since gets here)."""
     import tensorflow as tf
 
     from vision.pixels import image_dataset
-    return (image_dataset(paths, image_size, max_pixels, unreadable="zeros")
-            .batch(batch_size)
-            .map(lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+
+    return (
+        image_dataset(paths, image_size, max_pixels, unreadable="zeros")
+        .batch(batch_size)
+        .map(lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 class Classifier:
@@ -56,8 +61,9 @@ class Classifier:
         self._compiled = None
 
     @classmethod
-    def from_registry(cls, registry: ModelRegistry, max_pixels: int = DEFAULT_MAX_PIXELS
-                      ) -> Classifier | None:
+    def from_registry(
+        cls, registry: ModelRegistry, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> Classifier | None:
         """The promoted model, or None when nothing is promoted yet."""
         loaded = load_current(registry)
         return None if loaded is None else cls(loaded, max_pixels)
@@ -79,8 +85,10 @@ class Classifier:
         """The model's inference as one compiled graph (traced once per batch shape)."""
         if self._compiled is None:
             import tensorflow as tf
-            self._compiled = tf.function(lambda x: self.model(x, training=False),
-                                         reduce_retracing=True)
+
+            self._compiled = tf.function(
+                lambda x: self.model(x, training=False), reduce_retracing=True
+            )
         return self._compiled
 
     def predict(self, paths: Sequence[str], batch_size: int = 64) -> list[Prediction]:

@@ -18,9 +18,9 @@ always wins over one that nobody did (a person's decision is never lost to a cop
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -85,8 +85,12 @@ def open_index(store, analyser: Analyser, method: str, hard: bool) -> NearDuplic
     if len(gone):
         index.remove(set(gone.tolist()))
     if len(gone) or added:
-        logger.info("near-duplicate index: %d added, %d dropped, %d kept images",
-                    added, len(gone), len(index))
+        logger.info(
+            "near-duplicate index: %d added, %d dropped, %d kept images",
+            added,
+            len(gone),
+            len(index),
+        )
         index.save(path)
     return index
 
@@ -110,23 +114,35 @@ def _pages(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield page
 
 
-def add_kept_rows(index: NearDuplicateIndex, store, analyser: Analyser, rows: list[dict],
-                  method: str, hard: bool, write_back: bool) -> None:
+def add_kept_rows(
+    index: NearDuplicateIndex,
+    store,
+    analyser: Analyser,
+    rows: list[dict],
+    method: str,
+    hard: bool,
+    write_back: bool,
+) -> None:
     """Index kept images missing from ``index``, re-hashing those whose stored hash cannot
     serve (every one with hard duplicates on: their view hashes are not in the DB).
 
     ``write_back`` stores a changed hash in the DB; an image that no longer decodes is left out.
     """
     rehash = [r for r in rows if hard or r["phash"] is None or r["hash_method"] != method]
-    analyses = {a.image_id: a for a in analyser.run(
-        Job(r["id"], str(store.abspath(r["path"]))) for r in rehash)}
+    analyses = {
+        a.image_id: a
+        for a in analyser.run(Job(r["id"], str(store.abspath(r["path"]))) for r in rehash)
+    }
     for row in rows:
         a = analyses.get(row["id"])
         if a is not None and not a.ok:
             logger.warning("kept image %d no longer decodes (%s); not indexed", row["id"], a.reason)
             continue
-        if write_back and a is not None and (row["phash"] != a.phash
-                                             or row["hash_method"] != method):
+        if (
+            write_back
+            and a is not None
+            and (row["phash"] != a.phash or row["hash_method"] != method)
+        ):
             store.update_image(row["id"], phash=a.phash, hash_method=method)
         index.add(row["id"], a.phash if a else row["phash"], a.views if a else ())
 
@@ -144,16 +160,25 @@ class Kept:
 
 @dataclass
 class Verdict:
-    duplicate_of: int | None = None   # the new image is a copy of this kept image
-    replaces: int | None = None       # the new image is kept; this kept one becomes the copy
-    method: str = ""                  # "near" or "hard"
+    duplicate_of: int | None = None  # the new image is a copy of this kept image
+    replaces: int | None = None  # the new image is kept; this kept one becomes the copy
+    method: str = ""  # "near" or "hard"
     score: float | None = None
 
 
 class Deduper:
-    def __init__(self, index: NearDuplicateIndex, *, max_distance: int, hard: bool,
-                 hard_distance: int, verify_threshold: float, lookup,
-                 max_pixels: int = Limits.max_pixels, thumb_cache_bytes: int = THUMB_CACHE_BYTES):
+    def __init__(
+        self,
+        index: NearDuplicateIndex,
+        *,
+        max_distance: int,
+        hard: bool,
+        hard_distance: int,
+        verify_threshold: float,
+        lookup,
+        max_pixels: int = Limits.max_pixels,
+        thumb_cache_bytes: int = THUMB_CACHE_BYTES,
+    ):
         self.index = index
         self.max_distance = max_distance
         self.hard = hard
@@ -164,7 +189,8 @@ class Deduper:
         self.limits = Limits(min_size=1, max_aspect=1e9, max_pixels=max_pixels)
         # kept id -> thumbnails ([] when unreadable); least recently used go past the cap
         self._thumbs: BoundedCache[list] = BoundedCache(
-            thumb_cache_bytes, size=lambda thumbs: 64 + sum(t.nbytes for t in thumbs))
+            thumb_cache_bytes, size=lambda thumbs: 64 + sum(t.nbytes for t in thumbs)
+        )
         self._scores: dict[tuple[int, int], float | None] = {}  # (new id, kept id) -> score
 
     def find_copy(self, a: Analysis) -> tuple[int, str, float | None] | None:
@@ -188,10 +214,12 @@ class Deduper:
         return None
 
     def _candidates(self, a: Analysis, near_ids: list[int]) -> list[int]:
-        return list(dict.fromkeys(
-            near_ids[:MAX_VERIFY]
-            + self.index.view_candidates(a.views + a.mirror_views, self.hard_distance)
-        ))[:2 * MAX_VERIFY]
+        return list(
+            dict.fromkeys(
+                near_ids[:MAX_VERIFY]
+                + self.index.view_candidates(a.views + a.mirror_views, self.hard_distance)
+            )
+        )[: 2 * MAX_VERIFY]
 
     def unverified(self, a: Analysis) -> int:
         """How many verifications ``check(a)`` would still have to run (0: scores known)."""
@@ -229,8 +257,11 @@ class Deduper:
         """
         if not self.hard:
             return
-        present = set(self.index.main.ids[np.isin(self.index.main.ids,
-                                                  [a.image_id for a in analyses])].tolist())
+        present = set(
+            self.index.main.ids[
+                np.isin(self.index.main.ids, [a.image_id for a in analyses])
+            ].tolist()
+        )
         added = []
         try:
             for a in analyses:

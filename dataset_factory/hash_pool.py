@@ -14,12 +14,12 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -52,12 +52,12 @@ class Settings:
 @dataclass
 class Analysis:
     image_id: int
-    reason: str | None = None          # None: a usable image
+    reason: str | None = None  # None: a usable image
     detail: str = ""
     width: int | None = None
     height: int | None = None
-    phash: int | None = None           # signed 64-bit, of ``Settings.method``
-    views: list[int] = field(default_factory=list)         # stored for kept images
+    phash: int | None = None  # signed 64-bit, of ``Settings.method``
+    views: list[int] = field(default_factory=list)  # stored for kept images
     mirror_views: list[int] = field(default_factory=list)  # tried only when querying
     thumbs: list[np.ndarray] = field(default_factory=list)  # for verification
 
@@ -79,8 +79,7 @@ def analyse(job: Job, settings: Settings) -> Analysis:
     try:
         return _analyse_bounded(job, settings)
     except _Timeout:  # the alarm fired while the result was being handed back
-        return Analysis(job.image_id, reason="decode_timeout",
-                        detail=f"over {settings.timeout:g}s")
+        return Analysis(job.image_id, reason="decode_timeout", detail=f"over {settings.timeout:g}s")
 
 
 def _analyse_bounded(job: Job, settings: Settings) -> Analysis:
@@ -94,7 +93,8 @@ def _analyse_bounded(job: Job, settings: Settings) -> Analysis:
         result = Analysis(job.image_id, width=decoded.width, height=decoded.height)
         if settings.hard:
             result.phash, result.views, result.mirror_views, found = all_hashes(
-                image, settings.method)
+                image, settings.method
+            )
             result.thumbs = view_thumbs(image, found)
         else:
             result.phash = hash_int(image, settings.method)
@@ -102,13 +102,17 @@ def _analyse_bounded(job: Job, settings: Settings) -> Analysis:
     except InvalidImage as exc:
         return Analysis(job.image_id, reason=exc.reason, detail=exc.detail[:300])
     except _Timeout:
-        return Analysis(job.image_id, reason="decode_timeout",
-                        detail=f"over {settings.timeout:g}s")
+        return Analysis(job.image_id, reason="decode_timeout", detail=f"over {settings.timeout:g}s")
     except MemoryError:
         return Analysis(job.image_id, reason="decompression_bomb", detail="memory limit")
     except Exception as exc:  # a decoder bug on one odd file must not stop the run
-        logger.warning("image %d: unexpected %s while decoding %s", job.image_id,
-                       type(exc).__name__, job.path, exc_info=True)
+        logger.warning(
+            "image %d: unexpected %s while decoding %s",
+            job.image_id,
+            type(exc).__name__,
+            job.path,
+            exc_info=True,
+        )
         return Analysis(job.image_id, reason="undecodable", detail=f"{type(exc).__name__}: {exc}")
     finally:
         if use_alarm:
@@ -122,6 +126,7 @@ def analyse_many(jobs: list[Job], settings: Settings) -> list[Analysis]:
 
 def _in_main_thread() -> bool:
     import threading
+
     return threading.current_thread() is threading.main_thread()
 
 
@@ -129,6 +134,7 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
         import resource
+
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         with open("/proc/self/statm") as fh:
             used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -149,8 +155,9 @@ def _context():
 
 
 def worker_count(configured: int) -> int:
-    return configured or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                             else os.cpu_count() or 1)
+    return configured or max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
 
 class Analyser:
@@ -161,7 +168,7 @@ class Analyser:
         self.workers = worker_count(workers)
         self._pool: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "Analyser":
+    def __enter__(self) -> Analyser:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -173,11 +180,13 @@ class Analyser:
             self._pool = None
 
     def _executor(self, workers: int | None = None) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers or self.workers, mp_context=_context(),
-                                   initializer=_worker_init)
+        return ProcessPoolExecutor(
+            workers or self.workers, mp_context=_context(), initializer=_worker_init
+        )
 
-    def run(self, jobs: Iterable[Job], progress: Callable[[int], None] | None = None
-            ) -> Iterator[Analysis]:
+    def run(
+        self, jobs: Iterable[Job], progress: Callable[[int], None] | None = None
+    ) -> Iterator[Analysis]:
         """Analyses in the order of ``jobs`` (sent to workers in small groups: less IPC)."""
         jobs = list(jobs)
         if not jobs:
@@ -185,16 +194,18 @@ class Analyser:
         if self._pool is None:
             self._pool = self._executor()
         size = max(1, min(TASK, len(jobs) // (self.workers * 4) or 1))
-        groups = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        groups = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         futures = [self._pool.submit(analyse_many, group, self.settings) for group in groups]
         done = 0
         for group, fut in zip(groups, futures):
             try:
                 results = fut.result(timeout=self._budget(len(group)))
             except (BrokenProcessPool, FutureTimeout) as exc:
-                logger.warning("a hashing worker %s; retrying %d files one by one",
-                               "died" if isinstance(exc, BrokenProcessPool) else "hung",
-                               len(jobs) - done)
+                logger.warning(
+                    "a hashing worker %s; retrying %d files one by one",
+                    "died" if isinstance(exc, BrokenProcessPool) else "hung",
+                    len(jobs) - done,
+                )
                 self._kill_pool()
                 yield from self._one_by_one(jobs[done:], progress)
                 return
@@ -231,19 +242,23 @@ class Analyser:
                 try:
                     pool.submit(_probe).result(timeout=120)
                 except (BrokenProcessPool, FutureTimeout):
-                    raise FactoryError("hashing worker processes cannot start (is the main "
-                                       "module import-safe?)") from None
+                    raise FactoryError(
+                        "hashing worker processes cannot start (is the main module import-safe?)"
+                    ) from None
                 try:
                     result = pool.submit(analyse, job, self.settings).result(
-                        timeout=self._budget(1))
+                        timeout=self._budget(1)
+                    )
                 except BrokenProcessPool:
                     logger.error("image %d crashed its decoder: %s", job.image_id, job.path)
-                    result = Analysis(job.image_id, reason="decode_crash",
-                                      detail="the decoder process died")
+                    result = Analysis(
+                        job.image_id, reason="decode_crash", detail="the decoder process died"
+                    )
                 except FutureTimeout:
                     logger.error("image %d hung its decoder: %s", job.image_id, job.path)
-                    result = Analysis(job.image_id, reason="decode_timeout",
-                                      detail="the decoder process hung")
+                    result = Analysis(
+                        job.image_id, reason="decode_timeout", detail="the decoder process hung"
+                    )
             finally:
                 self._kill_pool(pool)
             if progress:
@@ -251,8 +266,9 @@ class Analyser:
             yield result
 
 
-def analyse_paths(paths: Iterable[str | Path], settings: Settings = Settings(),
-                  workers: int = 0) -> list[Analysis]:
+def analyse_paths(
+    paths: Iterable[str | Path], settings: Settings = Settings(), workers: int = 0
+) -> list[Analysis]:
     """Convenience for benchmarks and tools: analyse files without a Store."""
     with Analyser(settings, workers) as analyser:
         return list(analyser.run(Job(i, str(p)) for i, p in enumerate(paths)))

@@ -11,7 +11,7 @@ whose views meet within ``hard_distance`` are only candidates: the verifier
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import imagehash
 import numpy as np
@@ -49,8 +49,12 @@ _DCT8 = _dct_matrix()[:8]  # only the 8 lowest frequencies are used
 def phash_many(images: list[Image.Image]) -> list[int]:
     """imagehash.phash of several images at once: same resize, same DCT, same median rule,
     but the DCT is two small matrix products for the whole stack instead of scipy calls."""
-    pixels = np.stack([np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS),
-                                  np.float64) for im in images])
+    pixels = np.stack(
+        [
+            np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS), np.float64)
+            for im in images
+        ]
+    )
     low = _DCT8 @ pixels @ _DCT8.T  # (n, 8, 8)
     med = np.median(low.reshape(len(images), -1), axis=1)
     return [_bits_to_int(low[j] > med[j]) for j in range(len(images))]
@@ -83,9 +87,12 @@ def trim_borders(image: Image.Image, tolerance: int = 24) -> Image.Image | None:
     for bg in {min(corners), max(corners), sorted(corners)[1]}:
         diff = ImageChops.difference(gray, Image.new("L", gray.size, bg))
         box = diff.point(lambda p: 255 if p > tolerance else 0).getbbox()
-        if box and (box[2] - box[0]) * (box[3] - box[1]) < w * h * 0.97:
-            if best is None or _area(box) < _area(best):
-                best = box
+        if (
+            box
+            and (box[2] - box[0]) * (box[3] - box[1]) < w * h * 0.97
+            and (best is None or _area(box) < _area(best))
+        ):
+            best = box
     if best is None or _area(best) < w * h * 0.3:
         return None
     return image.crop(best)
@@ -107,12 +114,13 @@ def views(image: Image.Image) -> dict[str, Image.Image]:
     return out
 
 
-def all_hashes(image: Image.Image, method: str = "phash"
-               ) -> tuple[int, list[int], list[int], dict[str, Image.Image]]:
+def all_hashes(
+    image: Image.Image, method: str = "phash"
+) -> tuple[int, list[int], list[int], dict[str, Image.Image]]:
     """(main hash, stored view hashes, extra mirrored view hashes, the views), hashed in one go."""
     found = views(image)
     stack = list(found.values()) + [ImageOps.mirror(v) for v in found.values()]
     hashes = hash_many(stack, method)
-    stored = list(dict.fromkeys(hashes[:len(found)]))
-    mirrored = [h for h in dict.fromkeys(hashes[len(found):]) if h not in stored]
+    stored = list(dict.fromkeys(hashes[: len(found)]))
+    mirrored = [h for h in dict.fromkeys(hashes[len(found) :]) if h not in stored]
     return hashes[0], stored, mirrored, found

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -33,8 +33,7 @@ class HashArray:
     def __init__(self, ids=None, hashes=None):
         # Arrays of the right type are adopted, not copied: a 1M-image index loads at its size.
         self._ids = np.ascontiguousarray(ids if ids is not None else [], dtype=np.int64)
-        self._hashes = np.ascontiguousarray(hashes if hashes is not None else [],
-                                            dtype=np.uint64)
+        self._hashes = np.ascontiguousarray(hashes if hashes is not None else [], dtype=np.uint64)
         self._n = len(self._ids)
 
     def __len__(self) -> int:
@@ -42,11 +41,11 @@ class HashArray:
 
     @property
     def ids(self) -> np.ndarray:
-        return self._ids[:self._n]
+        return self._ids[: self._n]
 
     @property
     def hashes(self) -> np.ndarray:
-        return self._hashes[:self._n]
+        return self._hashes[: self._n]
 
     def extend(self, ids: Iterable[int], hashes: Iterable[int]) -> None:
         ids = np.asarray(list(ids), np.int64)
@@ -57,8 +56,8 @@ class HashArray:
             cap = max(need, len(self._ids) + len(self._ids) // 4 + 1024)
             self._ids = np.resize(self._ids, cap)
             self._hashes = np.resize(self._hashes, cap)
-        self._ids[self._n:need] = ids
-        self._hashes[self._n:need] = hashes
+        self._ids[self._n : need] = ids
+        self._hashes[self._n : need] = hashes
         self._n = need
 
     def remove(self, drop: set[int]) -> None:
@@ -83,7 +82,7 @@ class HashArray:
         found: list[np.ndarray] = []
         for start in range(0, len(hashes), BLOCK):
             m = min(BLOCK, len(hashes) - start)
-            np.bitwise_xor(hashes[start:start + m], q, out=xor[:m])
+            np.bitwise_xor(hashes[start : start + m], q, out=xor[:m])
             np.bitwise_count(xor[:m], out=count[:m])
             np.less_equal(count[:m], radius, out=hit[:m])
             if hit[:m].any():
@@ -94,8 +93,11 @@ class HashArray:
 
     def _buffers(self):
         if getattr(self, "_scratch", None) is None:
-            self._scratch = (np.empty(BLOCK, np.uint64), np.empty(BLOCK, np.uint8),
-                             np.empty(BLOCK, bool))
+            self._scratch = (
+                np.empty(BLOCK, np.uint64),
+                np.empty(BLOCK, np.uint8),
+                np.empty(BLOCK, bool),
+            )
         return self._scratch
 
 
@@ -146,13 +148,19 @@ class NearDuplicateIndex:
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
-        np.savez(buf, version=np.int64(FORMAT_VERSION), method=np.array(self.method),
-                 main_ids=self.main.ids, main_hashes=self.main.hashes,
-                 view_ids=self.views.ids, view_hashes=self.views.hashes)
+        np.savez(
+            buf,
+            version=np.int64(FORMAT_VERSION),
+            method=np.array(self.method),
+            main_ids=self.main.ids,
+            main_hashes=self.main.hashes,
+            view_ids=self.views.ids,
+            view_hashes=self.views.hashes,
+        )
         atomic_write(path, buf.getbuffer())  # no second copy of a big index
 
     @classmethod
-    def load(cls, path: Path, method: str) -> "NearDuplicateIndex | None":
+    def load(cls, path: Path, method: str) -> NearDuplicateIndex | None:
         """The saved index, or None when the sidecar is missing, unreadable or another method's."""
         try:
             with np.load(path, allow_pickle=False) as z:

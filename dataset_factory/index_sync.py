@@ -38,17 +38,17 @@ CLOCK_SLACK = timedelta(seconds=30)
 class SharedIndex:
     """One worker's copy of the near-duplicate index, kept in step with the others'."""
 
-    def __init__(self, store: "Store", analyser: Analyser, method: str, hard: bool):
+    def __init__(self, store: Store, analyser: Analyser, method: str, hard: bool):
         self.store = store
         self.analyser = analyser
         self.method = method
         self.hard = hard
         self.path = index_path(store.data_dir, method, hard)
         self.index = NearDuplicateIndex(method)
-        self._seen: tuple | None = None   # the sidecar's stat when this worker last read/wrote it
+        self._seen: tuple | None = None  # the sidecar's stat when this worker last read/wrote it
         self._synced_at: datetime | None = None  # start of this worker's last sync (DB clock: UTC)
         self._locked_at: datetime | None = None  # start of its last sync under the factory lock
-        self._stale = True                # full reconcile needed (start, or after a failed step)
+        self._stale = True  # full reconcile needed (start, or after a failed step)
 
     def invalidate(self) -> None:
         """Forget in-memory changes that were not filed: the next sync reconciles in full."""
@@ -104,17 +104,26 @@ class SharedIndex:
         ids = np.fromiter((r["id"] for r in changed), np.int64, len(changed))
         present = dict(zip(ids.tolist(), np.isin(ids, self.index.main.ids).tolist()))
         kept = [r for r in changed if r["status"] in KEPT and r["path"]]
-        gone = [r["id"] for r in changed
-                if present[r["id"]] and not (r["status"] in KEPT and r["path"])]
+        gone = [
+            r["id"] for r in changed if present[r["id"]] and not (r["status"] in KEPT and r["path"])
+        ]
         missing = [r for r in kept if not present[r["id"]]]
         if gone:
             self.index.remove(gone)
         if missing:  # kept by a worker that died before saving the sidecar, or by a person
-            add_kept_rows(self.index, self.store, self.analyser, missing, self.method,
-                          self.hard, write_back=False)
+            add_kept_rows(
+                self.index,
+                self.store,
+                self.analyser,
+                missing,
+                self.method,
+                self.hard,
+                write_back=False,
+            )
         if gone or missing:
-            logger.info("near-duplicate index synced: %d added, %d dropped", len(missing),
-                        len(gone))
+            logger.info(
+                "near-duplicate index synced: %d added, %d dropped", len(missing), len(gone)
+            )
 
 
 def _signature(path: Path) -> tuple | None:

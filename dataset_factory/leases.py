@@ -14,7 +14,8 @@ import os
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from storage import HOST, process_gone
 
@@ -41,17 +42,18 @@ def dead_local_worker(worker: str) -> bool:
 class Claims:
     """This worker's leases on inbox rows (a context manager: released on exit)."""
 
-    def __init__(self, store: "Store", worker: str, lease_seconds: float):
+    def __init__(self, store: Store, worker: str, lease_seconds: float):
         self.store = store
         self.worker = worker
         self.lease = lease_seconds
         self.stuck: set[int] = set()  # rows this run gave up on (a live process is moving them)
         self._waiting: tuple[int, float] | None = None  # (inbox left, since) while waiting
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._heartbeat, daemon=True,
-                                        name=f"factory-lease-{worker}")
+        self._thread = threading.Thread(
+            target=self._heartbeat, daemon=True, name=f"factory-lease-{worker}"
+        )
 
-    def __enter__(self) -> "Claims":
+    def __enter__(self) -> Claims:
         # A worker killed on this machine need not wait out its lease: its pid says it is gone.
         for holder in self.store.claim_holders():
             if dead_local_worker(holder):

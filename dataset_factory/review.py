@@ -50,8 +50,9 @@ def _move(store: Store, image_id: int, status: str, **changes: Any) -> None:
             return
         except MoveConflictError:
             if time.monotonic() > deadline:
-                raise ReviewError(f"image {image_id} is being moved by another process; "
-                                  "try again") from None
+                raise ReviewError(
+                    f"image {image_id} is being moved by another process; try again"
+                ) from None
             time.sleep(0.05)
         except ImageFileMissingError as exc:
             raise ReviewError(str(exc)) from None
@@ -63,8 +64,9 @@ def accept(store: Store, config: Config, image_id: int, label: str | None = None
     label = label or row["label"] or row["keyword_class"]
     check_safe_name(label, "label")
     if config.classes and label not in config.classes:
-        raise ReviewError(f"label {label!r} is not a class in the config "
-                          f"({', '.join(sorted(config.classes))})")
+        raise ReviewError(
+            f"label {label!r} is not a class in the config ({', '.join(sorted(config.classes))})"
+        )
     _move(store, image_id, "accepted", label=label, label_source="human", reason=None)
     logger.info("image %d accepted as %s by a person", image_id, label)
     return label

@@ -27,8 +27,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
@@ -61,18 +62,18 @@ class FactorySummary:
 
     classes: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     processed: int = 0
-    replaced: int = 0          # kept images demoted because a better copy arrived
+    replaced: int = 0  # kept images demoted because a better copy arrived
     model_version: str | None = None
     index_size: int = 0
     worker: str | None = None  # host:pid:random, the claim owner
-    lock_wait: float = 0.0     # seconds spent waiting for the factory lock (other workers)
-    lock_held: float = 0.0     # seconds spent deciding and filing chunks under it
-    deferred: int = 0          # times a chunk left the lock to verify new candidates first
-    failed: int = 0            # rows that failed once, left in the inbox for the next run
-    set_aside: int = 0         # rows that failed twice: now rejected, processing_error
-    relinked: int = 0          # rows whose file was elsewhere: the row now follows the file
+    lock_wait: float = 0.0  # seconds spent waiting for the factory lock (other workers)
+    lock_held: float = 0.0  # seconds spent deciding and filing chunks under it
+    deferred: int = 0  # times a chunk left the lock to verify new candidates first
+    failed: int = 0  # rows that failed once, left in the inbox for the next run
+    set_aside: int = 0  # rows that failed twice: now rejected, processing_error
+    relinked: int = 0  # rows whose file was elsewhere: the row now follows the file
 
-    def merge(self, other: "FactorySummary") -> None:
+    def merge(self, other: FactorySummary) -> None:
         for name, c in other.classes.items():
             self.classes[name].update(c)
         self.replaced += other.replaced
@@ -84,37 +85,58 @@ class FactorySummary:
     def rejected(self) -> Counter[str]:
         total: Counter[str] = Counter()
         for c in self.classes.values():
-            total.update({k[len("rejected:"):]: v for k, v in c.items()
-                          if k.startswith("rejected:")})
+            total.update(
+                {k[len("rejected:") :]: v for k, v in c.items() if k.startswith("rejected:")}
+            )
         return total
 
     def totals(self, keyword_class: str) -> dict[str, int]:
         c = self.classes.get(keyword_class, Counter())
-        return {"accepted": c["accepted"], "review": c["review"],
-                "rejected": sum(v for k, v in c.items() if k.startswith("rejected:")),
-                "duplicates": c["rejected:duplicate"]}
+        return {
+            "accepted": c["accepted"],
+            "review": c["review"],
+            "rejected": sum(v for k, v in c.items() if k.startswith("rejected:")),
+            "duplicates": c["rejected:duplicate"],
+        }
 
     def as_json(self) -> dict[str, Any]:
-        return {"processed": self.processed, "replaced": self.replaced, "worker": self.worker,
-                "model_version": self.model_version, "index_size": self.index_size,
-                "lock_wait_s": round(self.lock_wait, 3), "lock_held_s": round(self.lock_held, 3),
-                "deferred": self.deferred, "failed": self.failed, "set_aside": self.set_aside,
-                "relinked": self.relinked,
-                "classes": {k: self.totals(k) for k in sorted(self.classes)},
-                "rejected": dict(sorted(self.rejected.items()))}
+        return {
+            "processed": self.processed,
+            "replaced": self.replaced,
+            "worker": self.worker,
+            "model_version": self.model_version,
+            "index_size": self.index_size,
+            "lock_wait_s": round(self.lock_wait, 3),
+            "lock_held_s": round(self.lock_held, 3),
+            "deferred": self.deferred,
+            "failed": self.failed,
+            "set_aside": self.set_aside,
+            "relinked": self.relinked,
+            "classes": {k: self.totals(k) for k in sorted(self.classes)},
+            "rejected": dict(sorted(self.rejected.items())),
+        }
 
 
 def settings_from(config: Config) -> Settings:
     f = config.factory
-    return Settings(method=f.hash, timeout=f.decode_timeout, hard=f.hard_duplicates,
-                    limits=Limits(min_size=f.min_size, max_aspect=f.max_aspect,
-                                  max_pixels=f.max_pixels))
+    return Settings(
+        method=f.hash,
+        timeout=f.decode_timeout,
+        hard=f.hard_duplicates,
+        limits=Limits(min_size=f.min_size, max_aspect=f.max_aspect, max_pixels=f.max_pixels),
+    )
 
 
-def process_inbox(config: Config, store: Store, progress: Callable[[int], None] | None = None,
-                  *, limit: int | None = None, chunk_size: int | None = None,
-                  lease_seconds: float | None = None, worker: str | None = None
-                  ) -> FactorySummary:
+def process_inbox(
+    config: Config,
+    store: Store,
+    progress: Callable[[int], None] | None = None,
+    *,
+    limit: int | None = None,
+    chunk_size: int | None = None,
+    lease_seconds: float | None = None,
+    worker: str | None = None,
+) -> FactorySummary:
     """Validate, dedupe, classify and file inbox images (at most ``limit``) until none is left.
 
     Safe to run in several processes at once: each claims its own chunks of ``chunk_size``
@@ -127,8 +149,10 @@ def process_inbox(config: Config, store: Store, progress: Callable[[int], None] 
     chunk_size = chunk_size or f.chunk_size
     worker = worker or worker_id()
     summary = FactorySummary(worker=worker)
-    with Analyser(settings_from(config), f.workers) as analyser, \
-            Claims(store, worker, lease) as claims:
+    with (
+        Analyser(settings_from(config), f.workers) as analyser,
+        Claims(store, worker, lease) as claims,
+    ):
         FactoryRun(config, store, analyser, claims, summary, progress).process(limit, chunk_size)
     logger.info("factory: %s", summary.as_json())
     return summary
@@ -142,8 +166,15 @@ class FactoryRun:
     (loaded on first use) and the ``summary`` it fills in.
     """
 
-    def __init__(self, config: Config, store: Store, analyser: Analyser, claims: Claims,
-                 summary: FactorySummary, progress: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        analyser: Analyser,
+        claims: Claims,
+        summary: FactorySummary,
+        progress: Callable[[int], None] | None = None,
+    ):
         f = config.factory
         self.config = config
         self.store = store
@@ -155,10 +186,15 @@ class FactoryRun:
         self.model = LazyModel(store.registry, f.max_pixels)
         # LRU: a long run must not hold every kept row
         self.kept_cache: BoundedCache[Kept] = BoundedCache(50_000)
-        self.deduper = Deduper(self.shared.index, max_distance=f.max_distance,
-                               hard=f.hard_duplicates, hard_distance=f.hard_distance,
-                               verify_threshold=f.verify_threshold, lookup=self.lookup,
-                               max_pixels=f.max_pixels)
+        self.deduper = Deduper(
+            self.shared.index,
+            max_distance=f.max_distance,
+            hard=f.hard_duplicates,
+            hard_distance=f.hard_distance,
+            verify_threshold=f.verify_threshold,
+            lookup=self.lookup,
+            max_pixels=f.max_pixels,
+        )
 
     def process(self, limit: int | None, chunk_size: int) -> None:
         """Take chunks until the inbox is empty (or ``limit`` rows were taken) and file them."""
@@ -184,8 +220,12 @@ class FactoryRun:
                 raise  # the model, not the rows: the run fails and says so
             except Exception as exc:
                 self.forget_unfiled()
-                logger.warning("a chunk of %d images failed (%s: %s); filing them one at a "
-                               "time", len(chunk), type(exc).__name__, exc)
+                logger.warning(
+                    "a chunk of %d images failed (%s: %s); filing them one at a time",
+                    len(chunk),
+                    type(exc).__name__,
+                    exc,
+                )
                 summary.processed += self._one_at_a_time(chunk, exc)
         summary.index_size = len(self.shared.index)
 
@@ -275,8 +315,9 @@ class FactoryRun:
                 self.claims.stuck.add(row["id"])  # not again in this run; the next run retries it
         return done
 
-    def _file_chunk(self, chunk: list[dict], analyses: list[Analysis], predicted, *,
-                    may_defer: bool = False) -> int | None:
+    def _file_chunk(
+        self, chunk: list[dict], analyses: list[Analysis], predicted, *, may_defer: bool = False
+    ) -> int | None:
         """Under the factory lock: decide and move the rows of ``chunk`` this worker still holds.
 
         With ``may_defer``, returns None (nothing done) when other workers kept so many
@@ -292,17 +333,23 @@ class FactoryRun:
             held = self.claims.hold([r["id"] for r in chunk])
             mine = [r for r in chunk if r["id"] in held]
             if len(mine) < len(chunk):
-                logger.warning("%d images of this chunk were taken over by another worker",
-                               len(chunk) - len(mine))
+                logger.warning(
+                    "%d images of this chunk were taken over by another worker",
+                    len(chunk) - len(mine),
+                )
             self._refresh(locked=True)
             if not mine:
                 return 0
-            if may_defer and sum(self.deduper.unverified(a) for a in analyses
-                                 if a.image_id in held) > DEFER_VERIFICATIONS:
+            if (
+                may_defer
+                and sum(self.deduper.unverified(a) for a in analyses if a.image_id in held)
+                > DEFER_VERIFICATIONS
+            ):
                 return None
             counts = FactorySummary()
-            moves = self._decide(mine, [a for a in analyses if a.image_id in held], predicted,
-                                 counts)
+            moves = self._decide(
+                mine, [a for a in analyses if a.image_id in held], predicted, counts
+            )
             try:
                 moved = store.move_many(moves)
             except MoveConflictError as exc:
@@ -327,28 +374,40 @@ class FactoryRun:
             return len(mine)
         return 0
 
-    def _decide(self, chunk: list[dict], analyses: list[Analysis], predicted,
-                counts: FactorySummary) -> list[Move]:
+    def _decide(
+        self, chunk: list[dict], analyses: list[Analysis], predicted, counts: FactorySummary
+    ) -> list[Move]:
         """The moves that file ``chunk``: rejections, duplicates (and kept images from earlier
         chunks that a better copy replaces), and each survivor accepted or sent to review."""
         rows = {r["id"]: r for r in chunk}
-        plans: dict[int, tuple[str, dict]] = {}   # image id -> (status, changes)
+        plans: dict[int, tuple[str, dict]] = {}  # image id -> (status, changes)
         survivors: list[int] = []
-        demoted: list[tuple[int, int]] = []       # (kept id from an earlier chunk, replaced by)
+        demoted: list[tuple[int, int]] = []  # (kept id from an earlier chunk, replaced by)
         for a in analyses:
             row = rows[a.image_id]
             if not a.ok:
                 logger.debug("image %d rejected: %s %s", a.image_id, a.reason, a.detail)
                 plans[a.image_id] = ("rejected", {"reason": a.reason})
                 continue
-            base = {"phash": a.phash, "hash_method": self.config.factory.hash,
-                    "width": a.width, "height": a.height}
-            new = Kept(a.image_id, a.width, a.height, row["label_source"] == "human",
-                       str(self.store.abspath(row["path"])))
+            base = {
+                "phash": a.phash,
+                "hash_method": self.config.factory.hash,
+                "width": a.width,
+                "height": a.height,
+            }
+            new = Kept(
+                a.image_id,
+                a.width,
+                a.height,
+                row["label_source"] == "human",
+                str(self.store.abspath(row["path"])),
+            )
             verdict = self.deduper.check(a, new)
             if verdict.duplicate_of is not None:
-                plans[a.image_id] = ("rejected", {**base, "reason": "duplicate",
-                                                  "duplicate_of": verdict.duplicate_of})
+                plans[a.image_id] = (
+                    "rejected",
+                    {**base, "reason": "duplicate", "duplicate_of": verdict.duplicate_of},
+                )
                 continue
             self.kept_cache[a.image_id] = new
             plans[a.image_id] = ("keep", base)
@@ -357,8 +416,10 @@ class FactoryRun:
                 old = verdict.replaces
                 if old in plans:  # kept earlier in this chunk, not moved yet
                     survivors.remove(old)
-                    plans[old] = ("rejected", {**plans[old][1], "reason": "duplicate",
-                                               "duplicate_of": a.image_id})
+                    plans[old] = (
+                        "rejected",
+                        {**plans[old][1], "reason": "duplicate", "duplicate_of": a.image_id},
+                    )
                 else:
                     demoted.append((old, a.image_id))
                 self.kept_cache.pop(old, None)
@@ -389,8 +450,9 @@ class FactoryRun:
         self.deduper.forget([r["id"] for r in changed])
 
 
-def _recount(counts: FactorySummary, rows: list[dict], moves: list[Move],
-             moved: MoveResult) -> None:
+def _recount(
+    counts: FactorySummary, rows: list[dict], moves: list[Move], moved: MoveResult
+) -> None:
     """Correct a chunk's counts for moves storage skipped (a person decided the image
     meanwhile) or found without a file (recorded as rejected, file_missing)."""
     classes = {r["id"]: r["keyword_class"] for r in rows}
@@ -424,25 +486,40 @@ class LazyModel:
 
 
 def _kept(store: Store, row: dict) -> Kept:
-    return Kept(row["id"], row["width"] or 0, row["height"] or 0, row["label_source"] == "human",
-                str(store.abspath(row["path"])) if row["path"] else None)
+    return Kept(
+        row["id"],
+        row["width"] or 0,
+        row["height"] or 0,
+        row["label_source"] == "human",
+        str(store.abspath(row["path"])) if row["path"] else None,
+    )
 
 
-def _predict(config, store, chunk, analyses: list[Analysis], model: "LazyModel"):
+def _predict(config, store, chunk, analyses: list[Analysis], model: LazyModel):
     """(classifier, {image id: Prediction}) for every valid image the model should label.
 
     Runs before the factory lock, so workers classify in parallel; images that turn out to be
     duplicates were classified for nothing, which costs less than serialising the model.
     """
     rows = {r["id"]: r for r in chunk}
-    need = [a.image_id for a in analyses
-            if a.ok and rows[a.image_id]["label_source"] != "human"]
+    need = [a.image_id for a in analyses if a.ok and rows[a.image_id]["label_source"] != "human"]
     classifier = model.get() if need and model.registry.current() else None
-    by_model = [i for i in need
-                if classifier is not None and rows[i]["keyword_class"] in classifier.classes]
-    predictions = dict(zip(by_model, classifier.predict(
-        [str(store.abspath(rows[i]["path"])) for i in by_model],
-        config.factory.batch_size))) if by_model else {}
+    by_model = [
+        i for i in need if classifier is not None and rows[i]["keyword_class"] in classifier.classes
+    ]
+    predictions = (
+        dict(
+            zip(
+                by_model,
+                classifier.predict(
+                    [str(store.abspath(rows[i]["path"])) for i in by_model],
+                    config.factory.batch_size,
+                ),
+            )
+        )
+        if by_model
+        else {}
+    )
     return classifier, predictions
 
 
@@ -451,17 +528,25 @@ def _label(config, rows, survivors: list[int], plans, classifier, predictions) -
     for image_id in survivors:
         row, base = rows[image_id], plans[image_id][1]
         if row["label_source"] == "human":
-            plans[image_id] = ("accepted", {**base, "label": row["label"] or row["keyword_class"],
-                                            "label_source": "human"})
+            plans[image_id] = (
+                "accepted",
+                {**base, "label": row["label"] or row["keyword_class"], "label_source": "human"},
+            )
             continue
         pred = predictions.get(image_id)
         if pred is None:  # no model yet, or a class the model has never seen
-            plans[image_id] = ("accepted", {**base, "label": row["keyword_class"],
-                                            "label_source": "keyword"})
+            plans[image_id] = (
+                "accepted",
+                {**base, "label": row["keyword_class"], "label_source": "keyword"},
+            )
             continue
         keyword = row["keyword_class"]
-        model = {"label": pred.label, "label_source": "model", "confidence": pred.confidence,
-                 "model_version": classifier.version}
+        model = {
+            "label": pred.label,
+            "label_source": "model",
+            "confidence": pred.confidence,
+            "model_version": classifier.version,
+        }
         if pred.label == keyword and pred.confidence >= config.confidence_for(keyword):
             plans[image_id] = ("accepted", {**base, **model})
         else:

@@ -32,8 +32,8 @@ def thumb(image: Image.Image) -> np.ndarray:
     return arr - arr.mean()
 
 
-ZOOMS = (0.9, 0.85)   # a 10% crop or a rotation's crop leaves the rest at this scale
-TILTS = (-4, 4)       # degrees: a slight rotation
+ZOOMS = (0.9, 0.85)  # a 10% crop or a rotation's crop leaves the rest at this scale
+TILTS = (-4, 4)  # degrees: a slight rotation
 
 
 def view_thumbs(image: Image.Image, found: dict[str, Image.Image]) -> list[np.ndarray]:
@@ -81,8 +81,12 @@ def similarity(query_thumbs: list[np.ndarray], kept_thumbs: list[np.ndarray]) ->
     best = -1.0
     for dy in SHIFTS:
         for dx in SHIFTS:
-            qy, ky = (slice(dy, n), slice(0, n - dy)) if dy >= 0 else (slice(0, n + dy), slice(-dy, n))
-            qx, kx = (slice(dx, n), slice(0, n - dx)) if dx >= 0 else (slice(0, n + dx), slice(-dx, n))
+            qy, ky = (
+                (slice(dy, n), slice(0, n - dy)) if dy >= 0 else (slice(0, n + dy), slice(-dy, n))
+            )
+            qx, kx = (
+                (slice(dx, n), slice(0, n - dx)) if dx >= 0 else (slice(0, n + dx), slice(-dx, n))
+            )
             a = _normalise(q[:, qy, qx].reshape(len(q), -1))
             b = _normalise(k[:, ky, kx].reshape(len(k), -1))
             best = max(best, float((a @ b.T).max()))

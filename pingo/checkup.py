@@ -33,8 +33,10 @@ def check(config: Config, repair: bool = False, wait: float = 0.0) -> Report:
     """Check the data folder (and with ``repair`` fix what needs no guess); never raises for
     a problem found, only when the folder cannot be checked at all (BusyError, CheckError)."""
     # repair=False: opening must not hide what the check is meant to find
-    with JobLock(config.data_dir).hold("check", wait=wait), \
-            Store.from_config(config, repair=False) as store:
+    with (
+        JobLock(config.data_dir).hold("check", wait=wait),
+        Store.from_config(config, repair=False) as store,
+    ):
         report = check_storage(store, repair_too=repair)
         report.kinds.update(MORE_KINDS)
         report.fixable |= MORE_FIXABLE
@@ -43,9 +45,12 @@ def check(config: Config, repair: bool = False, wait: float = 0.0) -> Report:
             report.repaired.update(rebuild_indexes(config, store, found))
             found = index_problems(store)
         report.problems += found + model_problems(store, config)
-    logger.info("check: %s, %d problems, repaired %s",
-            "sound" if report.sound else "NOT sound", len(report.problems),
-            dict(report.repaired) or "nothing")
+    logger.info(
+        "check: %s, %d problems, repaired %s",
+        "sound" if report.sound else "NOT sound",
+        len(report.problems),
+        dict(report.repaired) or "nothing",
+    )
     return report
 
 
@@ -54,9 +59,15 @@ def _kept_ids(store: Store) -> set[int]:
 
     from dataset_factory.dedupe import KEPT
     from storage.schema import images
+
     with store.engine.connect() as conn:
-        return set(conn.execute(select(images.c.id).where(images.c.status.in_(KEPT))
-                                .where(images.c.path.is_not(None))).scalars())
+        return set(
+            conn.execute(
+                select(images.c.id)
+                .where(images.c.status.in_(KEPT))
+                .where(images.c.path.is_not(None))
+            ).scalars()
+        )
 
 
 def _sidecars(store: Store) -> list[tuple[Path, str, bool]]:
@@ -75,6 +86,7 @@ def index_problems(store: Store) -> list[Problem]:
     A missing sidecar is sound: the next factory run builds it from the DB.
     """
     from dataset_factory.index import NearDuplicateIndex
+
     kept = _kept_ids(store)
     problems = []
     for path, method, _hard in _sidecars(store):
@@ -89,13 +101,24 @@ def index_problems(store: Store) -> list[Problem]:
         twice = len(ids) - len(have)
         stray_views = set(index.views.ids.tolist()) - have
         if lacking or extra or twice or stray_views:
-            parts = [f"{n} {what}" for n, what in (
-                (len(lacking), "kept images missing"), (len(extra), "ids not kept"),
-                (twice, "ids listed twice"), (len(stray_views), "views of unlisted ids"))
-                if n]
+            parts = [
+                f"{n} {what}"
+                for n, what in (
+                    (len(lacking), "kept images missing"),
+                    (len(extra), "ids not kept"),
+                    (twice, "ids listed twice"),
+                    (len(stray_views), "views of unlisted ids"),
+                )
+                if n
+            ]
             example = sorted(lacking or extra)[:5]
-            problems.append(Problem("index_mismatch", rel, detail=", ".join(parts)
-                                    + (f" (e.g. images {example})" if example else "")))
+            problems.append(
+                Problem(
+                    "index_mismatch",
+                    rel,
+                    detail=", ".join(parts) + (f" (e.g. images {example})" if example else ""),
+                )
+            )
     return problems
 
 
@@ -135,11 +158,17 @@ def model_problems(store: Store, config: Config) -> list[Problem]:
         version, error = None, f"unreadable: {exc.strerror}"
     if version is not None:
         from vision.model import check_promotable
+
         try:
             check_promotable(store.registry, version, config.classes)
             return []
         except PingoError as exc:
             error = str(exc)
-    return [Problem("current_model", "models/CURRENT", detail=f"{error}; fix it with "
-                    "`pingo models rollback` or `pingo models promote VERSION`")]
-
+    return [
+        Problem(
+            "current_model",
+            "models/CURRENT",
+            detail=f"{error}; fix it with "
+            "`pingo models rollback` or `pingo models promote VERSION`",
+        )
+    ]

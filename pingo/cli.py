@@ -42,8 +42,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_pingo", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                               "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
         handler._pingo = True  # type: ignore[attr-defined]  # marks pingo's own handler
         root.addHandler(handler)
     root.setLevel(level)
@@ -64,6 +65,7 @@ class Context:
 
     def store(self):
         from storage import Store
+
         return Store.from_config(self.config)
 
 
@@ -77,20 +79,31 @@ def json_option(help: str = "Print machine-readable JSON.", **kwargs):
 
 def class_option(help: str, multiple: bool = False):
     """``--class C``: one class (or, with ``multiple``, a repeatable list as ``classes``)."""
-    return click.option("--class", "classes" if multiple else "class_name", metavar="C",
-                        multiple=multiple, help=help)
+    return click.option(
+        "--class",
+        "classes" if multiple else "class_name",
+        metavar="C",
+        multiple=multiple,
+        help=help,
+    )
 
 
 def _as_job(ctx: Context, job: str, work):
     """Run ``work(store)`` as a recorded job under the job lock, like the scheduler does: a
     second job never overlaps it (it stops with "busy", exit status 75)."""
     from scheduler.jobs import run_job
+
     return run_job(ctx.config, job, lambda config, store: work(store))
 
 
 @click.group(cls=PingoGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="FILE", envvar="PINGO_CONFIG",
-              help="Config file (default: ./pingo.toml, or $PINGO_CONFIG).")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="PINGO_CONFIG",
+    help="Config file (default: ./pingo.toml, or $PINGO_CONFIG).",
+)
 @click.option("-v", "--verbose", count=True, help="Log debug detail.")
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.version_option(__version__, prog_name="pingo")
@@ -146,18 +159,25 @@ def stats(ctx: Context, as_json, history):
         click.echo(line)
     if result.set_aside:
         aside = ", ".join(f"{r} {n}" for r, n in result.set_aside.items())
-        click.echo(f"set aside: {sum(result.set_aside.values())} ({aside}); "
-                   "see `pingo status`")
+        click.echo(f"set aside: {sum(result.set_aside.values())} ({aside}); see `pingo status`")
     used = [(name, u) for name, u in disk.items() if u["files"]]
-    click.echo("disk: " + (", ".join(f"{name} {human_bytes(u['bytes'])} ({u['files']} files)"
-                                     for name, u in used) or "empty")
-               + f"; total {human_bytes(sum(u['bytes'] for _, u in used))}")
+    click.echo(
+        "disk: "
+        + (
+            ", ".join(f"{name} {human_bytes(u['bytes'])} ({u['files']} files)" for name, u in used)
+            or "empty"
+        )
+        + f"; total {human_bytes(sum(u['bytes'] for _, u in used))}"
+    )
     if grown is not None:
         names = sorted(result.classes)
         click.echo("\naccepted per day: " + "  ".join(names))
         for day, counts in grown.items():
-            click.echo(day + "  " + "  ".join(
-                f"{counts.get(n, {}).get('accepted', 0):>{len(n)}}" for n in names))
+            click.echo(
+                day
+                + "  "
+                + "  ".join(f"{counts.get(n, {}).get('accepted', 0):>{len(n)}}" for n in names)
+            )
 
 
 @cli.command()
@@ -193,13 +213,14 @@ def import_(ctx: Context, folder):
 
     classes = ctx.config.classes
     total = len(plan_import(folder, classes))
-    with ctx.store() as store, tqdm(total=total, unit="img", disable=None,
-                                    desc="import") as bar:
+    with ctx.store() as store, tqdm(total=total, unit="img", disable=None, desc="import") as bar:
         result = import_folder(store, folder, classes, progress=bar.update)
     for name in sorted(set(result.added) | set(result.duplicates)):
         click.echo(f"{name}: {result.added[name]} added, {result.duplicates[name]} already stored")
-    click.echo(f"imported {result.total_added} images into the inbox"
-               + (f"; {len(result.skipped)} files skipped (see log)" if result.skipped else ""))
+    click.echo(
+        f"imported {result.total_added} images into the inbox"
+        + (f"; {len(result.skipped)} files skipped (see log)" if result.skipped else "")
+    )
 
 
 def _log_to_file(data_dir: Path) -> None:
@@ -207,8 +228,9 @@ def _log_to_file(data_dir: Path) -> None:
     from logging.handlers import RotatingFileHandler
 
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handler = RotatingFileHandler(data_dir / "logs" / "pingo.log", maxBytes=5_000_000,
-                                  backupCount=5, encoding="utf-8")
+    handler = RotatingFileHandler(
+        data_dir / "logs" / "pingo.log", maxBytes=5_000_000, backupCount=5, encoding="utf-8"
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
 
@@ -257,9 +279,11 @@ def schedule(ctx: Context, run_now):
     config = ctx.config
     ctx.store().close()  # create the layout, repair leftovers before the first job
     _log_to_file(config.data_dir)
-    click.echo(f"pingo scheduler: crawl '{config.crawl.schedule}', train "
-               f"'{config.train.schedule}' (UTC); logs in {config.data_dir / 'logs'}; "
-               "Ctrl-C or SIGTERM stops after the current job")
+    click.echo(
+        f"pingo scheduler: crawl '{config.crawl.schedule}', train "
+        f"'{config.train.schedule}' (UTC); logs in {config.data_dir / 'logs'}; "
+        "Ctrl-C or SIGTERM stops after the current job"
+    )
     Service(config).start(run_now=run_now)
 
 
@@ -299,13 +323,15 @@ def status_command(ctx: Context, as_json, limit):
 
 
 @cli.command("train")
-@click.option("--force", is_flag=True, help="Train even if no class changed or some are "
-              "below target.")
+@click.option(
+    "--force", is_flag=True, help="Train even if no class changed or some are below target."
+)
 @click.option("--epochs", type=int, help="Most epochs (early stopping may end sooner).")
 @click.option("--image-size", type=int, metavar="PX", help="Train at PX x PX pixels.")
 @click.option("--batch-size", type=int, metavar="N")
-@click.option("--arch", metavar="NAME", help=f"One of {', '.join(ARCHITECTURES)} "
-              "(default: train.arch).")
+@click.option(
+    "--arch", metavar="NAME", help=f"One of {', '.join(ARCHITECTURES)} (default: train.arch)."
+)
 @json_option("Print the result as JSON.")
 @pass_ctx
 def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, as_json):
@@ -318,18 +344,24 @@ def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, as_
     """
     from trainer.run import train
 
-    overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size,
-                 "arch": arch}
-    result = _as_job(ctx, "train", lambda store: train(
-        ctx.config, store, force=force, overrides=overrides, progress=sys.stderr.isatty()))
+    overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size, "arch": arch}
+    result = _as_job(
+        ctx,
+        "train",
+        lambda store: train(
+            ctx.config, store, force=force, overrides=overrides, progress=sys.stderr.isatty()
+        ),
+    )
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
     elif not result.trained:
         click.echo(f"not training: {result.reason} (use --force to train anyway)")
     else:
         m = result.metrics
-        click.echo(f"{result.version}: test accuracy {m['test_accuracy']:.4f}, loss "
-                   f"{m['test_loss']:.4f} on {m['test_images']} images; {result.reason}")
+        click.echo(
+            f"{result.version}: test accuracy {m['test_accuracy']:.4f}, loss "
+            f"{m['test_loss']:.4f} on {m['test_images']} images; {result.reason}"
+        )
         click.echo(f"registry entry: {result.path}")
 
 
@@ -360,9 +392,11 @@ def models(click_ctx, as_json):
     for r in rows:
         acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
         loss = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
-        click.echo(f"{'*' if r['current'] else ' '}  {r['version']:<7}  {r['state']:<10}  "
-                   f"{acc:>8}  {loss:<6}  {r['arch'] or '-':<9}  {r['image_size'] or '-':>3}  "
-                   f"{r['note'] or ''}")
+        click.echo(
+            f"{'*' if r['current'] else ' '}  {r['version']:<7}  {r['state']:<10}  "
+            f"{acc:>8}  {loss:<6}  {r['arch'] or '-':<9}  {r['image_size'] or '-':>3}  "
+            f"{r['note'] or ''}"
+        )
     click.echo("* = in service (models/CURRENT)")
 
 
@@ -399,17 +433,23 @@ def models_rollback(ctx: Context):
     with ctx.store() as store:
         registry = store.registry
         old, new = registry.rollback(
-            lambda version: check_promotable(registry, version, ctx.config.classes))
+            lambda version: check_promotable(registry, version, ctx.config.classes)
+        )
     click.echo(f"rolled back from {old} to {new}")
 
 
 @cli.command("crawl")
-@class_option("Crawl class C only (repeatable). Default: every class below target.",
-              multiple=True)
-@click.option("--source", "sources", multiple=True, metavar="S",
-              help="Search source S only (repeatable). Default: crawl.sources.")
-@click.option("--limit", type=click.IntRange(min=1), metavar="N",
-              help="Take at most N new images per class.")
+@class_option("Crawl class C only (repeatable). Default: every class below target.", multiple=True)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    metavar="S",
+    help="Search source S only (repeatable). Default: crawl.sources.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), metavar="N", help="Take at most N new images per class."
+)
 @json_option("Print the summary as JSON.")
 @pass_ctx
 def crawl_command(ctx: Context, classes, sources, limit, as_json):
@@ -426,9 +466,17 @@ def crawl_command(ctx: Context, classes, sources, limit, as_json):
     """
     from crawler.run import crawl
 
-    summary = _as_job(ctx, "crawl", lambda store: crawl(
-        ctx.config, store, classes=list(classes) or None, sources=list(sources) or None,
-        limit=limit))
+    summary = _as_job(
+        ctx,
+        "crawl",
+        lambda store: crawl(
+            ctx.config,
+            store,
+            classes=list(classes) or None,
+            sources=list(sources) or None,
+            limit=limit,
+        ),
+    )
     if as_json:
         click.echo(json.dumps(summary.as_json(), indent=2, sort_keys=True))
     else:
@@ -436,12 +484,19 @@ def crawl_command(ctx: Context, classes, sources, limit, as_json):
 
 
 @cli.command("demo-site")
-@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of <class>/ subfolders to serve (default: generated shapes).")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of <class>/ subfolders to serve (default: generated shapes).",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--page-delay", type=click.FloatRange(min=0), default=0.0,
-              help="Seconds before each result page answers (a slow engine).")
+@click.option(
+    "--page-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds before each result page answers (a slow engine).",
+)
 @click.option("--faults", is_flag=True, help="Start every result list with broken images.")
 def demo_site(images, port, host, page_delay, faults):
     """Serve a folder of class subfolders as a JavaScript image search engine.
@@ -453,8 +508,10 @@ def demo_site(images, port, host, page_delay, faults):
     from crawler.demo_site import make_server
 
     server = make_server(images, port, host, page_delay=page_delay, faults=faults)
-    click.echo(f"demo search site at {server.url}/search?q=... "
-               f"({', '.join(server.site.index)}); Ctrl-C stops it")
+    click.echo(
+        f"demo search site at {server.url}/search?q=... "
+        f"({', '.join(server.site.index)}); Ctrl-C stops it"
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -462,8 +519,9 @@ def demo_site(images, port, host, page_delay, faults):
 
 
 @cli.command()
-@click.option("--limit", type=click.IntRange(min=1), metavar="N",
-              help="Process at most N inbox images.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), metavar="N", help="Process at most N inbox images."
+)
 @json_option("Print the summary as JSON.")
 @pass_ctx
 def factory(ctx: Context, limit, as_json):
@@ -483,8 +541,9 @@ def factory(ctx: Context, limit, as_json):
 
     def work(store):
         total = sum(store.inbox_counts().values())
-        with tqdm(total=min(total, limit or total), unit="img", disable=None,
-                  desc="factory") as bar:
+        with tqdm(
+            total=min(total, limit or total), unit="img", disable=None, desc="factory"
+        ) as bar:
             return process_inbox(ctx.config, store, progress=bar.update, limit=limit)
 
     summary = _as_job(ctx, "factory", work)
@@ -497,12 +556,16 @@ def factory(ctx: Context, limit, as_json):
     click.echo(f"{'class':<{width}}  accepted  review  rejected  of which duplicates")
     for name in names:
         t = summary.totals(name)
-        click.echo(f"{name:<{width}}  {t['accepted']:>8}  {t['review']:>6}  {t['rejected']:>8}  "
-                   f"{t['duplicates']:>19}")
+        click.echo(
+            f"{name:<{width}}  {t['accepted']:>8}  {t['review']:>6}  {t['rejected']:>8}  "
+            f"{t['duplicates']:>19}"
+        )
     reasons = ", ".join(f"{r} {n}" for r, n in summary.rejected.items()) or "none"
-    click.echo(f"worker {summary.worker} processed {summary.processed}; rejected: {reasons}; "
-               f"{summary.replaced} kept images replaced by a larger copy; "
-               f"{summary.index_size} images in the near-duplicate index")
+    click.echo(
+        f"worker {summary.worker} processed {summary.processed}; rejected: {reasons}; "
+        f"{summary.replaced} kept images replaced by a larger copy; "
+        f"{summary.index_size} images in the near-duplicate index"
+    )
 
 
 @cli.group(invoke_without_command=True)
@@ -530,8 +593,11 @@ def review(click_ctx, class_name, as_json):
                 click.echo(json.dumps(row, ensure_ascii=False))
                 continue
             conf = f"{row['confidence']:.2f}" if row["confidence"] is not None else "-"
-            click.echo(f"{row['id']:>7}  guess {row['label']:<12} "
-                       f"keyword {row['keyword_class']:<12} conf {conf:>4}  {row['reason'] or '':<14} {store.abspath(row['path'])}")
+            click.echo(
+                f"{row['id']:>7}  guess {row['label']:<12} "
+                f"keyword {row['keyword_class']:<12} conf {conf:>4}  "
+                f"{row['reason'] or '':<14} {store.abspath(row['path'])}"
+            )
     if not rows and not as_json:
         click.echo("nothing to review")
 
@@ -557,8 +623,9 @@ def review_accept(ctx: Context, image_ids, label):
 
 @review.command("reject")
 @click.argument("image_ids", type=int, nargs=-1, required=True)
-@click.option("--reason", default="human_rejected", show_default=True,
-              help="Folder name under rejected/.")
+@click.option(
+    "--reason", default="human_rejected", show_default=True, help="Folder name under rejected/."
+)
 @pass_ctx
 def review_reject(ctx: Context, image_ids, reason):
     """Reject IMAGE_IDS into rejected/<reason>/ (label source: human).
@@ -576,11 +643,17 @@ def review_reject(ctx: Context, image_ids, reason):
 
 
 @cli.command("check")
-@click.option("--repair", is_flag=True, help="Fix what can be fixed without guessing, then "
-              "check again.")
+@click.option(
+    "--repair", is_flag=True, help="Fix what can be fixed without guessing, then check again."
+)
 @json_option()
-@click.option("--examples", default=5, show_default=True, metavar="N",
-              help="Example paths shown per kind of problem.")
+@click.option(
+    "--examples",
+    default=5,
+    show_default=True,
+    metavar="N",
+    help="Example paths shown per kind of problem.",
+)
 @pass_ctx
 def check_command(ctx: Context, repair, as_json, examples):
     """Is the data folder sound? Rows vs files, folder counts, the index, models/CURRENT.
@@ -605,16 +678,26 @@ def check_command(ctx: Context, repair, as_json, examples):
             fix = "" if kind in report.fixable else "  [not fixed by --repair]"
             click.echo(f"{kind}: {len(problems)}  ({report.kinds.get(kind, kind)}){fix}")
             for p in problems[:examples]:
-                what = " ".join(x for x in (p.path or "", f"(image {p.image_id})"
-                                            if p.image_id is not None else "", p.detail) if x)
+                what = " ".join(
+                    x
+                    for x in (
+                        p.path or "",
+                        f"(image {p.image_id})" if p.image_id is not None else "",
+                        p.detail,
+                    )
+                    if x
+                )
                 click.echo(f"  {what}")
             if len(problems) > examples:
                 click.echo(f"  ... and {len(problems) - examples} more (--json lists all)")
             if kind in HINTS:
                 click.echo(f"  -> {HINTS[kind]}")
-        click.echo("sound" if report.sound else
-                   f"NOT sound: {len(report.problems)} problems"
-                   + ("" if repair else "; `pingo check --repair` fixes those not marked"))
+        click.echo(
+            "sound"
+            if report.sound
+            else f"NOT sound: {len(report.problems)} problems"
+            + ("" if repair else "; `pingo check --repair` fixes those not marked")
+        )
     if not report.sound:
         raise SystemExit(1)
 
@@ -644,19 +727,26 @@ def prune(ctx: Context, dry_run, as_json):
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {result.rejected_files} rejected files "
-               f"({human_bytes(result.rejected_bytes)}) older than "
-               f"{ctx.config.storage.keep_rejected_days:g} days"
-               + (f", and {result.leftovers} left by an interrupted prune"
-                  if result.leftovers else ""))
+    click.echo(
+        f"{verb} {result.rejected_files} rejected files "
+        f"({human_bytes(result.rejected_bytes)}) older than "
+        f"{ctx.config.storage.keep_rejected_days:g} days"
+        + (f", and {result.leftovers} left by an interrupted prune" if result.leftovers else "")
+    )
     if result.models_skipped:
         click.echo(f"models: not pruned: {result.models_skipped}")
     else:
         which = ": " + ", ".join(result.models) if result.models else ""
-        click.echo(f"{verb} {len(result.models)} model versions "
-                   f"({human_bytes(result.model_bytes)}){which}")
-        click.echo("kept: " + (", ".join(f"{v} ({why})" for v, why in result.kept_models.items())
-                               or "no model versions"))
+        click.echo(
+            f"{verb} {len(result.models)} model versions ({human_bytes(result.model_bytes)}){which}"
+        )
+        click.echo(
+            "kept: "
+            + (
+                ", ".join(f"{v} ({why})" for v, why in result.kept_models.items())
+                or "no model versions"
+            )
+        )
 
 
 def main() -> None:

@@ -22,8 +22,14 @@ logger = logging.getLogger(__name__)
 # 1-2 minutes of training on 2 cores; `pingo train` uses the config's full settings.
 # Round 1 has ~35 training images a class: small batches give enough steps per epoch; the
 # epoch cap bounds the time (early stopping may end it sooner; the best epoch is kept).
-DEMO_TRAIN = {"image_size": 48, "epochs": 100, "batch_size": 8, "patience": 25,
-              "arch": "small_cnn", "augment": True}
+DEMO_TRAIN = {
+    "image_size": 48,
+    "epochs": 100,
+    "batch_size": 8,
+    "patience": 25,
+    "arch": "small_cnn",
+    "augment": True,
+}
 
 
 def _site_answers(url: str) -> bool:
@@ -43,16 +49,20 @@ def start_demo_site(config: Config) -> Callable[[], None] | None:
         return None
     parts = urlsplit(config.crawl.demo_url)
     if parts.hostname not in ("127.0.0.1", "localhost"):
-        raise PingoError(f"crawl.demo_url {config.crawl.demo_url} does not answer and is not "
-                         "local, so the demo cannot start it")
+        raise PingoError(
+            f"crawl.demo_url {config.crawl.demo_url} does not answer and is not "
+            "local, so the demo cannot start it"
+        )
     _, stop = serve_in_thread(port=parts.port or 80)
     return stop
 
 
 def _factory_line(summary) -> str:
     data = summary.as_json()
-    parts = [f"{name}: {c['accepted']} accepted, {c['review']} review, "
-             f"{c['rejected']} rejected" for name, c in data["classes"].items()]
+    parts = [
+        f"{name}: {c['accepted']} accepted, {c['review']} review, {c['rejected']} rejected"
+        for name, c in data["classes"].items()
+    ]
     return "; ".join(parts) or "inbox was empty"
 
 
@@ -65,8 +75,10 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
     from trainer.run import train
 
     if "demo" not in config.crawl.sources:
-        echo("note: crawl.sources does not include 'demo'; the demo crawls "
-             + ", ".join(config.crawl.sources))
+        echo(
+            "note: crawl.sources does not include 'demo'; the demo crawls "
+            + ", ".join(config.crawl.sources)
+        )
     stop_site = start_demo_site(config)
     try:
         targets = config.targets
@@ -79,13 +91,19 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
         echo("[2/6] factory: validate, dedupe, label by keyword (no model yet)")
         echo(_factory_line(run_job(config, "factory", factory_stage)))
 
-        echo(f"[3/6] train a small model ({DEMO_TRAIN['image_size']} px, up to "
-             f"{DEMO_TRAIN['epochs']} epochs, early stopping; 1-2 minutes on 2 cores)")
-        result = run_job(config, "train",
-                         lambda c, s: train(c, s, force=True, overrides=DEMO_TRAIN))
+        echo(
+            f"[3/6] train a small model ({DEMO_TRAIN['image_size']} px, up to "
+            f"{DEMO_TRAIN['epochs']} epochs, early stopping; 1-2 minutes on 2 cores)"
+        )
+        result = run_job(
+            config, "train", lambda c, s: train(c, s, force=True, overrides=DEMO_TRAIN)
+        )
         accuracy = model_accuracy(result.metrics)
-        echo(f"{result.version}: test accuracy {accuracy:.3f}; {result.reason}"
-             if result.trained and accuracy is not None else f"{result.reason}")
+        echo(
+            f"{result.version}: test accuracy {accuracy:.3f}; {result.reason}"
+            if result.trained and accuracy is not None
+            else f"{result.reason}"
+        )
 
         echo("[4/6] crawl: the rest of each target")
         echo(run_job(config, "crawl", lambda c, s: crawl(c, s)).format())

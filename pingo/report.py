@@ -23,9 +23,9 @@ from storage.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
-THUMB = 72          # px, contact-sheet cell
+THUMB = 72  # px, contact-sheet cell
 SHEET_COLUMNS = 12
-SHEET_MAX = 96      # thumbnails per sheet
+SHEET_MAX = 96  # thumbnails per sheet
 
 
 def model_accuracy(metrics: dict[str, Any] | None) -> float | None:
@@ -63,19 +63,31 @@ def contact_sheet(paths: list[Path], out: Path) -> int:
 
 
 def _accuracy_plot(models: list[dict[str, Any]], out: Path) -> bool:
-    points = [(m["version"], acc, m["promoted"]) for m in models
-              if (acc := model_accuracy(m["metrics"])) is not None]
+    points = [
+        (m["version"], acc, m["promoted"])
+        for m in models
+        if (acc := model_accuracy(m["metrics"])) is not None
+    ]
     if not points:
         return False
     import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="#4477aa")
     for version, acc, promoted in points:
         if promoted:
-            ax.scatter([version], [acc], s=160, facecolors="none", edgecolors="#228833",
-                       linewidths=2, label="promoted")
+            ax.scatter(
+                [version],
+                [acc],
+                s=160,
+                facecolors="none",
+                edgecolors="#228833",
+                linewidths=2,
+                label="promoted",
+            )
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -89,7 +101,7 @@ def _accuracy_plot(models: list[dict[str, Any]], out: Path) -> bool:
 
 def _bar(value: int, target: int | None, colour: str) -> str:
     pct = min(100.0, 100.0 * value / target) if target else 0.0
-    return (f'<div class="bar"><div style="width:{pct:.1f}%;background:{colour}"></div></div>')
+    return f'<div class="bar"><div style="width:{pct:.1f}%;background:{colour}"></div></div>'
 
 
 def build_report(config: Config, store: Store) -> Path:
@@ -107,53 +119,70 @@ def build_report(config: Config, store: Store) -> Path:
     rows = []
     for r in class_progress(stats):
         pct = f"{r.percent:.0f}%" if r.percent is not None else "-"
-        rows.append(f"<tr><td>{esc(r.name)}</td><td>{r.accepted}</td><td>{r.review}</td>"
-                    f"<td>{r.target if r.target is not None else '-'}</td><td>{pct}</td>"
-                    f"<td>{_bar(r.accepted, r.target, '#228833')}"
-                    f"{_bar(r.review, r.target, '#ccbb44')}</td></tr>")
+        rows.append(
+            f"<tr><td>{esc(r.name)}</td><td>{r.accepted}</td><td>{r.review}</td>"
+            f"<td>{r.target if r.target is not None else '-'}</td><td>{pct}</td>"
+            f"<td>{_bar(r.accepted, r.target, '#228833')}"
+            f"{_bar(r.review, r.target, '#ccbb44')}</td></tr>"
+        )
     rejected = ", ".join(f"{esc(str(r))}: {n}" for r, n in stats.rejected.items()) or "none"
     parts.append(
         "<h2>Classes</h2><table><tr><th>class</th><th>accepted</th><th>review</th>"
         "<th>target</th><th>of target</th><th>accepted (green) / review (yellow)</th></tr>"
-        + "".join(rows) + "</table>"
+        + "".join(rows)
+        + "</table>"
         f"<p>inbox: {stats.inbox} &middot; rejected: {sum(stats.rejected.values())} "
-        f"({rejected})</p>")
+        f"({rejected})</p>"
+    )
 
     # -- crawl yield per source and keyword
     rows = []
     for y in store.yield_by_query():
         dup = 100.0 * (y["duplicates"] or 0) / y["images"] if y["images"] else 0.0
-        rows.append(f"<tr><td>{esc(str(y['source']))}</td><td>{esc(str(y['query'] or '-'))}</td>"
-                    f"<td>{y['images']}</td><td>{y['accepted']}</td><td>{y['review']}</td>"
-                    f"<td>{y['rejected']}</td><td>{dup:.1f}%</td></tr>")
-    parts.append("<h2>Crawl yield</h2><table><tr><th>source</th><th>query</th><th>images</th>"
-                 "<th>accepted</th><th>review</th><th>rejected</th><th>duplicate rate</th></tr>"
-                 + ("".join(rows) or '<tr><td colspan="7">no images yet</td></tr>')
-                 + "</table>")
+        rows.append(
+            f"<tr><td>{esc(str(y['source']))}</td><td>{esc(str(y['query'] or '-'))}</td>"
+            f"<td>{y['images']}</td><td>{y['accepted']}</td><td>{y['review']}</td>"
+            f"<td>{y['rejected']}</td><td>{dup:.1f}%</td></tr>"
+        )
+    parts.append(
+        "<h2>Crawl yield</h2><table><tr><th>source</th><th>query</th><th>images</th>"
+        "<th>accepted</th><th>review</th><th>rejected</th><th>duplicate rate</th></tr>"
+        + ("".join(rows) or '<tr><td colspan="7">no images yet</td></tr>')
+        + "</table>"
+    )
 
     # -- models
     models = store.registry.rows()
     rows = []
     for m in reversed(models):
         acc = model_accuracy(m["metrics"])
-        rows.append(f"<tr><td>{esc(m['version'])}{' &#9733;' if m['promoted'] else ''}</td>"
-                    f"<td>{esc(m['created'][:19].replace('T', ' '))}</td>"
-                    f"<td>{f'{acc:.4f}' if acc is not None else '-'}</td>"
-                    f"<td>{esc(m['note'] or '')}</td></tr>")
-    section = ("<h2>Models</h2><p>&#9733; = promoted (models/CURRENT: "
-               f"{esc(store.registry.current() or 'none')})</p>")
+        rows.append(
+            f"<tr><td>{esc(m['version'])}{' &#9733;' if m['promoted'] else ''}</td>"
+            f"<td>{esc(m['created'][:19].replace('T', ' '))}</td>"
+            f"<td>{f'{acc:.4f}' if acc is not None else '-'}</td>"
+            f"<td>{esc(m['note'] or '')}</td></tr>"
+        )
+    section = (
+        "<h2>Models</h2><p>&#9733; = promoted (models/CURRENT: "
+        f"{esc(store.registry.current() or 'none')})</p>"
+    )
     if _accuracy_plot(models, assets / "model_accuracy.png"):
         section += '<img src="assets/model_accuracy.png" alt="test accuracy per model version">'
-    section += ("<table><tr><th>version</th><th>created (UTC)</th><th>test accuracy</th>"
-                "<th>note</th></tr>" + ("".join(rows) or '<tr><td colspan="4">no model yet'
-                                        '</td></tr>') + "</table>")
+    section += (
+        "<table><tr><th>version</th><th>created (UTC)</th><th>test accuracy</th>"
+        "<th>note</th></tr>"
+        + ("".join(rows) or '<tr><td colspan="4">no model yet</td></tr>')
+        + "</table>"
+    )
     for version in store.registry.versions()[-1:]:  # the latest, if any
         plots = sorted(store.registry.path(version).glob("*.png"))
         for plot in plots:
             shutil.copy2(plot, assets / f"{version}_{plot.name}")
-            section += (f'<figure><img src="assets/{esc(version)}_{esc(plot.name)}" '
-                        f'alt="{esc(plot.stem)}"><figcaption>{esc(version)}: {esc(plot.name)}'
-                        "</figcaption></figure>")
+            section += (
+                f'<figure><img src="assets/{esc(version)}_{esc(plot.name)}" '
+                f'alt="{esc(plot.stem)}"><figcaption>{esc(version)}: {esc(plot.name)}'
+                "</figcaption></figure>"
+            )
     parts.append(section)
 
     # -- contact sheets
@@ -169,8 +198,10 @@ def build_report(config: Config, store: Store) -> Path:
             out = assets / f"sheet_{sheets:03d}_{status}.jpg"
             n = contact_sheet(paths, out)
             if n:
-                section += (f'<h3>{esc(name)} &mdash; {title} ({n} shown)</h3>'
-                            f'<img src="assets/{out.name}" alt="{esc(name)} {title}">')
+                section += (
+                    f"<h3>{esc(name)} &mdash; {title} ({n} shown)</h3>"
+                    f'<img src="assets/{out.name}" alt="{esc(name)} {title}">'
+                )
     parts.append(section)
 
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -186,7 +217,7 @@ img {{ max-width: 100%; border: 1px solid #ddd; margin: 4px 0; }}
 figure {{ display: inline-block; margin: 0 1em 1em 0; }}
 </style></head><body>
 <h1>pingo report</h1><p>generated {generated} &middot; data: {esc(str(store.data_dir))}</p>
-{''.join(parts)}
+{"".join(parts)}
 </body></html>
 """
     index = reports / "index.html"

@@ -28,8 +28,10 @@ class ClassProgress:
 
 def class_progress(stats: Stats) -> list[ClassProgress]:
     """One row per class, sorted by name."""
-    return [ClassProgress(name, c["accepted"] or 0, c["review"] or 0, c["target"])
-            for name, c in sorted(stats.classes.items())]
+    return [
+        ClassProgress(name, c["accepted"] or 0, c["review"] or 0, c["target"])
+        for name, c in sorted(stats.classes.items())
+    ]
 
 
 def progress_lines(stats: Stats) -> list[str]:
@@ -40,9 +42,11 @@ def progress_lines(stats: Stats) -> list[str]:
     for r in rows:
         pct = r.percent
         bar = "#" * int(min(pct, 100) // 5) if pct is not None else ""
-        lines.append(f"{r.name:<{width}}  {r.accepted:>8}  {r.review:>6}  "
-                     f"{r.target if r.target is not None else '-':>6}  "
-                     f"{f'{pct:5.1f}%' if pct is not None else '     -'} {bar}")
+        lines.append(
+            f"{r.name:<{width}}  {r.accepted:>8}  {r.review:>6}  "
+            f"{r.target if r.target is not None else '-':>6}  "
+            f"{f'{pct:5.1f}%' if pct is not None else '     -'} {bar}"
+        )
     return lines
 
 

@@ -12,8 +12,9 @@ import dataclasses
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from core.config import Config
 from scheduler.lock import JobLock
@@ -27,11 +28,13 @@ HEARTBEAT = 60.0  # seconds; well under storage.files.STALE_SECONDS
 
 def crawl_stage(config: Config, store: Store) -> Any:
     from crawler.run import crawl
+
     return crawl(config, store)
 
 
 def factory_stage(config: Config, store: Store) -> Any:
     from dataset_factory.run import process_inbox
+
     return process_inbox(config, store)
 
 
@@ -41,6 +44,7 @@ def train_stage(config: Config, store: Store, force: bool = False) -> Any:
     The gate is evaluated here, once: ``train`` is then told not to evaluate it again.
     """
     from trainer import should_train, train
+
     if not force:
         due, reason = should_train(config, store)
         if not due:
@@ -53,12 +57,18 @@ def prune_stage(config: Config, store: Store, dry_run: bool = False) -> Any:
     """Delete old rejected files and old model versions (storage.keep_rejected_days,
     train.keep_models); rows stay, the promoted and previous models stay."""
     from storage.prune import prune
-    return prune(store, config.storage.keep_rejected_days, config.train.keep_models,
-                 dry_run=dry_run)
+
+    return prune(
+        store, config.storage.keep_rejected_days, config.train.keep_models, dry_run=dry_run
+    )
 
 
-STAGES: dict[str, Stage] = {"crawl": crawl_stage, "factory": factory_stage,
-                            "train": train_stage, "prune": prune_stage}
+STAGES: dict[str, Stage] = {
+    "crawl": crawl_stage,
+    "factory": factory_stage,
+    "train": train_stage,
+    "prune": prune_stage,
+}
 
 
 def as_counts(result: Any) -> dict | None:
@@ -105,6 +115,7 @@ def heartbeat(store: Store, run_id: int, every: float | None = None) -> Iterator
 
 def _interrupted(exc: BaseException) -> bool:
     from crawler.errors import CrawlInterrupted
+
     return isinstance(exc, (KeyboardInterrupt, CrawlInterrupted))
 
 
@@ -122,9 +133,12 @@ def run_job(config: Config, job: str, stage: Stage | None = None, *, wait: float
             except BaseException as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if _interrupted(exc):  # a person or the service manager stopped it
-                    store.finish_run(run_id, "interrupted", as_counts(getattr(exc, "stats", None)
-                                                                      or None), str(exc) or
-                                     "interrupted by SIGINT")
+                    store.finish_run(
+                        run_id,
+                        "interrupted",
+                        as_counts(getattr(exc, "stats", None) or None),
+                        str(exc) or "interrupted by SIGINT",
+                    )
                     logger.warning("%s interrupted (run %d): %s", job, run_id, exc)
                     raise
                 store.finish_run(run_id, "failed", None, error)

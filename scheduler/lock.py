@@ -35,8 +35,9 @@ class JobLock:
             return "another pingo process"
 
     @contextmanager
-    def hold(self, job: str, wait: float = 0.0, poll: float = 0.5,
-             shared: bool = False) -> Iterator[None]:
+    def hold(
+        self, job: str, wait: float = 0.0, poll: float = 0.5, shared: bool = False
+    ) -> Iterator[None]:
         """Hold the lock for ``job``; wait up to ``wait`` seconds, then raise BusyError.
 
         ``shared``: jobs built to run side by side (distributed crawl and factory workers)
@@ -53,15 +54,24 @@ class JobLock:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise BusyError(f"busy: {self.holder()} is running; {job} not started "
-                                        "(try again later)") from None
+                        raise BusyError(
+                            f"busy: {self.holder()} is running; {job} not started (try again later)"
+                        ) from None
                     if not announced:
                         logger.info("%s waits for %s", job, self.holder())
                         announced = True
                     time.sleep(poll)
-            atomic_write(self.info_path, json.dumps({
-                "job": job, "pid": os.getpid(), "host": HOST,
-                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+            atomic_write(
+                self.info_path,
+                json.dumps(
+                    {
+                        "job": job,
+                        "pid": os.getpid(),
+                        "host": HOST,
+                        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                ),
+            )
             yield
         finally:
             os.close(fd)  # releases the flock

@@ -31,23 +31,31 @@ LOCK_WAIT_SECONDS = 3600.0
 
 
 def config_triggers(config: Config) -> dict[str, BaseTrigger]:
-    return {"crawl": CronTrigger.from_crontab(config.crawl.schedule, timezone=UTC),
-            "train": CronTrigger.from_crontab(config.train.schedule, timezone=UTC)}
+    return {
+        "crawl": CronTrigger.from_crontab(config.crawl.schedule, timezone=UTC),
+        "train": CronTrigger.from_crontab(config.train.schedule, timezone=UTC),
+    }
 
 
 def next_fire_times(config: Config, now: datetime | None = None) -> dict[str, str]:
     """When each scheduled job fires next, from the config's cron expressions."""
     now = now or datetime.now(UTC)
-    return {job: trigger.get_next_fire_time(None, now).isoformat()
-            for job, trigger in config_triggers(config).items()}
+    return {
+        job: trigger.get_next_fire_time(None, now).isoformat()
+        for job, trigger in config_triggers(config).items()
+    }
 
 
 class Service:
     """The scheduler process. ``stages`` and ``triggers`` default to the real ones."""
 
-    def __init__(self, config: Config, stages: dict[str, Stage] | None = None,
-                 triggers: dict[str, BaseTrigger] | None = None,
-                 lock_wait: float = LOCK_WAIT_SECONDS):
+    def __init__(
+        self,
+        config: Config,
+        stages: dict[str, Stage] | None = None,
+        triggers: dict[str, BaseTrigger] | None = None,
+        lock_wait: float = LOCK_WAIT_SECONDS,
+    ):
         self.config = config
         self.stages = {**STAGES, **(stages or {})}
         self.triggers = triggers or config_triggers(config)
@@ -56,10 +64,14 @@ class Service:
         # One worker thread: jobs of this process never overlap; the job lock covers others.
         self.scheduler = BlockingScheduler(
             executors={"default": ThreadPoolExecutor(1)},
-            job_defaults={"coalesce": True, "max_instances": 1,
-                          # None: a run missed while the machine slept still happens (once).
-                          "misfire_grace_time": None},
-            timezone=UTC)
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                # None: a run missed while the machine slept still happens (once).
+                "misfire_grace_time": None,
+            },
+            timezone=UTC,
+        )
 
     def _run(self, job: str) -> bool:
         if self.stopping.is_set():
@@ -91,12 +103,14 @@ class Service:
 
     def start(self, run_now: bool = False) -> None:
         """Block until SIGTERM/SIGINT (or ``stop()``); return after a clean shutdown."""
-        self.scheduler.add_job(self.crawl_then_factory, self.triggers["crawl"], id="crawl",
-                               name="crawl then factory")
+        self.scheduler.add_job(
+            self.crawl_then_factory, self.triggers["crawl"], id="crawl", name="crawl then factory"
+        )
         self.scheduler.add_job(self.train, self.triggers["train"], id="train", name="train")
         if run_now:
-            self.scheduler.add_job(self.chain, id="run-now", name="run now",
-                                   next_run_time=datetime.now(UTC))
+            self.scheduler.add_job(
+                self.chain, id="run-now", name="run now", next_run_time=datetime.now(UTC)
+            )
         self._install_signal_handlers()
         for job in self.scheduler.get_jobs():
             logger.info("scheduled %s: %s", job.name, job.trigger)
@@ -117,8 +131,7 @@ class Service:
             if self.stopping.is_set():
                 logger.warning("second %s: exiting now", signal.Signals(signum).name)
                 os._exit(1)
-            logger.info("%s: finishing the current job, then exiting",
-                        signal.Signals(signum).name)
+            logger.info("%s: finishing the current job, then exiting", signal.Signals(signum).name)
             # shutdown(wait=True) blocks until the running job ends; do it off the handler.
             self.stopping.set()
             threading.Thread(target=self.stop, daemon=True).start()
@@ -129,6 +142,8 @@ class Service:
 
 def status(config: Config, store: Any, limit: int = 10) -> dict[str, Any]:
     """The last runs and the next fire times (`pingo status --json`)."""
-    runs = [{k: r[k] for k in ("job", "status", "started", "finished", "counts", "error")}
-            for r in store.recent_runs(limit)]
+    runs = [
+        {k: r[k] for k in ("job", "status", "started", "finished", "counts", "error")}
+        for r in store.recent_runs(limit)
+    ]
     return {"runs": runs, "next": next_fire_times(config)}

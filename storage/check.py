@@ -49,12 +49,18 @@ KINDS = {
 }
 # What ``repair`` fixes without guessing. unknown_file is reported and left alone: it may be
 # a person's own copy, and a row for it would have to guess its class (docs/maintenance.md).
-FIXABLE = {"stale_pending_move", "orphan_temp", "missing_file", "misfiled", "extra_copy",
-           "pruned_leftover"}
+FIXABLE = {
+    "stale_pending_move",
+    "orphan_temp",
+    "missing_file",
+    "misfiled",
+    "extra_copy",
+    "pruned_leftover",
+}
 # What a person does about those --repair leaves (printed under them).
 HINTS = {
     "unknown_file": "not pingo's: to keep it, move it out and `pingo import` its folder; "
-                    "else delete it",
+    "else delete it",
     "shared_path": "decide which image owns the file; `pingo images --json` lists both rows",
     "count_mismatch": "follows from the problems listed with it",
 }
@@ -69,14 +75,18 @@ class CheckError(StorageError):
 @dataclass(frozen=True)
 class Problem:
     kind: str
-    path: str | None = None          # relative to data_dir
+    path: str | None = None  # relative to data_dir
     image_id: int | None = None
     detail: str = ""
-    found: str | None = None         # missing_file: its one verified copy elsewhere
+    found: str | None = None  # missing_file: its one verified copy elsewhere
 
     def as_json(self) -> dict[str, Any]:
-        out = {"kind": self.kind, "path": self.path, "image_id": self.image_id,
-               "detail": self.detail}
+        out = {
+            "kind": self.kind,
+            "path": self.path,
+            "image_id": self.image_id,
+            "detail": self.detail,
+        }
         return {k: v for k, v in out.items() if v not in (None, "")}
 
 
@@ -98,12 +108,20 @@ class Report:
         return dict(sorted(groups.items()))
 
     def as_json(self) -> dict[str, Any]:
-        return {"sound": self.sound,
-                "problems": [{"kind": kind, "count": len(ps), "what": self.kinds.get(kind, kind),
-                              "fixable": kind in self.fixable,
-                              "items": [p.as_json() for p in ps]}
-                             for kind, ps in self.by_kind().items()],
-                "repaired": dict(sorted(self.repaired.items()))}
+        return {
+            "sound": self.sound,
+            "problems": [
+                {
+                    "kind": kind,
+                    "count": len(ps),
+                    "what": self.kinds.get(kind, kind),
+                    "fixable": kind in self.fixable,
+                    "items": [p.as_json() for p in ps],
+                }
+                for kind, ps in self.by_kind().items()
+            ],
+            "repaired": dict(sorted(self.repaired.items())),
+        }
 
 
 @dataclass
@@ -123,14 +141,22 @@ def pruned(row) -> bool:
 
 # ---- reading -------------------------------------------------------------------------------
 
+
 def _rows(store: Store, batch: int = 5000) -> Iterator[_Row]:
-    cols = (images.c.id, images.c.sha256, images.c.status, images.c.reason, images.c.label,
-            images.c.path)
+    cols = (
+        images.c.id,
+        images.c.sha256,
+        images.c.status,
+        images.c.reason,
+        images.c.label,
+        images.c.path,
+    )
     last = 0
     while True:
         with store.engine.connect() as conn:
-            got = conn.execute(select(*cols).where(images.c.id > last)
-                               .order_by(images.c.id).limit(batch)).all()
+            got = conn.execute(
+                select(*cols).where(images.c.id > last).order_by(images.c.id).limit(batch)
+            ).all()
         if not got:
             return
         for r in got:
@@ -197,8 +223,7 @@ def _sha256_of(path: Path) -> str | None:
 
 
 def _expected(row: _Row) -> str:
-    ext = row.path.rsplit(".", 1)[-1] if row.path and "." in row.path.rsplit("/", 1)[-1] \
-        else "bin"
+    ext = row.path.rsplit(".", 1)[-1] if row.path and "." in row.path.rsplit("/", 1)[-1] else "bin"
     return files.image_relpath(row.status, row.sha256, ext, label=row.label, reason=row.reason)
 
 
@@ -207,6 +232,7 @@ def _folder(rel: str) -> str:
 
 
 # ---- the scan ------------------------------------------------------------------------------
+
 
 def scan(store: Store) -> list[Problem]:
     """Every disagreement between the DB and the files; reads only."""
@@ -218,8 +244,11 @@ def scan(store: Store) -> list[Problem]:
     busy_ids = {p.image_id for p in live}
     busy_paths = {x for p in live for x in (p.src, p.dst)}
     for p in stale:
-        problems.append(Problem("stale_pending_move", p.dst, p.image_id,
-                                f"{p.kind} {p.src} -> {p.dst} by {p.owner}"))
+        problems.append(
+            Problem(
+                "stale_pending_move", p.dst, p.image_id, f"{p.kind} {p.src} -> {p.dst} by {p.owner}"
+            )
+        )
         busy_ids.add(p.image_id)  # Store.repair() finishes it; judge the row after that
         busy_paths.update((p.src, p.dst))
 
@@ -229,8 +258,8 @@ def scan(store: Store) -> list[Problem]:
             problems.append(Problem("orphan_temp", t.relative_to(data_dir).as_posix()))
     disk = set(on_disk)
 
-    by_path: dict[str, int] = {}             # only ints and paths per row: a million rows fit
-    db_count: Counter = Counter()            # folder -> rows that live there
+    by_path: dict[str, int] = {}  # only ints and paths per row: a million rows fit
+    db_count: Counter = Counter()  # folder -> rows that live there
     missing: list[_Row] = []
     for row in _rows(store):
         if row.id in busy_ids:
@@ -242,8 +271,11 @@ def scan(store: Store) -> list[Problem]:
                 missing.append(row)
             continue
         if row.path in by_path:
-            problems.append(Problem("shared_path", row.path, row.id,
-                                    f"also the file of image {by_path[row.path]}"))
+            problems.append(
+                Problem(
+                    "shared_path", row.path, row.id, f"also the file of image {by_path[row.path]}"
+                )
+            )
             continue
         by_path[row.path] = row.id
         try:
@@ -262,9 +294,12 @@ def scan(store: Store) -> list[Problem]:
     # rows picks those whose name such a file carries.
     unnamed = sorted(disk - set(by_path) - busy_paths)
     wanted = {hash_name(rel) for rel in unnamed} - {None}
-    by_name = {row.sha256[:24]: row for row in _rows(store) if row.sha256[:24] in wanted} \
-        if wanted else {}
-    strays: dict[str, list[str]] = defaultdict(list)   # 24-hex name -> stray paths
+    by_name = (
+        {row.sha256[:24]: row for row in _rows(store) if row.sha256[:24] in wanted}
+        if wanted
+        else {}
+    )
+    strays: dict[str, list[str]] = defaultdict(list)  # 24-hex name -> stray paths
     for rel in unnamed:
         name = hash_name(rel)
         owner = by_name.get(name) if name else None
@@ -284,24 +319,45 @@ def scan(store: Store) -> list[Problem]:
         for rel in rels:
             same = _sha256_of(data_dir / rel) == row.sha256
             if same and row.path is None:  # the lost file of a file_missing row: a person's call
-                problems.append(Problem("unknown_file", rel, row.id,
-                                        f"the lost file of image {row.id} (rejected, "
-                                        f"{row.reason})"))
+                problems.append(
+                    Problem(
+                        "unknown_file",
+                        rel,
+                        row.id,
+                        f"the lost file of image {row.id} (rejected, {row.reason})",
+                    )
+                )
                 continue
-            problems.append(Problem("extra_copy" if same else "unknown_file", rel,
-                                    row.id if same else None,
-                                    f"image {row.id} is at {row.path}" if same else ""))
+            problems.append(
+                Problem(
+                    "extra_copy" if same else "unknown_file",
+                    rel,
+                    row.id if same else None,
+                    f"image {row.id} is at {row.path}" if same else "",
+                )
+            )
     for row in missing:
-        copies = [rel for rel in strays.get(row.sha256[:24], [])
-                  if _sha256_of(data_dir / rel) == row.sha256]
+        copies = [
+            rel
+            for rel in strays.get(row.sha256[:24], [])
+            if _sha256_of(data_dir / rel) == row.sha256
+        ]
         where = row.path or f"(no path; status {row.status})"
         if len(copies) == 1:
-            problems.append(Problem("missing_file", where, row.id,
-                                    f"its file is at {copies[0]}", found=copies[0]))
+            problems.append(
+                Problem(
+                    "missing_file", where, row.id, f"its file is at {copies[0]}", found=copies[0]
+                )
+            )
         else:
-            problems.append(Problem("missing_file", where, row.id,
-                                    f"found {len(copies)} copies" if copies else
-                                    "no copy under data_dir"))
+            problems.append(
+                Problem(
+                    "missing_file",
+                    where,
+                    row.id,
+                    f"found {len(copies)} copies" if copies else "no copy under data_dir",
+                )
+            )
         for rel in strays.get(row.sha256[:24], []):
             if rel not in copies or len(copies) > 1:
                 problems.append(Problem("unknown_file", rel))
@@ -309,15 +365,23 @@ def scan(store: Store) -> list[Problem]:
     # The per-folder counts (what a training run or a person browsing the folders sees).
     disk_count = Counter(_folder(rel) for rel in on_disk if rel not in busy_paths)
     for folder in sorted(set(disk_count) | set(db_count)):
-        if folder.split("/", 1)[0] in ("dataset", "review", "inbox") \
-                and disk_count[folder] != db_count[folder]:
-            problems.append(Problem("count_mismatch", folder + "/", None,
-                                    f"{disk_count[folder]} files, DB has "
-                                    f"{db_count[folder]} images there"))
+        if (
+            folder.split("/", 1)[0] in ("dataset", "review", "inbox")
+            and disk_count[folder] != db_count[folder]
+        ):
+            problems.append(
+                Problem(
+                    "count_mismatch",
+                    folder + "/",
+                    None,
+                    f"{disk_count[folder]} files, DB has {db_count[folder]} images there",
+                )
+            )
     return problems
 
 
 # ---- repair --------------------------------------------------------------------------------
+
 
 def repair(store: Store, problems: list[Problem]) -> Counter:
     """Fix the problems that need no guess; return how many of each kind were fixed."""
@@ -332,14 +396,22 @@ def repair(store: Store, problems: list[Problem]) -> Counter:
                 logger.warning("check: removed %s (%s)", p.path, KINDS[p.kind])
             elif p.kind == "missing_file" and p.found:
                 row = store.get_image(image_id)
-                target = row["path"] or _expected(_Row(
-                    row["id"], row["sha256"], row["status"], row["reason"], row["label"],
-                    p.found))
+                target = row["path"] or _expected(
+                    _Row(
+                        row["id"],
+                        row["sha256"],
+                        row["status"],
+                        row["reason"],
+                        row["label"],
+                        p.found,
+                    )
+                )
                 files.replace(data_dir / p.found, data_dir / target)
                 if row["path"] is None:
                     _set_path(store, image_id, target)
-                logger.warning("check: put image %d back at %s (was at %s)", image_id,
-                               target, p.found)
+                logger.warning(
+                    "check: put image %d back at %s (was at %s)", image_id, target, p.found
+                )
             elif p.kind == "missing_file":
                 _mark_missing(store, image_id)
             elif p.kind == "misfiled":
@@ -347,8 +419,7 @@ def repair(store: Store, problems: list[Problem]) -> Counter:
                 # to where status + label say; the same label source, so a person's
                 # decision is carried along, not overridden
                 store.move(image_id, row["status"], label_source=row["label_source"])
-                logger.warning("check: moved image %d from %s into its folder",
-                               image_id, p.path)
+                logger.warning("check: moved image %d from %s into its folder", image_id, p.path)
             else:
                 continue
         except (OSError, PingoError, ValueError) as exc:
@@ -360,8 +431,9 @@ def repair(store: Store, problems: list[Problem]) -> Counter:
 
 def _set_path(store: Store, image_id: int, path: str) -> None:
     with store.engine.begin() as conn:
-        conn.execute(update(images).where(images.c.id == image_id)
-                     .values(path=path, updated_at=utcnow()))
+        conn.execute(
+            update(images).where(images.c.id == image_id).values(path=path, updated_at=utcnow())
+        )
 
 
 def _mark_missing(store: Store, image_id: int) -> None:
@@ -371,18 +443,25 @@ def _mark_missing(store: Store, image_id: int) -> None:
     rejected/file_missing, so nothing counts or trains on an image that is gone.
     """
     with store.engine.begin() as conn:
-        row = conn.execute(select(images.c.status, images.c.path)
-                           .where(images.c.id == image_id)).first()
+        row = conn.execute(
+            select(images.c.status, images.c.path).where(images.c.id == image_id)
+        ).first()
         if row is None:
             return
-        values: dict[str, Any] = {"path": None, "updated_at": utcnow(),
-                                  "claimed_by": None, "claim_expires": None}
+        values: dict[str, Any] = {
+            "path": None,
+            "updated_at": utcnow(),
+            "claimed_by": None,
+            "claim_expires": None,
+        }
         if row.status != "rejected":
             values.update(status="rejected", reason=MISSING_REASON)
         conn.execute(update(images).where(images.c.id == image_id).values(**values))
-    logger.error("check: image %d has no file anywhere under data_dir; row kept as %s",
-                 image_id, "rejected without a file" if row.status == "rejected"
-                 else "rejected/file_missing")
+    logger.error(
+        "check: image %d has no file anywhere under data_dir; row kept as %s",
+        image_id,
+        "rejected without a file" if row.status == "rejected" else "rejected/file_missing",
+    )
 
 
 def check_storage(store: Store, repair_too: bool = False) -> Report:

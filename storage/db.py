@@ -18,7 +18,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -31,11 +31,11 @@ BUSY_TIMEOUT_MS = 60_000
 
 def utcnow() -> datetime:
     """Naive UTC (SQLite keeps no zone; every timestamp pingo writes is UTC)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.replace(tzinfo=timezone.utc).isoformat()
+    return None if value is None else value.replace(tzinfo=UTC).isoformat()
 
 
 def make_engine(url: str) -> Engine:

@@ -15,8 +15,10 @@ def disk_usage(data_dir: Path) -> dict[str, dict[str, int]]:
     """{folder: {"files": n, "bytes": size}} for each top-level folder, plus "db" and "other"
     (loose files such as lock files). Sizes are file sizes (like `du --apparent-size`)."""
     data_dir = Path(data_dir)
-    usage = {name: {"files": 0, "bytes": 0}
-             for name in (*files.STATUS_DIRS.values(), *files.OTHER_DIRS, "index", "db", "other")}
+    usage = {
+        name: {"files": 0, "bytes": 0}
+        for name in (*files.STATUS_DIRS.values(), *files.OTHER_DIRS, "index", "db", "other")
+    }
     try:
         entries = list(os.scandir(data_dir))
     except FileNotFoundError:

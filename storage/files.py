@@ -20,8 +20,7 @@ from core.config import check_safe_name
 logger = logging.getLogger(__name__)
 
 # status -> top-level folder
-STATUS_DIRS = {"inbox": "inbox", "accepted": "dataset", "review": "review",
-               "rejected": "rejected"}
+STATUS_DIRS = {"inbox": "inbox", "accepted": "dataset", "review": "review", "rejected": "rejected"}
 STATUSES = tuple(STATUS_DIRS)
 OTHER_DIRS = ("models", "reports", "logs")
 PART_SUFFIX = ".part"
@@ -38,8 +37,9 @@ def safe_ext(ext: str | None) -> str:
     return ext if _EXT.match(ext) else "bin"
 
 
-def image_relpath(status: str, sha256: str, ext: str, *, label: str | None = None,
-                  reason: str | None = None) -> str:
+def image_relpath(
+    status: str, sha256: str, ext: str, *, label: str | None = None, reason: str | None = None
+) -> str:
     """Where an image with this status lives, relative to data_dir (posix separators)."""
     name = f"{sha256[:24]}.{safe_ext(ext)}"
     if status == "inbox":
@@ -89,8 +89,9 @@ def write_temp(final: Path, data: bytes) -> Path:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     owner = current_owner().replace(":", "~")
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}~{owner}~",
-                               suffix=PART_SUFFIX)
+    fd, tmp = tempfile.mkstemp(
+        dir=final.parent, prefix=f".{final.name}~{owner}~", suffix=PART_SUFFIX
+    )
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; images and models are meant to be shared
         with os.fdopen(fd, "wb") as fh:
@@ -158,8 +159,9 @@ def parse_owner(owner: str) -> Owner | None:
     parts = owner.rsplit(":", 3)
     if len(parts) == 4 and parts[1].isdigit():
         start, boot = parts[2], parts[3]
-        return Owner(parts[0], int(parts[1]), None if start == "0" else start,
-                     None if boot == "0" else boot)
+        return Owner(
+            parts[0], int(parts[1]), None if start == "0" else start, None if boot == "0" else boot
+        )
     host, _, pid = owner.rpartition(":")
     if host and pid.isdigit():
         return Owner(host, int(pid))

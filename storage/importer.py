@@ -19,7 +19,7 @@ MAX_IMPORT_BYTES = 64 * 1024 * 1024
 
 @dataclass
 class ImportResult:
-    added: Counter = field(default_factory=Counter)       # class -> new images
+    added: Counter = field(default_factory=Counter)  # class -> new images
     duplicates: Counter = field(default_factory=Counter)  # class -> bytes already stored
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
@@ -39,16 +39,21 @@ def plan_import(root: Path, classes: Iterable[str]) -> list[tuple[str, Path]]:
     if unknown:
         raise UnknownClassError(
             f"folder {unknown[0]!r} in {root} is not a class in the config "
-            f"(classes: {', '.join(sorted(known)) or 'none'})")
+            f"(classes: {', '.join(sorted(known)) or 'none'})"
+        )
     if not folders:
         raise StorageError(f"{root} has no class subfolders (expected {root}/<class>/<image>)")
-    return [(folder.name, f) for folder in folders
-            for f in sorted(folder.rglob("*"))
-            if f.is_file() and not f.name.startswith(".")]
+    return [
+        (folder.name, f)
+        for folder in folders
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not f.name.startswith(".")
+    ]
 
 
-def import_folder(store: Store, root: Path, classes: Iterable[str],
-                  progress: Callable[[int], None] | None = None) -> ImportResult:
+def import_folder(
+    store: Store, root: Path, classes: Iterable[str], progress: Callable[[int], None] | None = None
+) -> ImportResult:
     """Copy every file under root/<class>/ into the inbox as a human-labelled image.
 
     Files are read and copied, never moved or changed. Identical bytes already in the store
@@ -66,9 +71,15 @@ def import_folder(store: Store, root: Path, classes: Iterable[str],
             result.skipped.append((str(path), exc.strerror or str(exc)))
             continue
         try:
-            store.add_image(data, keyword_class=class_name, source="import",
-                            source_url=str(path.resolve()), ext=path.suffix, label=class_name,
-                            label_source="human")
+            store.add_image(
+                data,
+                keyword_class=class_name,
+                source="import",
+                source_url=str(path.resolve()),
+                ext=path.suffix,
+                label=class_name,
+                label_source="human",
+            )
             result.added[class_name] += 1
         except DuplicateImageError:
             result.duplicates[class_name] += 1

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from storage.store import Store, utcnow
 
 logger = logging.getLogger(__name__)
 
-PRUNED_PREFIX = ".pruned-"   # a model folder being deleted
+PRUNED_PREFIX = ".pruned-"  # a model folder being deleted
 
 
 class PruneError(StorageError):
@@ -48,21 +48,32 @@ class PruneResult:
     dry_run: bool
     rejected_files: int = 0
     rejected_bytes: int = 0
-    leftovers: int = 0                                   # files of rows pruned before a crash
-    models: list[str] = field(default_factory=list)     # versions deleted
+    leftovers: int = 0  # files of rows pruned before a crash
+    models: list[str] = field(default_factory=list)  # versions deleted
     model_bytes: int = 0
     kept_models: dict[str, str] = field(default_factory=dict)  # version -> why it stays
-    models_skipped: str | None = None                   # why no model was considered
+    models_skipped: str | None = None  # why no model was considered
 
     def as_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "rejected_files": self.rejected_files,
-                "rejected_bytes": self.rejected_bytes, "leftovers": self.leftovers,
-                "models": self.models, "model_bytes": self.model_bytes,
-                "kept_models": self.kept_models, "models_skipped": self.models_skipped}
+        return {
+            "dry_run": self.dry_run,
+            "rejected_files": self.rejected_files,
+            "rejected_bytes": self.rejected_bytes,
+            "leftovers": self.leftovers,
+            "models": self.models,
+            "model_bytes": self.model_bytes,
+            "kept_models": self.kept_models,
+            "models_skipped": self.models_skipped,
+        }
 
 
-def prune(store: Store, keep_rejected_days: float, keep_models: int, dry_run: bool = False,
-          now: datetime | None = None) -> PruneResult:
+def prune(
+    store: Store,
+    keep_rejected_days: float,
+    keep_models: int,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> PruneResult:
     result = PruneResult(dry_run)
     prune_rejected(store, keep_rejected_days, result, now or utcnow())
     prune_models(store.registry, keep_models, result)
@@ -71,14 +82,20 @@ def prune(store: Store, keep_rejected_days: float, keep_models: int, dry_run: bo
 
 # ---- rejected images -----------------------------------------------------------------------
 
-def prune_rejected(store: Store, keep_days: float, result: PruneResult, now: datetime,
-                   batch: int = 500) -> None:
+
+def prune_rejected(
+    store: Store, keep_days: float, result: PruneResult, now: datetime, batch: int = 500
+) -> None:
     cutoff = now - timedelta(days=keep_days)
-    cutoff_ts = cutoff.replace(tzinfo=timezone.utc).timestamp()
-    query = (select(images.c.id, images.c.path).where(images.c.status == "rejected")
-             .where(images.c.path.is_not(None)).where(images.c.updated_at < cutoff)
-             .where(images.c.id.not_in(select(pending_moves.c.image_id)))
-             .order_by(images.c.id))
+    cutoff_ts = cutoff.replace(tzinfo=UTC).timestamp()
+    query = (
+        select(images.c.id, images.c.path)
+        .where(images.c.status == "rejected")
+        .where(images.c.path.is_not(None))
+        .where(images.c.updated_at < cutoff)
+        .where(images.c.id.not_in(select(pending_moves.c.image_id)))
+        .order_by(images.c.id)
+    )
     last = 0
     while True:
         with store.engine.connect() as conn:
@@ -102,10 +119,13 @@ def prune_rejected(store: Store, keep_days: float, result: PruneResult, now: dat
         with store.engine.begin() as conn:
             for image_id, path, size in due:
                 # only if still rejected at that path (a person may have just restored it)
-                n = conn.execute(update(images).where(images.c.id == image_id)
-                                 .where(images.c.status == "rejected")
-                                 .where(images.c.path == path)
-                                 .values(path=None, updated_at=now)).rowcount
+                n = conn.execute(
+                    update(images)
+                    .where(images.c.id == image_id)
+                    .where(images.c.status == "rejected")
+                    .where(images.c.path == path)
+                    .values(path=None, updated_at=now)
+                ).rowcount
                 if n:
                     gone.append((path, size))
         for path, size in gone:
@@ -118,21 +138,35 @@ def prune_rejected(store: Store, keep_days: float, result: PruneResult, now: dat
             result.rejected_bytes += size
     result.leftovers += sweep_leftovers(store, result.dry_run)
     if result.rejected_files:
-        logger.info("pruned %d rejected images (%d bytes)%s", result.rejected_files,
-                    result.rejected_bytes, " (dry run)" if result.dry_run else "")
+        logger.info(
+            "pruned %d rejected images (%d bytes)%s",
+            result.rejected_files,
+            result.rejected_bytes,
+            " (dry run)" if result.dry_run else "",
+        )
 
 
 def sweep_leftovers(store: Store, dry_run: bool) -> int:
     """Delete files under rejected/ named for a row already pruned (a prune that crashed)."""
     with store.engine.connect() as conn:
-        names = {sha[:24] for sha in conn.execute(
-            select(images.c.sha256).where(images.c.status == "rejected")
-            .where(images.c.path.is_(None))).scalars()}
+        names = {
+            sha[:24]
+            for sha in conn.execute(
+                select(images.c.sha256)
+                .where(images.c.status == "rejected")
+                .where(images.c.path.is_(None))
+            ).scalars()
+        }
     if not names:
         return 0
     with store.engine.connect() as conn:
-        live = set(conn.execute(select(images.c.path).where(images.c.path.is_not(None))
-                                .where(images.c.status == "rejected")).scalars())
+        live = set(
+            conn.execute(
+                select(images.c.path)
+                .where(images.c.path.is_not(None))
+                .where(images.c.status == "rejected")
+            ).scalars()
+        )
     n = 0
     for p in walk(store.data_dir / "rejected"):
         rel = p.relative_to(store.data_dir).as_posix()
@@ -149,6 +183,7 @@ def sweep_leftovers(store: Store, dry_run: bool) -> int:
 
 
 # ---- model versions ------------------------------------------------------------------------
+
 
 def kept_versions(registry: ModelRegistry, keep: int) -> dict[str, str]:
     """version -> why it stays."""
@@ -175,8 +210,10 @@ def prune_models(registry: ModelRegistry, keep: int, result: PruneResult) -> Non
         if not result.dry_run:
             shutil.rmtree(half, ignore_errors=True)
     if (root / CURRENT).exists() and registry.current() is None:
-        result.models_skipped = ("models/CURRENT names no version in the registry, so the "
-                                 "promoted model is unknown; run `pingo check`")
+        result.models_skipped = (
+            "models/CURRENT names no version in the registry, so the "
+            "promoted model is unknown; run `pingo check`"
+        )
         logger.warning("not pruning models: %s", result.models_skipped)
         return
     result.kept_models = kept_versions(registry, keep)
@@ -190,8 +227,9 @@ def prune_models(registry: ModelRegistry, keep: int, result: PruneResult) -> Non
             try:
                 os.replace(folder, doomed)  # gone from the registry at once
             except OSError as exc:
-                raise PruneError(f"cannot remove model {version} from {root}: "
-                                 f"{exc.strerror}") from exc
+                raise PruneError(
+                    f"cannot remove model {version} from {root}: {exc.strerror}"
+                ) from exc
             files.fsync_dir(root)
             shutil.rmtree(doomed, ignore_errors=True)
             logger.info("pruned model %s (%d bytes)", version, size)

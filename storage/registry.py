@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
@@ -35,12 +36,12 @@ logger = logging.getLogger(__name__)
 MODEL = "model.keras"
 CLASSES = "classes.json"
 CONFIG = "config.json"
-METRICS = "metrics.json"             # written last: its presence marks the entry complete
+METRICS = "metrics.json"  # written last: its presence marks the entry complete
 HISTORY = "history.csv"
 MANIFEST = "manifest.json"
 CONFUSION_PLOT = "confusion_matrix.png"
 FAILED = "FAILED.txt"
-CURRENT = "CURRENT"                  # models/CURRENT: the promoted version, written atomically
+CURRENT = "CURRENT"  # models/CURRENT: the promoted version, written atomically
 
 _VERSION = re.compile(r"^v\d{4,}$")
 
@@ -65,8 +66,9 @@ class EntryInfo:
 
 def cannot_load(version: str, exc: BaseException) -> ModelLoadError:
     """The one message for an entry file that is missing or does not read back."""
-    return ModelLoadError(f"{version}: cannot load the model ({type(exc).__name__}: "
-                          f"{str(exc)[:200]})")
+    return ModelLoadError(
+        f"{version}: cannot load the model ({type(exc).__name__}: {str(exc)[:200]})"
+    )
 
 
 def read_entry(folder: Path) -> EntryInfo:
@@ -195,8 +197,9 @@ class ModelRegistry:
             raise RegistryEntryError(f"model version {version} does not exist")
         state = entry_state(folder)
         if state != "complete":
-            raise RegistryEntryError(f"model {version} is {state} (its training did not "
-                                     "finish); it cannot be promoted")
+            raise RegistryEntryError(
+                f"model {version} is {state} (its training did not finish); it cannot be promoted"
+            )
         return read_entry(folder)
 
     def listing(self) -> list[dict[str, Any]]:
@@ -209,36 +212,58 @@ class ModelRegistry:
             metrics = read_metrics(folder) or {}
             test = metrics.get("test", {})
             row = rows.get(version, {})
-            out.append({
-                "version": version,
-                "state": entry_state(folder),
-                "current": version == current,
-                "created": row.get("created"),
-                "test_accuracy": test.get("accuracy"),
-                "test_loss": test.get("loss"),
-                "test_images": test.get("images"),
-                "arch": (row.get("metrics") or {}).get("arch"),
-                "image_size": (row.get("metrics") or {}).get("image_size"),
-                "passed_gate": (metrics.get("gate") or {}).get("promoted"),
-                "note": row.get("note") or (metrics.get("gate") or {}).get("reason"),
-                "path": str(folder),
-            })
+            out.append(
+                {
+                    "version": version,
+                    "state": entry_state(folder),
+                    "current": version == current,
+                    "created": row.get("created"),
+                    "test_accuracy": test.get("accuracy"),
+                    "test_loss": test.get("loss"),
+                    "test_images": test.get("images"),
+                    "arch": (row.get("metrics") or {}).get("arch"),
+                    "image_size": (row.get("metrics") or {}).get("image_size"),
+                    "passed_gate": (metrics.get("gate") or {}).get("promoted"),
+                    "note": row.get("note") or (metrics.get("gate") or {}).get("reason"),
+                    "path": str(folder),
+                }
+            )
         return out
 
     # ---- the models table ------------------------------------------------------------------
 
-    def record(self, version: str, metrics: dict | None, manifest_hash: str | None,
-               promoted: bool = False, note: str = "") -> None:
+    def record(
+        self,
+        version: str,
+        metrics: dict | None,
+        manifest_hash: str | None,
+        promoted: bool = False,
+        note: str = "",
+    ) -> None:
         """One row per trained version: its summary metrics, dataset hash and gate note."""
         with self.engine.begin() as conn:
             if promoted:
                 conn.execute(update(models).values(promoted=False))
-            conn.execute(insert(models).values(
-                version=version, created=utcnow(), metrics=metrics, manifest_hash=manifest_hash,
-                promoted=promoted, note=note))
+            conn.execute(
+                insert(models).values(
+                    version=version,
+                    created=utcnow(),
+                    metrics=metrics,
+                    manifest_hash=manifest_hash,
+                    promoted=promoted,
+                    note=note,
+                )
+            )
 
-    def register(self, version: str, metrics: dict | None, manifest_hash: str | None, *,
-                 promote: bool, reason: str) -> None:
+    def register(
+        self,
+        version: str,
+        metrics: dict | None,
+        manifest_hash: str | None,
+        *,
+        promote: bool,
+        reason: str,
+    ) -> None:
         """Record a newly trained version; only then, when it passed the promotion gate, put
         it in service (a crash in between leaves it recorded, not promoted)."""
         self.record(version, metrics, manifest_hash, promoted=False, note=reason)
@@ -273,8 +298,11 @@ class ModelRegistry:
         files.atomic_write(self.root / CURRENT, version + "\n")
         with self.engine.begin() as conn:
             conn.execute(update(models).values(promoted=False))
-            conn.execute(update(models).where(models.c.version == version)
-                         .values(promoted=True, note=reason or models.c.note))
+            conn.execute(
+                update(models)
+                .where(models.c.version == version)
+                .values(promoted=True, note=reason or models.c.note)
+            )
         logger.info("models/CURRENT: %s -> %s", previous, version)
 
     def rollback_order(self, current: str) -> list[str]:
@@ -287,8 +315,9 @@ class ModelRegistry:
     def previous_version(self, current: str) -> str | None:
         """The version a rollback returns to first, when it loads: the newest older one that
         was promoted when trained, else the newest older complete one."""
-        complete = [v for v in self.rollback_order(current)
-                    if entry_state(self.path(v)) == "complete"]
+        complete = [
+            v for v in self.rollback_order(current) if entry_state(self.path(v)) == "complete"
+        ]
         return complete[0] if complete else None
 
     def rollback(self, check: Callable[[str], Any]) -> tuple[str, str]:
@@ -299,8 +328,7 @@ class ModelRegistry:
         """
         current = self.current()
         if current is None:
-            raise RegistryEntryError("no model is promoted, so there is nothing to roll back "
-                                     "from")
+            raise RegistryEntryError("no model is promoted, so there is nothing to roll back from")
         problems = []
         for version in self.rollback_order(current):
             try:
@@ -311,5 +339,4 @@ class ModelRegistry:
             self.promote(version, f"rolled back from {current}")
             return current, version
         detail = ("; ".join(problems[:3])) if problems else "it is the oldest version"
-        raise RegistryEntryError(f"no older usable model to roll back to from {current}: "
-                                 f"{detail}")
+        raise RegistryEntryError(f"no older usable model to roll back to from {current}: {detail}")

@@ -40,29 +40,31 @@ SCHEMA_VERSION = 3
 metadata = MetaData()
 
 meta = Table(
-    "meta", metadata,
+    "meta",
+    metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
 
 images = Table(
-    "images", metadata,
+    "images",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("sha256", String(64), nullable=False, unique=True),  # of the stored bytes
-    Column("phash", BigInteger),                 # perceptual hash as a signed 64-bit int
-    Column("hash_method", String(16)),           # phash/dhash/whash/ahash: never mix methods
+    Column("phash", BigInteger),  # perceptual hash as a signed 64-bit int
+    Column("hash_method", String(16)),  # phash/dhash/whash/ahash: never mix methods
     Column("source_url", Text),
     Column("page_url", Text),
-    Column("source", String(64)),                # search source profile, or "import"
+    Column("source", String(64)),  # search source profile, or "import"
     Column("query", Text),
     Column("keyword_class", String(64), nullable=False),
     Column("status", String(16), nullable=False),  # inbox / accepted / review / rejected
-    Column("reason", String(64)),                # why rejected (or sent to review)
-    Column("label", String(64)),                 # class it is filed under (best guess in review)
-    Column("label_source", String(16)),          # keyword / model / human
+    Column("reason", String(64)),  # why rejected (or sent to review)
+    Column("label", String(64)),  # class it is filed under (best guess in review)
+    Column("label_source", String(16)),  # keyword / model / human
     Column("confidence", Float),
     Column("model_version", String(16)),
-    Column("path", Text),                        # relative to data_dir, posix separators
+    Column("path", Text),  # relative to data_dir, posix separators
     Column("duplicate_of", Integer, ForeignKey("images.id")),
     Column("width", Integer),
     Column("height", Integer),
@@ -74,7 +76,7 @@ images = Table(
     Column("claim_expires", DateTime),
     # v3: a row the factory failed on; at two failures it is set aside (rejected,
     # reason processing_error) so that one row never stops a run.
-    Column("failures", Integer),                 # NULL: none
+    Column("failures", Integer),  # NULL: none
     Column("last_error", Text),
     Index("ix_images_status_label", "status", "label"),
     Index("ix_images_status_keyword", "status", "keyword_class"),
@@ -86,7 +88,8 @@ images = Table(
 
 # Every URL the crawler has fetched, whatever came of it, so no URL is fetched twice.
 urls = Table(
-    "urls", metadata,
+    "urls",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("url_sha", String(64), nullable=False, unique=True),  # long URLs overflow indexes
     Column("url", Text, nullable=False),
@@ -94,12 +97,13 @@ urls = Table(
     Column("image_id", Integer, ForeignKey("images.id")),
     Column("created_at", DateTime, nullable=False),
     # v2: a URL that failed for a passing reason (timeout, 5xx) is tried again later.
-    Column("attempts", Integer),                 # NULL in rows from v1: one attempt
-    Column("last_tried", DateTime),              # NULL in rows from v1: created_at
+    Column("attempts", Integer),  # NULL in rows from v1: one attempt
+    Column("last_tried", DateTime),  # NULL in rows from v1: created_at
 )
 
 runs = Table(
-    "runs", metadata,
+    "runs",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("job", String(32), nullable=False),
     Column("started", DateTime, nullable=False),
@@ -117,7 +121,8 @@ runs = Table(
 )
 
 models = Table(
-    "models", metadata,
+    "models",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("version", String(16), nullable=False, unique=True),
     Column("created", DateTime, nullable=False),
@@ -129,8 +134,9 @@ models = Table(
 
 # Per class and day: the counts at the last snapshot that day (`pingo stats` history).
 daily_counts = Table(
-    "daily_counts", metadata,
-    Column("day", String(10), primary_key=True),       # YYYY-MM-DD, UTC
+    "daily_counts",
+    metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
     Column("class_name", String(64), primary_key=True),
     Column("accepted", Integer, nullable=False),
     Column("review", Integer, nullable=False),
@@ -139,12 +145,13 @@ daily_counts = Table(
 # A file move (or a new file's final rename) in flight: written before the rename, removed
 # with the row update after it. Whatever is left here after a crash is finished on next open.
 pending_moves = Table(
-    "pending_moves", metadata,
+    "pending_moves",
+    metadata,
     Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
-    Column("kind", String(8), nullable=False),   # add / move
+    Column("kind", String(8), nullable=False),  # add / move
     Column("src", Text, nullable=False),
     Column("dst", Text, nullable=False),
-    Column("changes", JSON, nullable=False),     # column values to apply with the rename
+    Column("changes", JSON, nullable=False),  # column values to apply with the rename
     Column("owner", String(160), nullable=False),  # files.current_owner() of its process
     Column("created_at", DateTime, nullable=False),
 )
@@ -152,36 +159,49 @@ pending_moves = Table(
 
 def add_column(table: str, column: str) -> Callable[[Connection], None]:
     """A migration step that adds ``column`` (as declared above) to an existing table."""
+
     def step(conn: Connection) -> None:
         col = metadata.tables[table].c[column]
         ddl = CreateColumn(col).compile(dialect=conn.dialect)
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+
     return step
 
 
 def add_indexes(table: str, *names: str) -> Callable[[Connection], None]:
     """A migration step that creates the named indexes (as declared above) on ``table``."""
+
     def step(conn: Connection) -> None:
         declared = {str(ix.name): ix for ix in metadata.tables[table].indexes}
         for name in names:
             declared[name].create(conn, checkfirst=True)
+
     return step
 
 
 def all_of(*steps: Callable[[Connection], None]) -> Callable[[Connection], None]:
     """One migration step made of several, run in order in the same transaction."""
+
     def step(conn: Connection) -> None:
         for one in steps:
             one(conn)
+
     return step
 
 
 # version reached -> step. Steps only add; data already there is never rewritten.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    2: all_of(add_indexes("images", "ix_images_duplicate_of", "ix_images_updated_at"),
-              add_column("urls", "attempts"), add_column("urls", "last_tried")),
-    3: all_of(add_column("images", "failures"), add_column("images", "last_error"),
-              add_column("runs", "owner"), add_column("runs", "heartbeat")),
+    2: all_of(
+        add_indexes("images", "ix_images_duplicate_of", "ix_images_updated_at"),
+        add_column("urls", "attempts"),
+        add_column("urls", "last_tried"),
+    ),
+    3: all_of(
+        add_column("images", "failures"),
+        add_column("images", "last_error"),
+        add_column("runs", "owner"),
+        add_column("runs", "heartbeat"),
+    ),
 }
 
 
@@ -207,12 +227,14 @@ def migrate(conn: Connection) -> int:
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"the database has schema v{version} but this pingo knows up to "
-            f"v{SCHEMA_VERSION}: upgrade pingo")
+            f"v{SCHEMA_VERSION}: upgrade pingo"
+        )
     for target in range(version + 1, SCHEMA_VERSION + 1):
         logger.info("migrating metadata schema v%d -> v%d", target - 1, target)
         MIGRATIONS[target](conn)
     metadata.create_all(conn)  # tables added since (checkfirst)
     if version != SCHEMA_VERSION:
-        conn.execute(meta.update().where(meta.c.key == "schema_version")
-                     .values(value=str(SCHEMA_VERSION)))
+        conn.execute(
+            meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
+        )
     return SCHEMA_VERSION

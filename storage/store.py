@@ -26,31 +26,69 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage import files
 from storage.db import begin, iso, make_engine, utcnow
-from storage.errors import (DuplicateImageError, ImageFileMissingError, ImageNotFoundError,
-                            MoveConflictError, MoveRefusedError)
+from storage.errors import (
+    DuplicateImageError,
+    ImageFileMissingError,
+    ImageNotFoundError,
+    MoveConflictError,
+    MoveRefusedError,
+)
 from storage.registry import ModelRegistry
 from storage.schema import daily_counts, images, migrate, pending_moves, runs, urls
 
 logger = logging.getLogger(__name__)
 
 # Columns a move may change besides status and path.
-MOVABLE = {"reason", "label", "label_source", "confidence", "model_version", "duplicate_of",
-           "phash", "hash_method", "width", "height"}
-IMAGE_FIELDS = ("id", "sha256", "phash", "hash_method", "source_url", "page_url", "source",
-                "query", "keyword_class", "status", "reason", "label", "label_source",
-                "confidence", "model_version", "path", "duplicate_of", "width", "height",
-                "bytes", "created_at", "updated_at", "failures", "last_error")
+MOVABLE = {
+    "reason",
+    "label",
+    "label_source",
+    "confidence",
+    "model_version",
+    "duplicate_of",
+    "phash",
+    "hash_method",
+    "width",
+    "height",
+}
+IMAGE_FIELDS = (
+    "id",
+    "sha256",
+    "phash",
+    "hash_method",
+    "source_url",
+    "page_url",
+    "source",
+    "query",
+    "keyword_class",
+    "status",
+    "reason",
+    "label",
+    "label_source",
+    "confidence",
+    "model_version",
+    "path",
+    "duplicate_of",
+    "width",
+    "height",
+    "bytes",
+    "created_at",
+    "updated_at",
+    "failures",
+    "last_error",
+)
 # Reasons of rows set aside rather than filed: `pingo stats` and `pingo status` show them.
 FILE_MISSING = "file_missing"
 PROCESSING_ERROR = "processing_error"
@@ -94,7 +132,8 @@ class MoveResult(dict):
 @dataclass(frozen=True)
 class UrlRetry:
     """When a URL that failed is worth fetching again: a passing failure, after a pause."""
-    outcomes: Callable[[str], bool]   # is this recorded outcome a passing one?
+
+    outcomes: Callable[[str], bool]  # is this recorded outcome a passing one?
     after: timedelta
     max_attempts: int
 
@@ -133,8 +172,7 @@ class Store:
         self.registry = ModelRegistry(self.data_dir / "models", engine)
 
     @classmethod
-    def open(cls, data_dir: str | Path, db_url: str | None = None, *,
-             repair: bool = True) -> "Store":
+    def open(cls, data_dir: str | Path, db_url: str | None = None, *, repair: bool = True) -> Store:
         data_dir = Path(data_dir).resolve()
         files.ensure_layout(data_dir)
         engine = make_engine(db_url or f"sqlite:///{data_dir / 'pingo.db'}")
@@ -146,13 +184,13 @@ class Store:
         return store
 
     @classmethod
-    def from_config(cls, config, **kw) -> "Store":
+    def from_config(cls, config, **kw) -> Store:
         return cls.open(config.data_dir, config.db_url, **kw)
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -166,11 +204,21 @@ class Store:
 
     # ---- adding images -----------------------------------------------------------------------
 
-    def add_image(self, data: bytes, *, keyword_class: str, source: str, ext: str | None = None,
-                  source_url: str | None = None, page_url: str | None = None,
-                  query: str | None = None, label: str | None = None,
-                  label_source: str | None = None, width: int | None = None,
-                  height: int | None = None) -> int:
+    def add_image(
+        self,
+        data: bytes,
+        *,
+        keyword_class: str,
+        source: str,
+        ext: str | None = None,
+        source_url: str | None = None,
+        page_url: str | None = None,
+        query: str | None = None,
+        label: str | None = None,
+        label_source: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> int:
         """Store new bytes in inbox/ and return the new image id.
 
         Raises DuplicateImageError when identical bytes are already stored (the caller counts
@@ -186,15 +234,36 @@ class Store:
         now = utcnow()
         try:
             with begin(self.engine, durable=True) as conn:  # the intent outlives power loss
-                image_id = conn.execute(insert(images).values(
-                    sha256=sha, source_url=source_url, page_url=page_url, source=source,
-                    query=query, keyword_class=keyword_class, status="inbox", label=label,
-                    label_source=label_source, path=rel, width=width, height=height,
-                    bytes=len(data), created_at=now, updated_at=now,
-                )).inserted_primary_key[0]
-                conn.execute(insert(pending_moves).values(
-                    image_id=image_id, kind="add", src=self._rel(tmp), dst=rel, changes={},
-                    owner=files.current_owner(), created_at=now))
+                image_id = conn.execute(
+                    insert(images).values(
+                        sha256=sha,
+                        source_url=source_url,
+                        page_url=page_url,
+                        source=source,
+                        query=query,
+                        keyword_class=keyword_class,
+                        status="inbox",
+                        label=label,
+                        label_source=label_source,
+                        path=rel,
+                        width=width,
+                        height=height,
+                        bytes=len(data),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]
+                conn.execute(
+                    insert(pending_moves).values(
+                        image_id=image_id,
+                        kind="add",
+                        src=self._rel(tmp),
+                        dst=rel,
+                        changes={},
+                        owner=files.current_owner(),
+                        created_at=now,
+                    )
+                )
         except IntegrityError:
             tmp.unlink(missing_ok=True)
             existing = self.id_for_sha256(sha)
@@ -226,7 +295,8 @@ class Store:
             raise MoveRefusedError(f"image {image_id} not moved: {result.skipped[image_id]}")
         if image_id in result.missing:
             raise ImageFileMissingError(
-                f"image {image_id}: its file is missing; recorded as rejected ({FILE_MISSING})")
+                f"image {image_id}: its file is missing; recorded as rejected ({FILE_MISSING})"
+            )
         return result[image_id]
 
     def move_many(self, moves: Iterable[Move]) -> MoveResult:
@@ -256,21 +326,34 @@ class Store:
                     continue
                 merged = {**row._mapping, **m.changes}
                 ext = _ext(row.path)
-                dst = files.image_relpath(m.status, row.sha256, ext, label=merged["label"],
-                                          reason=merged["reason"])
+                dst = files.image_relpath(
+                    m.status, row.sha256, ext, label=merged["label"], reason=merged["reason"]
+                )
                 changes = {**m.changes, "status": m.status, "path": dst}
                 # a row without a file (path NULL) has nothing to rename: src = dst
                 plan.append((m.image_id, row.sha256, row.path or dst, dst, changes))
             if not plan:
                 return result
             try:
-                conn.execute(insert(pending_moves), [
-                    dict(image_id=i, kind="move", src=src, dst=dst, changes=ch,
-                         owner=files.current_owner(), created_at=now)
-                    for i, _, src, dst, ch in plan])
+                conn.execute(
+                    insert(pending_moves),
+                    [
+                        dict(
+                            image_id=i,
+                            kind="move",
+                            src=src,
+                            dst=dst,
+                            changes=ch,
+                            owner=files.current_owner(),
+                            created_at=now,
+                        )
+                        for i, _, src, dst, ch in plan
+                    ],
+                )
             except IntegrityError:
                 raise MoveConflictError(
-                    f"another process is moving one of images {ids[:5]}...") from None
+                    f"another process is moving one of images {ids[:5]}..."
+                ) from None
         done: dict[int, dict[str, Any]] = {}
         try:
             for image_id, sha, src, dst, changes in plan:
@@ -278,7 +361,7 @@ class Store:
                 done[image_id] = changes if found else _missing(changes)
         finally:
             self._settle(plan, done, now)
-        for image_id, _, _, dst, changes in plan:
+        for image_id, _, _, dst, _changes in plan:
             if done[image_id]["path"] is None:
                 result.missing.append(image_id)
             else:
@@ -309,8 +392,7 @@ class Store:
                 elif src_there:
                     withdrawn.append(image_id)
             if withdrawn:
-                conn.execute(delete(pending_moves).where(
-                    pending_moves.c.image_id.in_(withdrawn)))
+                conn.execute(delete(pending_moves).where(pending_moves.c.image_id.in_(withdrawn)))
 
     def _rename(self, sha: str, src: str, dst: str) -> bool:
         """Rename src to dst; False when the file is nowhere (neither there nor elsewhere)."""
@@ -348,10 +430,15 @@ class Store:
 
     def _apply(self, conn, image_id: int, changes: dict[str, Any], now: datetime) -> None:
         if changes.get("duplicate_of") is not None:
-            changes = {**changes, "duplicate_of": self._flatten_duplicates(
-                conn, image_id, changes["duplicate_of"], now)}
-        conn.execute(update(images).where(images.c.id == image_id)
-                     .values(**changes, updated_at=now))
+            changes = {
+                **changes,
+                "duplicate_of": self._flatten_duplicates(
+                    conn, image_id, changes["duplicate_of"], now
+                ),
+            }
+        conn.execute(
+            update(images).where(images.c.id == image_id).values(**changes, updated_at=now)
+        )
         conn.execute(delete(pending_moves).where(pending_moves.c.image_id == image_id))
 
     def _flatten_duplicates(self, conn, image_id: int, kept: int, now: datetime) -> int:
@@ -363,14 +450,17 @@ class Store:
         """
         seen = {image_id}
         while True:
-            nxt = conn.execute(select(images.c.duplicate_of)
-                               .where(images.c.id == kept)).scalar()
+            nxt = conn.execute(select(images.c.duplicate_of).where(images.c.id == kept)).scalar()
             if nxt is None or nxt in seen:
                 break
             seen.add(kept)
             kept = nxt
-        conn.execute(update(images).where(images.c.duplicate_of == image_id)
-                     .where(images.c.id != kept).values(duplicate_of=kept, updated_at=now))
+        conn.execute(
+            update(images)
+            .where(images.c.duplicate_of == image_id)
+            .where(images.c.id != kept)
+            .values(duplicate_of=kept, updated_at=now)
+        )
         return kept
 
     def update_image(self, image_id: int, **changes: Any) -> None:
@@ -379,8 +469,9 @@ class Store:
         if bad:
             raise ValueError(f"update_image cannot change {sorted(bad)}; use move()")
         with self.engine.begin() as conn:
-            conn.execute(update(images).where(images.c.id == image_id)
-                         .values(**changes, updated_at=utcnow()))
+            conn.execute(
+                update(images).where(images.c.id == image_id).values(**changes, updated_at=utcnow())
+            )
 
     # ---- repair ------------------------------------------------------------------------------
 
@@ -395,7 +486,7 @@ class Store:
         with self.engine.connect() as conn:
             left = conn.execute(select(pending_moves)).all()
         for p in left:
-            if files.owner_alive(p.owner, p.created_at.replace(tzinfo=timezone.utc).timestamp()):
+            if files.owner_alive(p.owner, p.created_at.replace(tzinfo=UTC).timestamp()):
                 continue
             outcome = self._finish_intent(p)
             if outcome:
@@ -422,10 +513,12 @@ class Store:
         """
         now = utcnow()
         with self.engine.begin() as conn:
-            query = (select(pending_moves, images.c.sha256).join(
-                images, images.c.id == pending_moves.c.image_id)
+            query = (
+                select(pending_moves, images.c.sha256)
+                .join(images, images.c.id == pending_moves.c.image_id)
                 .where(pending_moves.c.image_id == p.image_id)
-                .where(pending_moves.c.owner == p.owner))
+                .where(pending_moves.c.owner == p.owner)
+            )
             if self.engine.dialect.name == "postgresql":
                 query = query.with_for_update(of=pending_moves)
             p = conn.execute(query).first()
@@ -444,8 +537,9 @@ class Store:
                     files.replace(self.abspath(found), dst)
             if dst.exists():
                 self._apply(conn, p.image_id, p.changes, now)
-                logger.warning("finished an interrupted %s of image %d to %s",
-                               p.kind, p.image_id, p.dst)
+                logger.warning(
+                    "finished an interrupted %s of image %d to %s", p.kind, p.image_id, p.dst
+                )
                 return "finished"
             if p.kind == "add":
                 # The bytes never reached disk whole: forget the row, the crawl refetches it.
@@ -484,8 +578,9 @@ class Store:
                 row = conn.execute(query).first()
                 if row is None or not row.path or self.abspath(row.path).is_file():
                     continue
-                if conn.execute(select(pending_moves.c.image_id)
-                                .where(pending_moves.c.image_id == image_id)).first():
+                if conn.execute(
+                    select(pending_moves.c.image_id).where(pending_moves.c.image_id == image_id)
+                ).first():
                     continue
                 found = self.locate_file(row.sha256, _ext(row.path))
                 if found is None:
@@ -495,10 +590,15 @@ class Store:
                 else:
                     changes = _follow(row, found)
                     done["relinked"] += 1
-                    logger.warning("image %d: row said %s, file is at %s; row follows file",
-                                   image_id, row.path, found)
-                conn.execute(update(images).where(images.c.id == image_id)
-                             .values(**changes, updated_at=now))
+                    logger.warning(
+                        "image %d: row said %s, file is at %s; row follows file",
+                        image_id,
+                        row.path,
+                        found,
+                    )
+                conn.execute(
+                    update(images).where(images.c.id == image_id).values(**changes, updated_at=now)
+                )
         return done
 
     # ---- rows the factory cannot process ---------------------------------------------------
@@ -511,29 +611,46 @@ class Store:
         status` list it.
         """
         with self.engine.begin() as conn:
-            conn.execute(update(images).where(images.c.id == image_id).values(
-                failures=func.coalesce(images.c.failures, 0) + 1, last_error=error[:2000],
-                updated_at=utcnow()))
-            row = conn.execute(select(images.c.failures, images.c.status)
-                               .where(images.c.id == image_id)).first()
+            conn.execute(
+                update(images)
+                .where(images.c.id == image_id)
+                .values(
+                    failures=func.coalesce(images.c.failures, 0) + 1,
+                    last_error=error[:2000],
+                    updated_at=utcnow(),
+                )
+            )
+            row = conn.execute(
+                select(images.c.failures, images.c.status).where(images.c.id == image_id)
+            ).first()
         if row is None or row.failures < MAX_FAILURES or row.status != "inbox":
             return False
-        result = self.move_many([Move(image_id, "rejected", {"reason": PROCESSING_ERROR},
-                                      expect={"status": "inbox"})])
+        result = self.move_many(
+            [Move(image_id, "rejected", {"reason": PROCESSING_ERROR}, expect={"status": "inbox"})]
+        )
         set_aside = image_id in result or image_id in result.missing
         if set_aside:
-            logger.error("image %d set aside after %d failures: %s", image_id, row.failures,
-                         error)
+            logger.error("image %d set aside after %d failures: %s", image_id, row.failures, error)
         return set_aside
 
     def set_aside_rows(self, limit: int = 20) -> list[dict[str, Any]]:
         """The most recently set-aside images (file missing, failed twice), newest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(images.c.id, images.c.reason, images.c.path, images.c.keyword_class,
-                       images.c.failures, images.c.last_error, images.c.updated_at)
-                .where(images.c.status == "rejected").where(images.c.reason.in_(SET_ASIDE))
-                .order_by(images.c.updated_at.desc(), images.c.id.desc()).limit(limit)).all()
+                select(
+                    images.c.id,
+                    images.c.reason,
+                    images.c.path,
+                    images.c.keyword_class,
+                    images.c.failures,
+                    images.c.last_error,
+                    images.c.updated_at,
+                )
+                .where(images.c.status == "rejected")
+                .where(images.c.reason.in_(SET_ASIDE))
+                .order_by(images.c.updated_at.desc(), images.c.id.desc())
+                .limit(limit)
+            ).all()
         return [{**r._mapping, "updated_at": iso(r.updated_at)} for r in rows]
 
     # ---- reading -----------------------------------------------------------------------------
@@ -545,8 +662,9 @@ class Store:
             raise ImageNotFoundError(f"no image with id {image_id}")
         return _image_dict(row)
 
-    def iter_images(self, status: str | None = None, class_name: str | None = None,
-                    batch: int = 1000) -> Iterator[dict[str, Any]]:
+    def iter_images(
+        self, status: str | None = None, class_name: str | None = None, batch: int = 1000
+    ) -> Iterator[dict[str, Any]]:
         """Images in id order; ``class_name`` matches the label, else the keyword class."""
         query = select(images).order_by(images.c.id)
         if status:
@@ -569,19 +687,30 @@ class Store:
             per_label = conn.execute(
                 select(images.c.label, images.c.status, func.count())
                 .where(images.c.status.in_(["accepted", "review"]))
-                .group_by(images.c.label, images.c.status)).all()
+                .group_by(images.c.label, images.c.status)
+            ).all()
             inbox = conn.execute(select(func.count()).where(images.c.status == "inbox")).scalar()
-            rejected = dict(conn.execute(
-                select(images.c.reason, func.count()).where(images.c.status == "rejected")
-                .group_by(images.c.reason)).all())
+            rejected = dict(
+                conn.execute(
+                    select(images.c.reason, func.count())
+                    .where(images.c.status == "rejected")
+                    .group_by(images.c.reason)
+                ).all()
+            )
         classes: dict[str, dict[str, int | None]] = {
-            name: {"accepted": 0, "review": 0, "target": target}
-            for name, target in targets.items()}
+            name: {"accepted": 0, "review": 0, "target": target} for name, target in targets.items()
+        }
         for label, status, n in per_label:
             entry = classes.setdefault(label, {"accepted": 0, "review": 0, "target": None})
             entry[status] = n
-        return Stats(classes, inbox, {str(r or "unknown"): n
-                                      for r, n in sorted(rejected.items(), key=lambda kv: str(kv[0]))})
+        return Stats(
+            classes,
+            inbox,
+            {
+                str(r or "unknown"): n
+                for r, n in sorted(rejected.items(), key=lambda kv: str(kv[0]))
+            },
+        )
 
     def snapshot_counts(self, targets: dict[str, int]) -> None:
         """Record today's per-class counts (one row per class and day, last one wins)."""
@@ -590,9 +719,18 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(delete(daily_counts).where(daily_counts.c.day == day))
             if current:
-                conn.execute(insert(daily_counts), [
-                    {"day": day, "class_name": name, "accepted": c["accepted"],
-                     "review": c["review"]} for name, c in current.items()])
+                conn.execute(
+                    insert(daily_counts),
+                    [
+                        {
+                            "day": day,
+                            "class_name": name,
+                            "accepted": c["accepted"],
+                            "review": c["review"],
+                        }
+                        for name, c in current.items()
+                    ],
+                )
 
     def count_history(self) -> dict[str, dict[str, dict[str, int]]]:
         """{day: {class: {"accepted": n, "review": n}}}, oldest day first."""
@@ -600,35 +738,53 @@ class Store:
         with self.engine.connect() as conn:
             for row in conn.execute(select(daily_counts).order_by(daily_counts.c.day)):
                 history.setdefault(row.day, {})[row.class_name] = {
-                    "accepted": row.accepted, "review": row.review}
+                    "accepted": row.accepted,
+                    "review": row.review,
+                }
         return history
 
     def yield_by_query(self) -> list[dict[str, Any]]:
         """Per search source and query: images kept, sent to review, rejected as duplicate..."""
         from sqlalchemy import case
+
         def n(cond):
             return func.sum(case((cond, 1), else_=0))
-        query = (select(images.c.source, images.c.query, func.count().label("images"),
-                        n(images.c.status == "accepted").label("accepted"),
-                        n(images.c.status == "review").label("review"),
-                        n(images.c.reason == "duplicate").label("duplicates"),
-                        n(images.c.status == "rejected").label("rejected"))
-                 .group_by(images.c.source, images.c.query)
-                 .order_by(images.c.source, images.c.query))
+
+        query = (
+            select(
+                images.c.source,
+                images.c.query,
+                func.count().label("images"),
+                n(images.c.status == "accepted").label("accepted"),
+                n(images.c.status == "review").label("review"),
+                n(images.c.reason == "duplicate").label("duplicates"),
+                n(images.c.status == "rejected").label("rejected"),
+            )
+            .group_by(images.c.source, images.c.query)
+            .order_by(images.c.source, images.c.query)
+        )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def inbox_counts(self) -> dict[str, int]:
         """Images waiting in the inbox per keyword class."""
         with self.engine.connect() as conn:
-            return dict(conn.execute(
-                select(images.c.keyword_class, func.count()).where(images.c.status == "inbox")
-                .group_by(images.c.keyword_class)).all())
+            return dict(
+                conn.execute(
+                    select(images.c.keyword_class, func.count())
+                    .where(images.c.status == "inbox")
+                    .group_by(images.c.keyword_class)
+                ).all()
+            )
 
     # ---- claiming inbox work (several factory workers) -----------------------------------------
 
-    def claim_inbox(self, worker: str, limit: int, lease_seconds: float = 600.0,
-                    ) -> list[dict[str, Any]]:
+    def claim_inbox(
+        self,
+        worker: str,
+        limit: int,
+        lease_seconds: float = 600.0,
+    ) -> list[dict[str, Any]]:
         """Lease up to ``limit`` unclaimed (or expired) inbox images to ``worker``.
 
         PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers never take the
@@ -637,30 +793,45 @@ class Store:
         expire; another worker then takes the rows.
         """
         now = utcnow()
-        query = (select(images.c.id).where(images.c.status == "inbox")
-                 .where((images.c.claim_expires.is_(None)) | (images.c.claim_expires < now)
-                        | (images.c.claimed_by == worker))
-                 .order_by(images.c.id).limit(limit))
+        query = (
+            select(images.c.id)
+            .where(images.c.status == "inbox")
+            .where(
+                (images.c.claim_expires.is_(None))
+                | (images.c.claim_expires < now)
+                | (images.c.claimed_by == worker)
+            )
+            .order_by(images.c.id)
+            .limit(limit)
+        )
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         with self.engine.begin() as conn:
             ids = list(conn.execute(query).scalars())
             if not ids:
                 return []
-            conn.execute(update(images).where(images.c.id.in_(ids)).values(
-                claimed_by=worker, claim_expires=now + timedelta(seconds=lease_seconds)))
-            rows = conn.execute(select(images).where(images.c.id.in_(ids))
-                                .order_by(images.c.id)).all()
+            conn.execute(
+                update(images)
+                .where(images.c.id.in_(ids))
+                .values(claimed_by=worker, claim_expires=now + timedelta(seconds=lease_seconds))
+            )
+            rows = conn.execute(
+                select(images).where(images.c.id.in_(ids)).order_by(images.c.id)
+            ).all()
         return [_image_dict(r) for r in rows]
 
     def release_claims(self, worker: str) -> None:
         """Give back whatever ``worker`` still holds (its images stay in the inbox)."""
         with self.engine.begin() as conn:
-            conn.execute(update(images).where(images.c.claimed_by == worker)
-                         .values(claimed_by=None, claim_expires=None))
+            conn.execute(
+                update(images)
+                .where(images.c.claimed_by == worker)
+                .values(claimed_by=None, claim_expires=None)
+            )
 
-    def renew_claims(self, worker: str, lease_seconds: float,
-                     ids: Iterable[int] | None = None) -> set[int]:
+    def renew_claims(
+        self, worker: str, lease_seconds: float, ids: Iterable[int] | None = None
+    ) -> set[int]:
         """Extend ``worker``'s leases (only on ``ids`` if given); return the ids it still holds.
 
         An id is held while its image is in the inbox and claimed by ``worker``: one whose
@@ -673,23 +844,35 @@ class Store:
                 return set()
             cond = cond & images.c.id.in_(ids)
         with self.engine.begin() as conn:
-            conn.execute(update(images).where(cond).values(
-                claim_expires=utcnow() + timedelta(seconds=lease_seconds)))
+            conn.execute(
+                update(images)
+                .where(cond)
+                .values(claim_expires=utcnow() + timedelta(seconds=lease_seconds))
+            )
             return set(conn.execute(select(images.c.id).where(cond)).scalars())
 
     def claim_holders(self) -> set[str]:
         """Workers holding unexpired leases on inbox images."""
         with self.engine.connect() as conn:
-            return set(conn.execute(
-                select(images.c.claimed_by).distinct().where(images.c.status == "inbox")
-                .where(images.c.claimed_by.is_not(None))
-                .where(images.c.claim_expires >= utcnow())).scalars())
+            return set(
+                conn.execute(
+                    select(images.c.claimed_by)
+                    .distinct()
+                    .where(images.c.status == "inbox")
+                    .where(images.c.claimed_by.is_not(None))
+                    .where(images.c.claim_expires >= utcnow())
+                ).scalars()
+            )
 
     def changed_since(self, since: datetime) -> list[dict[str, Any]]:
         """Images that left the inbox or changed at or after ``since`` (naive UTC), in id order."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(images).where(images.c.updated_at >= since)
-                                .where(images.c.status != "inbox").order_by(images.c.id)).all()
+            rows = conn.execute(
+                select(images)
+                .where(images.c.updated_at >= since)
+                .where(images.c.status != "inbox")
+                .order_by(images.c.id)
+            ).all()
         return [_image_dict(r) for r in rows]
 
     @contextmanager
@@ -709,6 +892,7 @@ class Store:
                 yield
             return
         import fcntl
+
         with open(self.data_dir / f".{name}.lock", "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -724,11 +908,17 @@ class Store:
         seen: set[str] = set()
         keys = list(shas)
         now = utcnow()
-        cols = (urls.c.url_sha, urls.c.outcome, urls.c.image_id, urls.c.attempts,
-                urls.c.last_tried, urls.c.created_at)
+        cols = (
+            urls.c.url_sha,
+            urls.c.outcome,
+            urls.c.image_id,
+            urls.c.attempts,
+            urls.c.last_tried,
+            urls.c.created_at,
+        )
         with self.engine.connect() as conn:
             for i in range(0, len(keys), 500):
-                for row in conn.execute(select(*cols).where(urls.c.url_sha.in_(keys[i:i + 500]))):
+                for row in conn.execute(select(*cols).where(urls.c.url_sha.in_(keys[i : i + 500]))):
                     if retry is None or not retry.due(row, now):
                         seen.add(shas[row.url_sha])
         return seen
@@ -743,15 +933,30 @@ class Store:
         sha = _url_sha(url)
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(urls).values(url_sha=sha, url=url, outcome=outcome,
-                                                 image_id=image_id, created_at=now,
-                                                 attempts=1, last_tried=now))
+                conn.execute(
+                    insert(urls).values(
+                        url_sha=sha,
+                        url=url,
+                        outcome=outcome,
+                        image_id=image_id,
+                        created_at=now,
+                        attempts=1,
+                        last_tried=now,
+                    )
+                )
         except IntegrityError:
             with self.engine.begin() as conn:
-                conn.execute(update(urls).where(urls.c.url_sha == sha)
-                             .where(urls.c.image_id.is_(None))
-                             .values(outcome=outcome, image_id=image_id, last_tried=now,
-                                     attempts=func.coalesce(urls.c.attempts, 1) + 1))
+                conn.execute(
+                    update(urls)
+                    .where(urls.c.url_sha == sha)
+                    .where(urls.c.image_id.is_(None))
+                    .values(
+                        outcome=outcome,
+                        image_id=image_id,
+                        last_tried=now,
+                        attempts=func.coalesce(urls.c.attempts, 1) + 1,
+                    )
+                )
             return False
         return True
 
@@ -761,48 +966,80 @@ class Store:
         owner = files.current_owner()
         now = utcnow()
         with self.engine.begin() as conn:
-            return conn.execute(insert(runs).values(
-                job=job, started=now, status="running", host=files.HOST,
-                pid=files.parse_owner(owner).pid, owner=owner, heartbeat=now,
-            )).inserted_primary_key[0]
+            return conn.execute(
+                insert(runs).values(
+                    job=job,
+                    started=now,
+                    status="running",
+                    host=files.HOST,
+                    pid=files.parse_owner(owner).pid,
+                    owner=owner,
+                    heartbeat=now,
+                )
+            ).inserted_primary_key[0]
 
     def heartbeat_run(self, run_id: int) -> None:
         """Say the run is alive (read by fail_stale_runs on other hosts)."""
         with self.engine.begin() as conn:
-            conn.execute(update(runs).where(runs.c.id == run_id)
-                         .where(runs.c.status == "running").values(heartbeat=utcnow()))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .where(runs.c.status == "running")
+                .values(heartbeat=utcnow())
+            )
 
-    def finish_run(self, run_id: int, status: str, counts: dict | None = None,
-                   error: str | None = None) -> None:
+    def finish_run(
+        self, run_id: int, status: str, counts: dict | None = None, error: str | None = None
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(update(runs).where(runs.c.id == run_id).values(
-                finished=utcnow(), status=status, counts=counts, error=error))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(finished=utcnow(), status=status, counts=counts, error=error)
+            )
 
     def fail_stale_runs(self) -> list[int]:
         """Mark failed the runs left 'running' by a process that is gone (killed, crashed)."""
         with self.engine.connect() as conn:
             running = conn.execute(select(runs).where(runs.c.status == "running")).all()
-        stale = [r for r in running if not files.owner_alive(
-            r.owner or f"{r.host}:{r.pid}", _ts(r.started), _ts(r.heartbeat))]
+        stale = [
+            r
+            for r in running
+            if not files.owner_alive(
+                r.owner or f"{r.host}:{r.pid}", _ts(r.started), _ts(r.heartbeat)
+            )
+        ]
         for r in stale:
-            logger.warning("run %d (%s) was left running by dead process %s:%s; marked failed",
-                           r.id, r.job, r.host, r.pid)
+            logger.warning(
+                "run %d (%s) was left running by dead process %s:%s; marked failed",
+                r.id,
+                r.job,
+                r.host,
+                r.pid,
+            )
             with self.engine.begin() as conn:  # only if still running: another may have done it
-                conn.execute(update(runs).where(runs.c.id == r.id)
-                             .where(runs.c.status == "running").values(
-                                 finished=utcnow(), status="failed",
-                                 error=f"process {r.host}:{r.pid} died before the run finished"))
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == r.id)
+                    .where(runs.c.status == "running")
+                    .values(
+                        finished=utcnow(),
+                        status="failed",
+                        error=f"process {r.host}:{r.pid} died before the run finished",
+                    )
+                )
         return [r.id for r in stale]
 
     def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
-        return [{**r._mapping, "started": iso(r.started), "finished": iso(r.finished)}
-                for r in rows]
+        return [
+            {**r._mapping, "started": iso(r.started), "finished": iso(r.finished)} for r in rows
+        ]
 
 
 def _ts(value: datetime | None) -> float | None:
-    return None if value is None else value.replace(tzinfo=timezone.utc).timestamp()
+    return None if value is None else value.replace(tzinfo=UTC).timestamp()
 
 
 def _ext(path: str | None) -> str:
@@ -819,8 +1056,11 @@ def _refusal(row, move: Move) -> str | None:
     for column, value in move.expect.items():
         if row._mapping[column] != value:
             return f"its {column} is now {row._mapping[column]!r}, not {value!r}"
-    if (row.label_source == "human" and row.status != "inbox"
-            and move.changes.get("label_source") != "human"):
+    if (
+        row.label_source == "human"
+        and row.status != "inbox"
+        and move.changes.get("label_source") != "human"
+    ):
         return "a person decided where it goes"
     return None
 
@@ -850,4 +1090,3 @@ def _image_dict(row) -> dict[str, Any]:
     out["created_at"] = iso(out["created_at"])
     out["updated_at"] = iso(out["updated_at"])
     return out
-

@@ -40,18 +40,22 @@ STATUS_DIRS = ("inbox", "dataset", "review", "rejected")
 
 # ---- the photos the demo site serves ------------------------------------------------------
 
-def prepare_images(src: Path, dst: Path, classes: list[str] | None = None,
-                   per_class: int | None = None) -> Path:
+
+def prepare_images(
+    src: Path, dst: Path, classes: list[str] | None = None, per_class: int | None = None
+) -> Path:
     """Copy ``src/<class>/`` photos into ``dst`` and add two duplicates per class: the same
     bytes under another name (one row, no second) and the same pixels re-encoded as PNG (its
     own row, rejected as a duplicate). Returns ``dst``."""
     from PIL import Image
+
     classes = classes or sorted(p.name for p in src.iterdir() if p.is_dir())
     for name in classes:
         out = dst / name
         out.mkdir(parents=True, exist_ok=True)
-        photos = sorted(p for p in (src / name).iterdir()
-                        if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:per_class]
+        photos = sorted(
+            p for p in (src / name).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+        )[:per_class]
         for p in photos:
             shutil.copyfile(p, out / p.name)
         shutil.copyfile(photos[0], out / f"copy-{photos[0].name}")
@@ -62,34 +66,49 @@ def prepare_images(src: Path, dst: Path, classes: list[str] | None = None,
 
 # ---- the project ----------------------------------------------------------------------------
 
-def project_toml(demo_url: str, classes: list[str], data_dir: Path, *, workers: int = 1,
-                 chunk_size: int = 8, target: int = 1000) -> str:
+
+def project_toml(
+    demo_url: str,
+    classes: list[str],
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    chunk_size: int = 8,
+    target: int = 1000,
+) -> str:
     """A tiny, fast project: every class far below target (the crawl always has work), a
     32-pixel, 1-epoch small_cnn, small factory chunks (a kill lands between chunks too)."""
     lines = [f'[project]\ndata_dir = "{data_dir}"\n']
     for name in classes:
         lines.append(f'[classes.{name}]\nkeywords = ["{name}"]\ntarget = {target}\n')
-    lines.append(f'[crawl]\nsources = ["demo"]\ndemo_url = "{demo_url}"\ndownload_timeout = 5.0\n'
-                 'retries = 1\nmax_drivers = 1\nconcurrency = 4\n')
-    lines.append(f"[factory]\nworkers = {workers}\nchunk_size = {chunk_size}\n"
-                 "claim_lease = 5.0\n")
-    lines.append("[train]\nimage_size = 32\nepochs = 1\nbatch_size = 8\narch = \"small_cnn\"\n"
-                 "augment = false\npatience = 1\n")
+    lines.append(
+        f'[crawl]\nsources = ["demo"]\ndemo_url = "{demo_url}"\ndownload_timeout = 5.0\n'
+        "retries = 1\nmax_drivers = 1\nconcurrency = 4\n"
+    )
+    lines.append(f"[factory]\nworkers = {workers}\nchunk_size = {chunk_size}\nclaim_lease = 5.0\n")
+    lines.append(
+        '[train]\nimage_size = 32\nepochs = 1\nbatch_size = 8\narch = "small_cnn"\n'
+        "augment = false\npatience = 1\n"
+    )
     return "\n".join(lines)
 
 
 # ---- running one stage ----------------------------------------------------------------------
 
+
 @dataclass
 class Kill:
     stage: str
     signal: str
-    delay: float            # seconds after start; with ``on_move``, the most to wait
-    on_move: bool = False   # signal the moment a file move is in flight (pending_moves)
+    delay: float  # seconds after start; with ``on_move``, the most to wait
+    on_move: bool = False  # signal the moment a file move is in flight (pending_moves)
 
     def describe(self) -> str:
-        when = f"at the first move in flight (within {self.delay}s)" if self.on_move else \
-            f"after {self.delay}s"
+        when = (
+            f"at the first move in flight (within {self.delay}s)"
+            if self.on_move
+            else f"after {self.delay}s"
+        )
         return f"{self.signal} to {self.stage} {when}"
 
 
@@ -100,11 +119,11 @@ class StageRun:
     seconds: float
     log: Path
     kill: Kill | None = None
-    landed: bool = False    # the signal reached a still-running process
-    stop_seconds: float | None = None   # signal -> exit
-    at_move: bool = False   # an on_move kill found a move in flight (else it was timed)
-    forced: bool = False    # it ignored SIGINT/SIGTERM for the grace period: SIGKILLed
-    leaked: list[str] = field(default_factory=list)   # processes alive after the CLI ended
+    landed: bool = False  # the signal reached a still-running process
+    stop_seconds: float | None = None  # signal -> exit
+    at_move: bool = False  # an on_move kill found a move in flight (else it was timed)
+    forced: bool = False  # it ignored SIGINT/SIGTERM for the grace period: SIGKILLed
+    leaked: list[str] = field(default_factory=list)  # processes alive after the CLI ended
 
     def tail(self, lines: int = 25) -> str:
         try:
@@ -125,8 +144,8 @@ def session_processes(sid: int) -> list[tuple[int, str]]:
         except OSError:
             continue
         # pid (comm) state ppid pgrp session ...
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] != "Z" and int(fields[3]) == sid:
             found.append((int(entry.name), comm))
     return found
@@ -135,6 +154,7 @@ def session_processes(sid: int) -> list[tuple[int, str]]:
 def image_rows(db: Path) -> int:
     """Rows in the images table, read without opening a Store (0 before it exists)."""
     import sqlite3
+
     try:
         with sqlite3.connect(db) as conn:
             return conn.execute("SELECT count(*) FROM images").fetchone()[0]
@@ -142,25 +162,29 @@ def image_rows(db: Path) -> int:
         return 0
 
 
-def crawl_then_signal(root: Path, photos: Path, signum: int, to: str = "cli",
-                      settle: float = 10.0):
+def crawl_then_signal(root: Path, photos: Path, signum: int, to: str = "cli", settle: float = 10.0):
     """Start `pingo crawl --limit 15` on a demo site serving ``photos`` slowly (0.3 s an
     image); once 3 images are stored send ``signum`` to the CLI alone (``to="cli"``) or to its
     whole process group (``"group"``). Returns (exit status, rows when the CLI exited, rows
     once nothing of its session is left or ``settle`` seconds passed, processes still alive
     then, the Driver)."""
     from conftest import wait_for
+
     from crawler.demo_site import make_server
 
     with make_server(photos, image_delay=0.3).start() as site:
         driver = Driver(root, site.url, ["one", "two", "zero"], seed=0)
         db = driver.data_dir / "pingo.db"
-        child = subprocess.Popen(driver.cli("crawl", "--limit", "15"), cwd=driver.root,
-                                 env=driver.env, start_new_session=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = subprocess.Popen(
+            driver.cli("crawl", "--limit", "15"),
+            cwd=driver.root,
+            env=driver.env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            wait_for(lambda: image_rows(db) >= 3 or child.poll() is not None,
-                     "3 images are stored")
+            wait_for(lambda: image_rows(db) >= 3 or child.poll() is not None, "3 images are stored")
             assert child.poll() is None, "the crawl ended before it could be stopped"
             (os.killpg if to == "group" else os.kill)(child.pid, signum)
             code = child.wait(60)
@@ -179,16 +203,28 @@ def crawl_then_signal(root: Path, photos: Path, signum: int, to: str = "cli",
 class Driver:
     """One chaos project: config, demo site URL, the stage runner and the checks."""
 
-    def __init__(self, root: Path, demo_url: str, classes: list[str], *, seed: int,
-                 grace: float = 20.0, stage_timeout: float = 300.0, crawl_limit: int = 3,
-                 factory_workers: int = 1, log=print):
+    def __init__(
+        self,
+        root: Path,
+        demo_url: str,
+        classes: list[str],
+        *,
+        seed: int,
+        grace: float = 20.0,
+        stage_timeout: float = 300.0,
+        crawl_limit: int = 3,
+        factory_workers: int = 1,
+        log=print,
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root / "data"
         self.classes = classes
         self.config = self.root / "pingo.toml"
-        self.config.write_text(project_toml(demo_url, classes, self.data_dir,
-                                            workers=factory_workers), encoding="utf-8")
+        self.config.write_text(
+            project_toml(demo_url, classes, self.data_dir, workers=factory_workers),
+            encoding="utf-8",
+        )
         self.seed = seed
         self.rng = random.Random(seed)
         self.grace = grace
@@ -197,9 +233,14 @@ class Driver:
         self.log = log
         self.runs = 0
         self.durations: dict[str, list[float]] = {s: [] for s in STAGES}
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
-            "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            ),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
         self._has_check: bool | None = None
 
     # -- processes --
@@ -207,25 +248,30 @@ class Driver:
     def cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "pingo.cli", "--config", str(self.config), *args]
 
-    def stage_args(self, stage: str, final: bool = False, limit: int | None = None
-                   ) -> list[str]:
+    def stage_args(self, stage: str, final: bool = False, limit: int | None = None) -> list[str]:
         if stage == "crawl":
             return ["crawl"] if final else ["crawl", "--limit", str(limit or self.crawl_limit)]
         if stage == "train":
             return ["train", "--force"]
         return [stage]
 
-    def run_stage(self, stage: str, kill: Kill | None = None, final: bool = False,
-                  limit: int | None = None) -> StageRun:
+    def run_stage(
+        self, stage: str, kill: Kill | None = None, final: bool = False, limit: int | None = None
+    ) -> StageRun:
         """Run one stage to its end; with ``kill``, signal its whole session after the delay."""
         self.runs += 1
         log = self.root / "logs" / f"{self.runs:04d}-{stage}{'-' + kill.signal if kill else ''}.log"
         log.parent.mkdir(exist_ok=True)
         with open(log, "wb") as out:
             started = time.monotonic()
-            child = subprocess.Popen(self.cli(*self.stage_args(stage, final, limit)), cwd=self.root,
-                                     env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            child = subprocess.Popen(
+                self.cli(*self.stage_args(stage, final, limit)),
+                cwd=self.root,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             run = StageRun(stage, None, 0.0, log, kill)
             try:
                 if kill is not None:
@@ -273,6 +319,7 @@ class Driver:
         """Poll the DB (read-only, every ~2 ms) until a move or add is in flight (True); None
         when the stage ended first; False at the deadline (the signal goes anyway)."""
         import sqlite3
+
         db = self.data_dir / "pingo.db"
         conn = None
         try:
@@ -326,10 +373,16 @@ class Driver:
 
     def check(self) -> list[str]:
         """Problems found: `pingo check --json` must exit 0, plus ``beyond_check()``."""
-        done = subprocess.run(self.cli("check", "--json"), cwd=self.root, env=self.env,
-                              capture_output=True, text=True)
-        problems = [] if done.returncode == 0 else [
-            f"pingo check exited {done.returncode}: {done.stdout[-2000:]}{done.stderr[-1000:]}"]
+        done = subprocess.run(
+            self.cli("check", "--json"), cwd=self.root, env=self.env, capture_output=True, text=True
+        )
+        problems = (
+            []
+            if done.returncode == 0
+            else [
+                f"pingo check exited {done.returncode}: {done.stdout[-2000:]}{done.stderr[-1000:]}"
+            ]
+        )
         return problems + beyond_check(self.data_dir)
 
     def snapshot(self) -> dict:
@@ -339,25 +392,36 @@ class Driver:
 
 # ---- what a kill left, and what `pingo check` does not cover -------------------------------
 
+
 def _engine(data_dir: Path):
     from sqlalchemy import create_engine
+
     return create_engine(f"sqlite:///{data_dir / 'pingo.db'}")
 
 
 def leftovers(data_dir: Path) -> dict:
     """Half-done work on disk and in the DB, read without opening a Store (which repairs)."""
     from sqlalchemy import text
+
     out = {"pending_moves": [], "part_files": [], "running_runs": 0}
     if (data_dir / "pingo.db").exists():
         engine = _engine(data_dir)
         with engine.connect() as conn:
-            out["pending_moves"] = [dict(r._mapping) for r in conn.execute(text(
-                "SELECT image_id, kind, src, dst, owner FROM pending_moves"))]
-            out["running_runs"] = conn.execute(text(
-                "SELECT count(*) FROM runs WHERE status = 'running'")).scalar()
+            out["pending_moves"] = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    text("SELECT image_id, kind, src, dst, owner FROM pending_moves")
+                )
+            ]
+            out["running_runs"] = conn.execute(
+                text("SELECT count(*) FROM runs WHERE status = 'running'")
+            ).scalar()
         engine.dispose()
-    out["part_files"] = sorted(p.relative_to(data_dir).as_posix()
-                               for d in STATUS_DIRS for p in (data_dir / d).rglob(".*.part"))
+    out["part_files"] = sorted(
+        p.relative_to(data_dir).as_posix()
+        for d in STATUS_DIRS
+        for p in (data_dir / d).rglob(".*.part")
+    )
     return out
 
 
@@ -366,20 +430,28 @@ def beyond_check(data_dir: Path) -> list[str]:
     an image whose row is gone (it would never be fetched again: a lost image), and no run
     left 'running' once the next run of the stage has finished."""
     from sqlalchemy import text
+
     engine = _engine(data_dir)
     with engine.connect() as conn:
-        dangling = conn.execute(text(
-            "SELECT url FROM urls WHERE image_id IS NOT NULL AND image_id NOT IN "
-            "(SELECT id FROM images)")).scalars().all()
-        running = conn.execute(text("SELECT id, job, pid FROM runs WHERE status = 'running'")
-                               ).all()
+        dangling = (
+            conn.execute(
+                text(
+                    "SELECT url FROM urls WHERE image_id IS NOT NULL AND image_id NOT IN "
+                    "(SELECT id FROM images)"
+                )
+            )
+            .scalars()
+            .all()
+        )
+        running = conn.execute(text("SELECT id, job, pid FROM runs WHERE status = 'running'")).all()
     engine.dispose()
-    return ([f"URL recorded as stored, its image row is gone: {u}" for u in dangling]
-            + [f"run {r.id} ({r.job}, pid {r.pid}) still 'running' after the next run"
-               for r in running])
+    return [f"URL recorded as stored, its image row is gone: {u}" for u in dangling] + [
+        f"run {r.id} ({r.job}, pid {r.pid}) still 'running' after the next run" for r in running
+    ]
 
 
 # ---- the end: every served image accounted for ---------------------------------------------
+
 
 def served_images(site_requests: list[str], images_dir: Path) -> dict[str, Path]:
     """Image URLs (paths) the demo site was asked for -> the file it served."""
@@ -398,9 +470,9 @@ def final_accounting(data_dir: Path, images_dir: Path, site_requests: list[str])
     """Every image the site offers was served, and each distinct content has exactly one row,
     out of the inbox: kept (accepted/review) or rejected with a reason; no other demo row."""
     from sqlalchemy import text
+
     problems = []
-    offered = {f"/image/{f.parent.name}/{f.name}": f for f in images_dir.glob("*/*")
-               if f.is_file()}
+    offered = {f"/image/{f.parent.name}/{f.name}": f for f in images_dir.glob("*/*") if f.is_file()}
     served = served_images(site_requests, images_dir)
     never = sorted(set(offered) - set(served))
     problems += [f"offered but never fetched: {u}" for u in never]
@@ -409,8 +481,12 @@ def final_accounting(data_dir: Path, images_dir: Path, site_requests: list[str])
         want.setdefault(hashlib.sha256(f.read_bytes()).hexdigest(), []).append(url)
     engine = _engine(data_dir)
     with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text(
-            "SELECT id, sha256, status, reason, source, source_url FROM images"))]
+        rows = [
+            dict(r._mapping)
+            for r in conn.execute(
+                text("SELECT id, sha256, status, reason, source, source_url FROM images")
+            )
+        ]
     engine.dispose()
     by_sha: dict[str, list[dict]] = {}
     for r in rows:
@@ -426,13 +502,15 @@ def final_accounting(data_dir: Path, images_dir: Path, site_requests: list[str])
         elif r["status"] == "rejected" and not r["reason"]:
             problems.append(f"{urls}: rejected without a reason (image {r['id']})")
     extra = [r for r in rows if r["sha256"] not in want]
-    problems += [f"image {r['id']} ({r['source_url']}) is not content the site served"
-                 for r in extra]
+    problems += [
+        f"image {r['id']} ({r['source_url']}) is not content the site served" for r in extra
+    ]
     return problems
 
 
 def outcome_counts(data_dir: Path) -> dict[str, int]:
     from sqlalchemy import text
+
     engine = _engine(data_dir)
     with engine.connect() as conn:
         got = conn.execute(text("SELECT status, coalesce(reason, '') FROM images")).all()
@@ -441,6 +519,7 @@ def outcome_counts(data_dir: Path) -> dict[str, int]:
 
 
 # ---- rounds ----------------------------------------------------------------------------------
+
 
 @dataclass
 class RoundResult:
@@ -494,11 +573,10 @@ class Chaos:
         faults: list[str] = []
         where = f"seed {d.seed} round {number}: {kill.describe()}"
         # The factory needs new inbox images to be killed in; crawl and train always have work.
-        for before in (["crawl"] if stage == "factory" else []):
+        for before in ["crawl"] if stage == "factory" else []:
             run = d.run_stage(before)
             if run.rc != 0:
-                faults.append(f"{where}: {before} (before the kill) exited {run.rc}:\n"
-                              f"{run.tail()}")
+                faults.append(f"{where}: {before} (before the kill) exited {run.rc}:\n{run.tail()}")
         killed = d.run_stage(stage, kill)
         after = d.snapshot()
         if kill.on_move:
@@ -513,16 +591,21 @@ class Chaos:
             faults.append(f"{where}: exited {killed.rc} before the signal:\n{killed.tail()}")
         run = d.run_stage(stage)
         if run.rc != 0:
-            faults.append(f"{where}: the clean rerun exited {run.rc} "
-                          f"(left by the kill: {_brief(after)}):\n{run.tail()}")
+            faults.append(
+                f"{where}: the clean rerun exited {run.rc} "
+                f"(left by the kill: {_brief(after)}):\n{run.tail()}"
+            )
         if run.leaked:
             faults.append(f"{where}: processes outlived the clean rerun: {run.leaked}")
         problems = d.check()
         if problems:
-            faults.append(f"{where}: inconsistent after the clean rerun (left by the kill: "
-                          f"{_brief(after)}):\n  " + "\n  ".join(problems[:20]))
-        result = RoundResult(number, kill, killed, killed.landed, time.monotonic() - started,
-                             faults, after)
+            faults.append(
+                f"{where}: inconsistent after the clean rerun (left by the kill: "
+                f"{_brief(after)}):\n  " + "\n  ".join(problems[:20])
+            )
+        result = RoundResult(
+            number, kill, killed, killed.landed, time.monotonic() - started, faults, after
+        )
         self.results.append(result)
         return result
 
@@ -537,8 +620,10 @@ class Chaos:
             if run.rc != 0:
                 faults.append(f"seed {self.d.seed} final {stage} exited {run.rc}:\n{run.tail()}")
         faults += [f"seed {self.d.seed} final check: {p}" for p in self.d.check()]
-        faults += [f"seed {self.d.seed} final accounting: {p}"
-                   for p in final_accounting(self.d.data_dir, images_dir, site.requests)]
+        faults += [
+            f"seed {self.d.seed} final accounting: {p}"
+            for p in final_accounting(self.d.data_dir, images_dir, site.requests)
+        ]
         return faults
 
     def table(self) -> str:
@@ -553,23 +638,34 @@ class Chaos:
                 cells.append(f"{sum(r.landed for r in mine)}/{len(mine)}".rjust(12))
             lines.append(f"  {s:<8}" + "".join(cells))
         moving = [r for r in self.results if r.kill.on_move]
-        lines.append(f"  kills waiting for a move in flight: {len(moving)}, of which "
-                     f"{sum(r.killed.at_move for r in moving)} hit one")
-        stops = [r.killed.stop_seconds for r in self.results
-                 if r.kill.signal != "SIGKILL" and r.killed.stop_seconds is not None]
+        lines.append(
+            f"  kills waiting for a move in flight: {len(moving)}, of which "
+            f"{sum(r.killed.at_move for r in moving)} hit one"
+        )
+        stops = [
+            r.killed.stop_seconds
+            for r in self.results
+            if r.kill.signal != "SIGKILL" and r.killed.stop_seconds is not None
+        ]
         if stops:
-            lines.append(f"  SIGINT/SIGTERM -> exit: median {sorted(stops)[len(stops) // 2]:.2f}s,"
-                         f" max {max(stops):.2f}s")
+            lines.append(
+                f"  SIGINT/SIGTERM -> exit: median {sorted(stops)[len(stops) // 2]:.2f}s,"
+                f" max {max(stops):.2f}s"
+            )
         secs = [r.seconds for r in self.results]
         if secs:
-            lines.append(f"  time per round: median {sorted(secs)[len(secs) // 2]:.1f}s, "
-                         f"max {max(secs):.1f}s, total {sum(secs):.0f}s")
+            lines.append(
+                f"  time per round: median {sorted(secs)[len(secs) // 2]:.1f}s, "
+                f"max {max(secs):.1f}s, total {sum(secs):.0f}s"
+            )
         bad = [r for r in self.results if r.faults]
         lines.append(f"  rounds with faults: {len(bad)}")
         return "\n".join(lines)
 
 
 def _brief(after: dict) -> str:
-    return (f"{len(after['pending_moves'])} pending moves "
-            f"{[(p['kind'], p['src'], p['dst']) for p in after['pending_moves'][:3]]}, "
-            f"{len(after['part_files'])} .part files, {after['running_runs']} runs 'running'")
+    return (
+        f"{len(after['pending_moves'])} pending moves "
+        f"{[(p['kind'], p['src'], p['dst']) for p in after['pending_moves'][:3]]}, "
+        f"{len(after['part_files'])} .part files, {after['running_runs']} runs 'running'"
+    )

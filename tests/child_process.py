@@ -40,12 +40,13 @@ def script_file(folder: Path, source: str) -> Path:
 def start_script(folder: Path, source: str, *args: str, **popen: Any) -> subprocess.Popen:
     """Start ``python <source written to folder> args...``; ``popen`` goes to subprocess.Popen
     (stdout=subprocess.PIPE, start_new_session=True to kill its process group, ...)."""
-    return subprocess.Popen([sys.executable, str(script_file(folder, source)), *args],
-                            env=child_env(), **popen)
+    return subprocess.Popen(
+        [sys.executable, str(script_file(folder, source)), *args], env=child_env(), **popen
+    )
 
 
-def run_script(folder: Path, source: str, *args: str,
-               **run: Any) -> subprocess.CompletedProcess:
+def run_script(folder: Path, source: str, *args: str, **run: Any) -> subprocess.CompletedProcess:
     """``start_script`` and wait for the end; ``run`` goes to subprocess.run (timeout=...)."""
-    return subprocess.run([sys.executable, str(script_file(folder, source)), *args],
-                          env=child_env(), **run)
+    return subprocess.run(
+        [sys.executable, str(script_file(folder, source)), *args], env=child_env(), **run
+    )

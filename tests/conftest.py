@@ -68,6 +68,7 @@ target = 3
 
     def store(self):
         from storage import Store
+
         return Store.from_config(self.config)
 
     @property
@@ -81,14 +82,17 @@ def run_cli(project):
     from pingo.cli import cli
 
     def run(*args: str, input: str | None = None):
-        return CliRunner().invoke(cli, ["--config", str(project.path), *args], input=input,
-                                  catch_exceptions=False)
+        return CliRunner().invoke(
+            cli, ["--config", str(project.path), *args], input=input, catch_exceptions=False
+        )
+
     return run
 
 
 def png_bytes(color=(200, 30, 30), size=(40, 40)) -> bytes:
     """A small real PNG; different colours give different bytes."""
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
     return buf.getvalue()
@@ -141,6 +145,7 @@ def redis_prefix():
     import uuid
 
     import redis
+
     server = redis.Redis.from_url(REDIS_URL)
     try:
         server.ping()
@@ -163,6 +168,7 @@ def spec():
 
     from crawler.browser import BrowserSpec
     from crawler.errors import BrowserError
+
     try:
         return BrowserSpec.from_settings(Settings({"SELENIUM_PAGE_LOAD_TIMEOUT": 10}))
     except BrowserError as exc:
@@ -191,10 +197,18 @@ def chromium():
     profile = tempfile.mkdtemp(prefix="pingo-test-chrome-")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--window-size=1200,2000",
-                f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1200,2000",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
@@ -216,9 +230,11 @@ def wait_for(condition, what: str, seconds: float = 90) -> None:
 @pytest.fixture(scope="session")
 def trained_template(tmp_path_factory):
     """One real training run per session: a project whose v0001 is trained and promoted."""
-    from storage import Store
     from train_helpers import CONFIG, fill
+
+    from storage import Store
     from trainer.run import train
+
     root = tmp_path_factory.mktemp("trained-template")
     (root / "pingo.toml").write_text(CONFIG, encoding="utf-8")
     config = load_config(root / "pingo.toml")
@@ -233,6 +249,7 @@ def trained_template(tmp_path_factory):
 def trained(trained_template, tmp_path):
     """A fresh copy of the trained template for one test (a train_helpers.Trained)."""
     from train_helpers import Trained
+
     root, _ = trained_template
     shutil.copytree(root, tmp_path / "project")
     return Trained(tmp_path / "project")

@@ -88,18 +88,26 @@ def assert_consistent(store) -> None:
     """Every row has exactly one file at its path, under its status's folder; no other image
     files exist; no move is left pending."""
     from storage.files import STATUS_DIRS
+
     rows = list(store.iter_images())
-    on_disk = {p.relative_to(store.data_dir).as_posix()
-               for d in STATUS_DIRS.values()
-               for p in (store.data_dir / d).rglob("*") if p.is_file()}
+    on_disk = {
+        p.relative_to(store.data_dir).as_posix()
+        for d in STATUS_DIRS.values()
+        for p in (store.data_dir / d).rglob("*")
+        if p.is_file()
+    }
     paths = [r["path"] for r in rows]
     assert len(set(paths)) == len(paths)
-    assert set(paths) == on_disk, (set(paths) ^ on_disk)
+    assert set(paths) == on_disk, set(paths) ^ on_disk
     for r in rows:
-        assert r["path"].startswith(STATUS_DIRS[r["status"]] + "/"), (r["id"], r["status"],
-                                                                      r["path"])
+        assert r["path"].startswith(STATUS_DIRS[r["status"]] + "/"), (
+            r["id"],
+            r["status"],
+            r["path"],
+        )
     from sqlalchemy import func, select
 
     from storage.schema import pending_moves
+
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(pending_moves)).scalar() == 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from chaos_driver import SUBSET, Chaos, Driver, prepare_images
 
 pytestmark = pytest.mark.browser
@@ -35,22 +34,33 @@ def test_chaos_rounds_lose_nothing_and_never_wedge(tmp_path, photos):
     classes = sorted(p.name for p in photos.iterdir() if p.is_dir())
     # The whole request log: the final accounting reads every path the site served.
     with make_server(photos, request_log=1_000_000).start() as site:
-        driver = Driver(tmp_path / "project", site.url, classes, seed=seed, grace=20.0,
-                        stage_timeout=240.0, crawl_limit=2)
+        driver = Driver(
+            tmp_path / "project",
+            site.url,
+            classes,
+            seed=seed,
+            grace=20.0,
+            stage_timeout=240.0,
+            crawl_limit=2,
+        )
         chaos = Chaos(driver)
         faults = chaos.warm_up()
         assert not faults, "\n".join(faults)
         for number, (stage, signame) in enumerate(chaos.schedule(ROUNDS), 1):
             result = chaos.round(number, stage, signame)
-            print(f"round {number}: {result.kill.describe()} "
-                  f"({'landed' if result.landed else 'missed'}), {result.seconds:.1f}s")
+            print(
+                f"round {number}: {result.kill.describe()} "
+                f"({'landed' if result.landed else 'missed'}), {result.seconds:.1f}s"
+            )
             faults += result.faults
         faults += chaos.finish(photos, site.site)
     print(chaos.table())
     assert not faults, f"seed {seed}:\n" + "\n\n".join(faults)
     landed = [r for r in chaos.results if r.landed]
-    assert len(landed) >= ROUNDS // 2, f"seed {seed}: only {len(landed)} of {ROUNDS} kills " \
+    assert len(landed) >= ROUNDS // 2, (
+        f"seed {seed}: only {len(landed)} of {ROUNDS} kills "
         "landed while the stage ran; the plan's timing is off"
+    )
 
 
 @pytest.mark.parametrize("to", ["group", "cli"])
@@ -62,11 +72,14 @@ def test_sigterm_stops_the_whole_crawl_before_the_cli_exits(tmp_path, photos, to
 
     from chaos_driver import crawl_then_signal
 
-    _, at_exit, after, left, _ = crawl_then_signal(tmp_path / "project", photos,
-                                                   signal.SIGTERM, to=to)
+    _, at_exit, after, left, _ = crawl_then_signal(
+        tmp_path / "project", photos, signal.SIGTERM, to=to
+    )
     assert left == [], f"SIGTERM to the {to}: alive 10 s after the CLI exited: {left}"
-    assert after == at_exit, (f"SIGTERM to the {to}: {after - at_exit} images stored after "
-                              "the CLI exited (and released the job lock)")
+    assert after == at_exit, (
+        f"SIGTERM to the {to}: {after - at_exit} images stored after "
+        "the CLI exited (and released the job lock)"
+    )
 
 
 def test_ctrl_c_right_after_a_rename_leaves_the_row_with_its_file(tmp_path, monkeypatch):
@@ -76,15 +89,15 @@ def test_ctrl_c_right_after_a_rename_leaves_the_row_with_its_file(tmp_path, monk
     its new folder without a row, and no repair could tell (the image was lost)."""
     import signal
 
-    import storage.files as files
     from conftest import png_bytes
+
+    import storage.files as files
     from storage import Store
     from storage.check import check_storage
 
     data = tmp_path / "data"
     with Store.open(data) as store:
-        image_id = store.add_image(png_bytes((1, 2, 3)), keyword_class="cat", source="x",
-                                   ext="png")
+        image_id = store.add_image(png_bytes((1, 2, 3)), keyword_class="cat", source="x", ext="png")
         real = files.fsync_dir
 
         def fsync_then_ctrl_c(path):
@@ -112,27 +125,38 @@ def test_ctrl_c_while_the_crawl_starts_ends_it_promptly(tmp_path, photos):
     import time
 
     from chaos_driver import session_processes
+
     from crawler.demo_site import make_server
 
     problems = []
     with make_server(photos, request_log=1_000_000).start() as site:
         for i, extra in enumerate((0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)):
             driver = Driver(tmp_path / f"p{i}", site.url, ["one"], seed=0)
-            child = subprocess.Popen(driver.cli("crawl", "--limit", "2"), cwd=driver.root,
-                                     env=driver.env, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            child = subprocess.Popen(
+                driver.cli("crawl", "--limit", "2"),
+                cwd=driver.root,
+                env=driver.env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 deadline = time.monotonic() + 60
-                while (sum(n == "python" for _, n in session_processes(child.pid)) < 2
-                       and child.poll() is None and time.monotonic() < deadline):
+                while (
+                    sum(n == "python" for _, n in session_processes(child.pid)) < 2
+                    and child.poll() is None
+                    and time.monotonic() < deadline
+                ):
                     time.sleep(0.005)  # until the crawl process exists
                 time.sleep(extra)
                 os.killpg(child.pid, signal.SIGINT)
                 try:
                     child.wait(10)
                 except subprocess.TimeoutExpired:
-                    problems.append(f"{extra}s after the crawl process started: still running "
-                                    f"10 s after SIGINT: {session_processes(child.pid)}")
+                    problems.append(
+                        f"{extra}s after the crawl process started: still running "
+                        f"10 s after SIGINT: {session_processes(child.pid)}"
+                    )
                 time.sleep(0.5)
                 left = session_processes(child.pid) if child.poll() is not None else []
                 if left:

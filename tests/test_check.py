@@ -9,19 +9,24 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from conftest import png_bytes, storage_toml
 from sqlalchemy import insert, select, update
 
-from conftest import png_bytes, storage_toml
 from storage.files import HOST
 from storage.schema import images, pending_moves
 
 
 def add(store, color, status="accepted", label="cat", reason=None) -> int:
-    image_id = store.add_image(png_bytes(color), keyword_class=label or "cat", source="test",
-                               ext="png", source_url=f"http://example.test/{color}.png")
+    image_id = store.add_image(
+        png_bytes(color),
+        keyword_class=label or "cat",
+        source="test",
+        ext="png",
+        source_url=f"http://example.test/{color}.png",
+    )
     if status == "accepted" or status == "review":
         store.move(image_id, status, label=label, label_source="human")
     elif status == "rejected":
@@ -33,9 +38,12 @@ def add(store, color, status="accepted", label="cat", reason=None) -> int:
 def filled(project):
     """Four images: two accepted cats, one dog in review, one rejected duplicate."""
     with project.store() as store:
-        ids = [add(store, (10, 0, 0)), add(store, (20, 0, 0)),
-               add(store, (0, 30, 0), "review", "dog"),
-               add(store, (0, 0, 40), "rejected", None, "duplicate")]
+        ids = [
+            add(store, (10, 0, 0)),
+            add(store, (20, 0, 0)),
+            add(store, (0, 30, 0), "review", "dog"),
+            add(store, (0, 0, 40), "rejected", None, "duplicate"),
+        ]
     return ids
 
 
@@ -54,8 +62,12 @@ def row(project, image_id):
 
 
 def dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(proc.stdout)
 
 
@@ -75,7 +87,9 @@ def test_row_whose_file_is_nowhere_becomes_rejected_file_missing(project, run_cl
     (item,) = report["problems"][1]["items"]
     assert item["image_id"] == filled[0] and item["path"] == cat["path"]
     human = run_cli("check")
-    assert human.exit_code == 1 and "missing_file: 1" in human.stdout and cat["path"] in human.stdout
+    assert (
+        human.exit_code == 1 and "missing_file: 1" in human.stdout and cat["path"] in human.stdout
+    )
 
     code, report = check(run_cli, "--repair")
     assert code == 0 and report["sound"] and report["repaired"] == {"missing_file": 1}
@@ -106,7 +120,7 @@ def test_file_without_a_row_is_reported_and_left_alone(project, run_cli, filled)
     assert code == 1 and kinds(report) == {"unknown_file": 1, "count_mismatch": 1}
     assert "dataset/cat/" in json.dumps(report) and "2 files" not in json.dumps(report)
     code, report = check(run_cli, "--repair")
-    assert code == 1 and report["repaired"] == {}      # nothing guessed
+    assert code == 1 and report["repaired"] == {}  # nothing guessed
     assert stranger.read_bytes() == png_bytes((1, 2, 3))
     assert [p["fixable"] for p in report["problems"]] == [False, False]
 
@@ -160,10 +174,17 @@ def test_pending_move_of_a_dead_process_is_finished(project, run_cli, filled):
     cat = row(project, filled[0])
     dst = "review/cat/" + cat["path"].rsplit("/", 1)[1]
     with project.store() as store, store.engine.begin() as conn:
-        conn.execute(insert(pending_moves).values(
-            image_id=filled[0], kind="move", src=cat["path"], dst=dst,
-            changes={"status": "review", "path": dst}, owner=f"{HOST}:{dead_pid()}",
-            created_at=datetime.now(timezone.utc).replace(tzinfo=None)))
+        conn.execute(
+            insert(pending_moves).values(
+                image_id=filled[0],
+                kind="move",
+                src=cat["path"],
+                dst=dst,
+                changes={"status": "review", "path": dst},
+                owner=f"{HOST}:{dead_pid()}",
+                created_at=datetime.now(UTC).replace(tzinfo=None),
+            )
+        )
     code, report = check(run_cli)
     assert code == 1 and kinds(report) == {"stale_pending_move": 1}
     code, report = check(run_cli, "--repair")
@@ -198,14 +219,14 @@ def test_pruned_row_is_sound_and_its_leftover_file_is_deleted(project, run_cli, 
     assert check(run_cli) == (0, {"sound": True, "problems": [], "repaired": {}})
 
 
-def test_near_duplicate_index_that_disagrees_with_kept_rows_is_rebuilt(project, run_cli,
-                                                                        filled):
+def test_near_duplicate_index_that_disagrees_with_kept_rows_is_rebuilt(project, run_cli, filled):
     from dataset_factory.dedupe import index_path
     from dataset_factory.index import NearDuplicateIndex
+
     path = index_path(project.data_dir, "phash", True)
     stale = NearDuplicateIndex("phash")
     stale.add(filled[0], 123, [1, 2])
-    stale.add(filled[3], 456)        # rejected: must not be in the index
+    stale.add(filled[3], 456)  # rejected: must not be in the index
     stale.save(path)
     code, report = check(run_cli)
     assert code == 1 and kinds(report) == {"index_mismatch": 1}
@@ -242,6 +263,7 @@ def test_current_must_name_a_loadable_model(project, run_cli, filled):
 @pytest.mark.slow
 def test_current_naming_a_good_model_is_sound(project, run_cli, filled):
     from factory_helpers import save_color_model
+
     with project.store() as store:
         version = save_color_model(store, classes=("bird", "cat", "dog"))
         (store.registry.path(version) / "metrics.json").write_text("{}")
@@ -250,6 +272,7 @@ def test_current_naming_a_good_model_is_sound(project, run_cli, filled):
 
 def test_busy_data_folder_exits_75(project, run_cli, filled):
     from scheduler.lock import JobLock
+
     with JobLock(project.data_dir).hold("factory"):
         result = run_cli("check")
     assert result.exit_code == 75 and "busy" in result.stderr
@@ -263,16 +286,21 @@ def test_check_on_postgresql(project, run_cli, pg_url):
     (project.data_dir / gone).unlink()
     (project.data_dir / "inbox" / "stray.png").write_bytes(b"x")
     code, report = check(run_cli)
-    assert code == 1 and kinds(report) == {"missing_file": 1, "unknown_file": 1,
-                                           "count_mismatch": 2}
+    assert code == 1 and kinds(report) == {
+        "missing_file": 1,
+        "unknown_file": 1,
+        "count_mismatch": 2,
+    }
     code, report = check(run_cli, "--repair")
     assert report["repaired"] == {"missing_file": 1}
     assert kinds(report) == {"unknown_file": 1, "count_mismatch": 1} and code == 1
     (project.data_dir / "inbox" / "stray.png").unlink()
     assert check(run_cli)[0] == 0
     with project.store() as store, store.engine.connect() as conn:
-        assert conn.execute(select(images.c.status).where(images.c.id == ids[0])).scalar() \
+        assert (
+            conn.execute(select(images.c.status).where(images.c.id == ids[0])).scalar()
             == "rejected"
+        )
 
 
 def test_kept_image_found_missing_also_leaves_the_index(project, run_cli, filled):
@@ -280,6 +308,7 @@ def test_kept_image_found_missing_also_leaves_the_index(project, run_cli, filled
     rebuilt without it, and only then is the folder called sound."""
     from dataset_factory.dedupe import index_path
     from dataset_factory.index import NearDuplicateIndex
+
     path = index_path(project.data_dir, "phash", True)
     index = NearDuplicateIndex("phash")
     for image_id in filled[:3]:
@@ -304,9 +333,9 @@ def test_lost_file_that_turns_up_again_is_never_deleted(project, run_cli, filled
     cat = row(project, filled[0])
     aside = project.root / "aside.png"
     os.replace(project.data_dir / cat["path"], aside)
-    assert check(run_cli, "--repair")[0] == 0        # now rejected, file_missing
+    assert check(run_cli, "--repair")[0] == 0  # now rejected, file_missing
     back = project.data_dir / cat["path"]
-    os.replace(aside, back)                           # the disk comes back
+    os.replace(aside, back)  # the disk comes back
     code, report = check(run_cli, "--repair")
     assert code == 1 and report["repaired"] == {}
     assert "lost file of image" in json.dumps(report) and back.is_file()

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-
 from conftest import png_bytes
+
 from pingo.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,9 +24,14 @@ def test_init_then_stats_lists_starter_classes_with_zero_counts(tmp_path, monkey
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)
     assert stats.pop("disk")["dataset"] == {"files": 0, "bytes": 0}
-    assert stats == {"classes": {name: {"accepted": 0, "review": 0, "target": 100}
-                                 for name in ("circle", "square", "triangle")},
-                     "inbox": 0, "rejected": {}}
+    assert stats == {
+        "classes": {
+            name: {"accepted": 0, "review": 0, "target": 100}
+            for name in ("circle", "square", "triangle")
+        },
+        "inbox": 0,
+        "rejected": {},
+    }
     text = runner.invoke(cli, ["stats"]).stdout
     assert "circle" in text and "0.0%" in text and "inbox: 0" in text
     again = runner.invoke(cli, ["init"])
@@ -51,8 +56,13 @@ def test_missing_config_exits_2_with_a_hint(tmp_path, monkeypatch):
 def test_real_console_script_exit_status(tmp_path):
     """The installed entry point, as a user runs it: bad config -> one line, status 2."""
     (tmp_path / "pingo.toml").write_text('[classes."a/b"]\n')
-    proc = subprocess.run([sys.executable, "-m", "pingo.cli", "stats"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pingo.cli", "stats"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("pingo: error: classes.a/b")
 
@@ -78,8 +88,7 @@ def test_import_copies_labelled_images_into_inbox(project, run_cli, tmp_path):
     for row in rows:
         assert row["status"] == "inbox" and row["source"] == "import"
         assert row["label_source"] == "human" and row["label"] == row["keyword_class"]
-        assert Path(row["source_url"]).read_bytes() == \
-            (project.data_dir / row["path"]).read_bytes()
+        assert Path(row["source_url"]).read_bytes() == (project.data_dir / row["path"]).read_bytes()
     # importing again adds nothing
     again = run_cli("import", str(src))
     assert "imported 0 images" in again.stdout and "2 already stored" in again.stdout
@@ -97,15 +106,38 @@ def test_import_refuses_a_folder_that_is_not_a_class(project, run_cli, tmp_path)
 
 def test_images_json_has_every_documented_field_and_filters(project, run_cli):
     with project.store() as store:
-        a = store.add_image(png_bytes((1, 1, 1)), keyword_class="cat", source="demo", ext="png",
-                            source_url="http://127.0.0.1/a.png")
+        a = store.add_image(
+            png_bytes((1, 1, 1)),
+            keyword_class="cat",
+            source="demo",
+            ext="png",
+            source_url="http://127.0.0.1/a.png",
+        )
         store.add_image(png_bytes((2, 2, 2)), keyword_class="dog", source="demo", ext="png")
         store.move(a, "accepted", label="cat", label_source="keyword")
     rows = [json.loads(line) for line in run_cli("images", "--json").stdout.splitlines()]
-    required = {"id", "sha256", "phash", "source_url", "page_url", "source", "query",
-                "keyword_class", "status", "reason", "label", "label_source", "confidence",
-                "model_version", "path", "duplicate_of", "width", "height", "bytes",
-                "created_at"}
+    required = {
+        "id",
+        "sha256",
+        "phash",
+        "source_url",
+        "page_url",
+        "source",
+        "query",
+        "keyword_class",
+        "status",
+        "reason",
+        "label",
+        "label_source",
+        "confidence",
+        "model_version",
+        "path",
+        "duplicate_of",
+        "width",
+        "height",
+        "bytes",
+        "created_at",
+    }
     assert all(required <= set(r) for r in rows) and len(rows) == 2
     accepted = run_cli("images", "--json", "--status", "accepted").stdout.splitlines()
     assert [json.loads(x)["id"] for x in accepted] == [a]

@@ -5,8 +5,16 @@ import re
 
 import pytest
 
-from core.config import (ClassConfig, Config, TrainConfig, check_safe_name, load_config, override,
-                          starter_config, write_starter_config)
+from core.config import (
+    ClassConfig,
+    Config,
+    TrainConfig,
+    check_safe_name,
+    load_config,
+    override,
+    starter_config,
+    write_starter_config,
+)
 from core.errors import ConfigError, UnsafeNameError
 from core.names import ARCHITECTURES, DEMO_CLASSES, HASH_METHODS
 
@@ -61,8 +69,13 @@ def test_init_refuses_to_overwrite(tmp_path):
 
 
 def test_class_keywords_default_to_name_and_confidence_override(tmp_path):
-    cfg = Config.from_mapping({"classes": {"cat": {"target": 3, "confidence": 0.5}, "dog": {}},
-                               "factory": {"confidence": 0.8}}, base_dir=tmp_path)
+    cfg = Config.from_mapping(
+        {
+            "classes": {"cat": {"target": 3, "confidence": 0.5}, "dog": {}},
+            "factory": {"confidence": 0.8},
+        },
+        base_dir=tmp_path,
+    )
     assert cfg.classes["dog"].keywords == ["dog"]
     assert cfg.classes["dog"].target == 1000
     assert cfg.confidence_for("cat") == 0.5
@@ -73,7 +86,8 @@ def test_class_keywords_default_to_name_and_confidence_override(tmp_path):
 def test_relative_paths_resolve_against_config_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "p.toml").write_text(
-        '[project]\ndata_dir = "d"\n[storage]\ndb_url = "sqlite:///x/meta.db"\n')
+        '[project]\ndata_dir = "d"\n[storage]\ndb_url = "sqlite:///x/meta.db"\n'
+    )
     cfg = load_config(tmp_path / "sub" / "p.toml")
     assert cfg.data_dir == (tmp_path / "sub" / "d").resolve()
     assert cfg.db_url == f"sqlite:///{(tmp_path / 'sub' / 'x' / 'meta.db').resolve()}"
@@ -84,25 +98,28 @@ def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
     assert cfg.factory.confidence == 1.0 and isinstance(cfg.factory.confidence, float)
 
 
-@pytest.mark.parametrize("data, key, allowed", [
-    ({"classes": {"cat": {"target": 0}}}, "classes.cat.target", ">= 1"),
-    ({"classes": {"cat": {"target": "many"}}}, "classes.cat.target", "an integer"),
-    ({"classes": {"cat": {"target": True}}}, "classes.cat.target", "an integer"),
-    ({"classes": {"cat": {"confidence": 1.5}}}, "classes.cat.confidence", "from 0 to 1"),
-    ({"classes": {"cat": {"colour": "red"}}}, "classes.cat.colour", "allowed keys"),
-    ({"classes": {"cat": {"keywords": "cat"}}}, "classes.cat.keywords", "a list of strings"),
-    ({"classes": {"cat": {"keywords": [""]}}}, "classes.cat.keywords", "non-empty"),
-    ({"factory": {"confidence": -0.1}}, "factory.confidence", "from 0 to 1"),
-    ({"factory": {"hash": "md5"}}, "factory.hash", "'phash'"),
-    ({"factory": {"max_distance": 65}}, "factory.max_distance", "from 0 to 64"),
-    ({"crawl": {"schedule": "every day"}}, "crawl.schedule", "cron"),
-    ({"crawl": {"demo_url": "ftp://x"}}, "crawl.demo_url", "http"),
-    ({"crawl": {"sources": []}}, "crawl.sources", "non-empty"),
-    ({"crawl": {"bogus": 1}}, "crawl.bogus", "unknown key"),
-    ({"train": {"image_size": 4}}, "train.image_size", "from 8"),
-    ({"nonsense": {}}, "[nonsense]", "allowed sections"),
-    ({"crawl": 3}, "crawl", "table"),
-])
+@pytest.mark.parametrize(
+    "data, key, allowed",
+    [
+        ({"classes": {"cat": {"target": 0}}}, "classes.cat.target", ">= 1"),
+        ({"classes": {"cat": {"target": "many"}}}, "classes.cat.target", "an integer"),
+        ({"classes": {"cat": {"target": True}}}, "classes.cat.target", "an integer"),
+        ({"classes": {"cat": {"confidence": 1.5}}}, "classes.cat.confidence", "from 0 to 1"),
+        ({"classes": {"cat": {"colour": "red"}}}, "classes.cat.colour", "allowed keys"),
+        ({"classes": {"cat": {"keywords": "cat"}}}, "classes.cat.keywords", "a list of strings"),
+        ({"classes": {"cat": {"keywords": [""]}}}, "classes.cat.keywords", "non-empty"),
+        ({"factory": {"confidence": -0.1}}, "factory.confidence", "from 0 to 1"),
+        ({"factory": {"hash": "md5"}}, "factory.hash", "'phash'"),
+        ({"factory": {"max_distance": 65}}, "factory.max_distance", "from 0 to 64"),
+        ({"crawl": {"schedule": "every day"}}, "crawl.schedule", "cron"),
+        ({"crawl": {"demo_url": "ftp://x"}}, "crawl.demo_url", "http"),
+        ({"crawl": {"sources": []}}, "crawl.sources", "non-empty"),
+        ({"crawl": {"bogus": 1}}, "crawl.bogus", "unknown key"),
+        ({"train": {"image_size": 4}}, "train.image_size", "from 8"),
+        ({"nonsense": {}}, "[nonsense]", "allowed sections"),
+        ({"crawl": 3}, "crawl", "table"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_key(tmp_path, data, key, allowed):
     with pytest.raises(ConfigError) as err:
         Config.from_mapping(data, base_dir=tmp_path)
@@ -110,8 +127,23 @@ def test_bad_values_are_refused_naming_the_key(tmp_path, data, key, allowed):
     assert allowed in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "..", "", "a\\b", "con", "x.",
-                                  "a..b", "x" * 65, " lead", "tab\tname"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "a/b",
+        ".hidden",
+        "..",
+        "",
+        "a\\b",
+        "con",
+        "x.",
+        "a..b",
+        "x" * 65,
+        " lead",
+        "tab\tname",
+    ],
+)
 def test_unsafe_class_names_are_refused(tmp_path, name):
     with pytest.raises(UnsafeNameError):
         Config.from_mapping({"classes": {name: {}}}, base_dir=tmp_path)
@@ -142,6 +174,7 @@ def test_every_architecture_and_hash_name_has_a_builder():
     """The names core.names lists (and the config accepts) are the builders' tables' keys."""
     from dataset_factory.hashing import METHODS
     from trainer.models import ARCHS
+
     assert set(ARCHS) == set(ARCHITECTURES)
     assert set(METHODS) == set(HASH_METHODS)
     assert TrainConfig().arch in ARCHITECTURES
@@ -152,11 +185,13 @@ def test_overrides_are_checked_like_the_config_file(tmp_path):
     assert override(train, {"epochs": 3, "learning_rate": 0}).epochs == 3
     assert isinstance(override(train, {"learning_rate": 0}).learning_rate, float)
     assert override(train, {}) == train
-    for values, message in [({"epochs": "3"}, "train.epochs: got '3'; allowed is an integer"),
-                            ({"epochs": True}, "allowed is an integer"),
-                            ({"arch": "vgg"}, "train.arch: got 'vgg'; allowed is one of"),
-                            ({"image_size": 4}, "allowed is a number from 8 to 1024"),
-                            ({"bogus": 1}, "train.bogus: unknown key; allowed keys are")]:
+    for values, message in [
+        ({"epochs": "3"}, "train.epochs: got '3'; allowed is an integer"),
+        ({"epochs": True}, "allowed is an integer"),
+        ({"arch": "vgg"}, "train.arch: got 'vgg'; allowed is one of"),
+        ({"image_size": 4}, "allowed is a number from 8 to 1024"),
+        ({"bogus": 1}, "train.bogus: unknown key; allowed keys are"),
+    ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             override(train, values)
         file = tmp_path / "p.toml"

@@ -12,14 +12,19 @@ import time
 from collections import Counter
 
 import pytest
+from crawler_fixtures.helpers import (
+    assert_inbox_consistent,
+    browser_pids_under,
+    crawl_toml,
+    inbox_rows,
+    kill_all,
+)
 
+from core.errors import UnknownSourceError
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import FAULTS, make_server
-from core.errors import UnknownSourceError
 from crawler.errors import UnknownCrawlClassError
 from crawler.run import crawl
-from crawler_fixtures.helpers import (assert_inbox_consistent, browser_pids_under,
-                                      crawl_toml, inbox_rows, kill_all)
 
 pytestmark = pytest.mark.browser
 
@@ -39,6 +44,7 @@ def site(images):
 
 def test_crawls_only_classes_below_target_each_about_what_it_lacks(project, site, images):
     from conftest import png_bytes
+
     project.write(crawl_toml(site.url, {"circle": 30, "square": 2, "triangle": 4}))
     with project.store() as store:  # square is at target; triangle has 1 waiting in the inbox
         for i in range(2):
@@ -59,8 +65,9 @@ def test_crawls_only_classes_below_target_each_about_what_it_lacks(project, site
     # Original bytes, unchanged, with where they came from.
     for r in crawled:
         name = r["source_url"].rsplit("/", 1)[-1]
-        assert (project.data_dir / r["path"]).read_bytes() == \
-            (images / r["keyword_class"] / name).read_bytes()
+        assert (project.data_dir / r["path"]).read_bytes() == (
+            images / r["keyword_class"] / name
+        ).read_bytes()
         assert r["query"] == r["keyword_class"] and r["page_url"] and r["width"] == 32
     # Results 13+ exist only after the page was scrolled.
     assert summary.stats["selenium/scrolls"] >= 1
@@ -85,12 +92,20 @@ def test_more_wanted_later_takes_new_urls_only(project, site):
 
 def test_broken_images_end_as_counted_refusals(project, images):
     def toml(target: int, **retry) -> str:
-        return crawl_toml(broken.url, {"circle": target}, download_timeout=2.0, retries=0,
-                          max_image_bytes=1_000_000, min_image_side=16, **retry)
+        return crawl_toml(
+            broken.url,
+            {"circle": target},
+            download_timeout=2.0,
+            retries=0,
+            max_image_bytes=1_000_000,
+            min_image_side=16,
+            **retry,
+        )
 
     def fetches() -> Counter:
-        return Counter(p.rsplit("/", 1)[-1] for p in broken.site.requests
-                       if p.startswith("/fault/"))
+        return Counter(
+            p.rsplit("/", 1)[-1] for p in broken.site.requests if p.startswith("/fault/")
+        )
 
     with make_server(images, faults=True).start() as broken:
         project.write(toml(6))
@@ -129,7 +144,8 @@ def test_identical_bytes_are_counted_as_duplicates(project, tmp_path, images):
         (folder / "square" / f"s{i}.png").write_bytes(data)
     for i in range(3):
         (folder / "square" / f"z{i}.png").write_bytes(
-            (images / "square" / f"square_{i:03d}.png").read_bytes())
+            (images / "square" / f"square_{i:03d}.png").read_bytes()
+        )
     with make_server(folder).start() as server:
         project.write(crawl_toml(server.url, {"circle": 4, "square": 3}, max_drivers=1))
         summary = crawl(project.config, classes=["circle"])
@@ -169,7 +185,10 @@ def test_sigkill_mid_crawl_then_the_next_crawl_carries_on(project, images):
         project.write(crawl_toml(slow.url, {"circle": 30}, concurrency=2, max_drivers=1))
         child = subprocess.Popen(
             [sys.executable, "-m", "pingo.cli", "--config", str(project.path), "-q", "crawl"],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and child.poll() is None:
@@ -189,13 +208,16 @@ def test_sigkill_mid_crawl_then_the_next_crawl_carries_on(project, images):
 
 
 def test_a_source_that_finds_nothing_is_reported_loudly(project, site):
-    project.write(crawl_toml(site.url, {"circle": 3}, sources=["broken", "demo"]) + '''
+    project.write(
+        crawl_toml(site.url, {"circle": 3}, sources=["broken", "demo"])
+        + """
 [crawl.profiles.broken]
 search_url = "{demo_url}/search?q={query}"
 result_css = "a.no-such-result"
 wait_css = "#results"
 scroll = false
-''')
+"""
+    )
     summary = crawl(project.config)
     assert summary.empty_sources == ["broken"]
     assert "WARNING: source 'broken' found no results for any keyword" in summary.format()
@@ -228,8 +250,10 @@ def saved_engine_pages(site):
 
     from crawler_fixtures.helpers import saved_page
 
-    pages = {"/images/search": saved_page("bing_results.html", site.url),
-             "/search.naver": saved_page("naver_results.html", site.url)}
+    pages = {
+        "/images/search": saved_page("bing_results.html", site.url),
+        "/search.naver": saved_page("naver_results.html", site.url),
+    }
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -254,18 +278,22 @@ def saved_engine_pages(site):
 
 def test_bing_and_naver_profiles_crawl_their_saved_pages(project, site, saved_engine_pages):
     engine = saved_engine_pages
-    project.write(crawl_toml(site.url, {"circle": 7}, sources=["bing", "naver"]) + f'''
+    project.write(
+        crawl_toml(site.url, {"circle": 7}, sources=["bing", "naver"])
+        + f'''
 [crawl.profiles.bing]          # only the host changes: markup rules are the built-in ones
 search_url = "{engine}/images/search?q={{query}}&form=HDRSC2&first=1"
 
 [crawl.profiles.naver]
 search_url = "{engine}/search.naver?where=image&query={{query}}"
-''')
+'''
+    )
     summary = crawl(project.config)
     assert summary.sources["bing"]["results"] == 4 and summary.sources["naver"]["results"] == 3
     assert summary.classes["circle"].downloaded == 7
     rows = assert_inbox_consistent(project)
     assert sorted((r["source"], r["source_url"].rsplit("/", 1)[-1]) for r in rows) == sorted(
         [("bing", f"circle_00{i}.png") for i in range(4)]
-        + [("naver", f"square_00{i}.png") for i in range(3)])
+        + [("naver", f"square_00{i}.png") for i in range(3)]
+    )
     assert all(r["page_url"].startswith(site.url + "/page/") for r in rows if r["source"] == "bing")

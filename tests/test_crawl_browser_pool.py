@@ -33,18 +33,30 @@ def make_pool(spec, **kw):
 def test_scrolls_until_enough_results_then_recycles_and_quits(site, spec):
     pool, counts = make_pool(spec, size=1, pages_per_browser=2)
     try:
-        job = RenderJob(f"{site.url}/search?q=circle", wait_until="#results a.result",
-                        scroll=Scroll("#results a.result", want=30, pause=2.0))
+        job = RenderJob(
+            f"{site.url}/search?q=circle",
+            wait_until="#results a.result",
+            scroll=Scroll("#results a.result", want=30, pause=2.0),
+        )
         first = pool.render_blocking(job)
         assert first.status == 200 and first.scroll_count >= 30 and first.scrolls >= 2
         assert first.body.count(b'class="result"') == first.scroll_count
         # Everything there is: scrolling stops when it adds nothing.
-        everything = pool.render_blocking(RenderJob(
-            f"{site.url}/search?q=square", wait_until="#results a.result",
-            scroll=Scroll("#results a.result", want=1000, pause=1.0)))
+        everything = pool.render_blocking(
+            RenderJob(
+                f"{site.url}/search?q=square",
+                wait_until="#results a.result",
+                scroll=Scroll("#results a.result", want=1000, pause=1.0),
+            )
+        )
         assert everything.scroll_count == 40
-        shot = pool.render_blocking(RenderJob(f"{site.url}/search?q=triangle", screenshot=True,
-                                              script="document.title = 'changed by script'"))
+        shot = pool.render_blocking(
+            RenderJob(
+                f"{site.url}/search?q=triangle",
+                screenshot=True,
+                script="document.title = 'changed by script'",
+            )
+        )
         assert shot.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and b"changed by script" in shot.body
         assert counts["selenium/page_count"] == 3
         assert counts["selenium/browser_recycled"] == 1 and counts["selenium/browser_started"] == 2
@@ -70,8 +82,9 @@ def test_a_killed_browser_is_replaced_and_the_page_retried(site, spec):
         for pid in process_tree(browser.driver_pid):
             if pid != browser.driver_pid:
                 os.kill(pid, signal.SIGKILL)  # the browser dies, chromedriver lives on
-        again = pool.render_blocking(RenderJob(f"{site.url}/search?q=square",
-                                               wait_until="#results a.result"))
+        again = pool.render_blocking(
+            RenderJob(f"{site.url}/search?q=square", wait_until="#results a.result")
+        )
         assert again.status == 200 and b'class="result"' in again.body
         assert counts["selenium/browser_crashed"] == 1 and again.attempts == 2
         assert browser not in pool._all
@@ -90,6 +103,7 @@ def test_a_browser_that_cannot_start_fails_the_render_with_a_stat(site):
 
 def test_a_hung_render_is_killed_by_the_watchdog_and_then_fails(images_for_hang, spec):
     import threading
+
     with make_server(images_for_hang, page_delay=6.0).start() as stuck:
         pool, counts = make_pool(spec, size=1, retries=1, deadline=2.0)
         stop = threading.Event()

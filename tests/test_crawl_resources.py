@@ -30,8 +30,13 @@ def browser_processes(root: int) -> list[int]:
 def test_a_browser_whose_set_up_fails_is_not_left_running(spec, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's profile folders
     before = browser_processes(os.getpid())
-    endless = BrowserSpec(spec.driver_name, spec.driver_executable_path, spec.driver_arguments,
-                          spec.browser_executable_path, page_load_timeout=float("inf"))
+    endless = BrowserSpec(
+        spec.driver_name,
+        spec.driver_executable_path,
+        spec.driver_arguments,
+        spec.browser_executable_path,
+        page_load_timeout=float("inf"),
+    )
     with pytest.raises(BrowserError, match="page load timeout"):
         Browser.start(endless)  # the driver starts; setting an infinite timeout raises
     assert browser_processes(os.getpid()) == before
@@ -39,6 +44,7 @@ def test_a_browser_whose_set_up_fails_is_not_left_running(spec, tmp_path, monkey
 
 
 # ---- image checks that would never end -------------------------------------------------------
+
 
 def scan_bomb(side: int = 4000, repeats: int = 3000) -> bytes:
     """A small progressive JPEG with thousands of scans, each re-read over the whole image:
@@ -53,20 +59,23 @@ def scan_bomb(side: int = 4000, repeats: int = 3000) -> bytes:
     data = buf.getvalue()
     scans, i = [], 2
     while data[i + 1] != 0xD9:  # walk the markers up to EOI
-        end = i + 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        end = i + 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
         if data[i + 1] == 0xDA:  # a scan: its entropy-coded data runs to the next marker
-            while not (data[end] == 0xFF and data[end + 1] != 0 and not 0xD0 <= data[end + 1] <= 0xD7):
+            while not (
+                data[end] == 0xFF and data[end + 1] != 0 and not 0xD0 <= data[end + 1] <= 0xD7
+            ):
                 end += 1
             scans.append((i, end))
         i = end
     ac = next((s, e) for s, e in scans if data[s + 5 + 2 * data[s + 4]] > 0)  # Ss > 0: an AC scan
-    return data[:i] + data[ac[0]:ac[1]] * repeats + data[i:]
+    return data[:i] + data[ac[0] : ac[1]] * repeats + data[i:]
 
 
 def test_a_body_that_decodes_for_too_long_is_refused_within_the_time_limit():
     import time
 
     from conftest import png_bytes
+
     from crawler.imagecheck import ImageChecker
 
     checker = ImageChecker(min_side=16, max_pixels=40_000_000, timeout=1.0)
@@ -88,13 +97,14 @@ def test_a_body_that_decodes_for_too_long_is_refused_within_the_time_limit():
 
 def test_a_stop_signal_to_the_crawls_group_does_not_kill_a_check_in_progress():
     """Found by the chaos rounds: SIGTERM to `pingo crawl`'s group killed image-check
-    workers (just started, or mid-decode); the body was refused as not_image ("the decoder crashed") and its URL
-    never fetched again: a good photo lost for good."""
+    workers (just started, or mid-decode); the body was refused as not_image ("the decoder
+    crashed") and its URL never fetched again: a good photo lost for good."""
     import signal
     import threading
     import time
 
     from conftest import png_bytes
+
     from crawler.imagecheck import ImageChecker
 
     checker = ImageChecker(min_side=16, max_pixels=40_000_000, timeout=120.0)
@@ -104,8 +114,9 @@ def test_a_stop_signal_to_the_crawls_group_does_not_kill_a_check_in_progress():
         # a signal to the crawl's process group never reaches it, even while it starts
         assert os.getsid(worker.process.pid) != os.getsid(0)
         verdicts = []
-        slow = threading.Thread(target=lambda: verdicts.append(
-            checker.check(scan_bomb(repeats=400), "image/jpeg")))
+        slow = threading.Thread(
+            target=lambda: verdicts.append(checker.check(scan_bomb(repeats=400), "image/jpeg"))
+        )
         slow.start()
         time.sleep(0.3)  # the decode takes about a second
         worker.process.send_signal(signal.SIGTERM)
@@ -117,6 +128,7 @@ def test_a_stop_signal_to_the_crawls_group_does_not_kill_a_check_in_progress():
 
 # ---- browsers of a killed crawl --------------------------------------------------------------
 
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -126,23 +138,25 @@ def _cmdline(pid: int) -> str:
 
 def _alive(pids: dict[int, str]) -> list[int]:
     from crawler.browser import _start_time
+
     return [pid for pid, started in pids.items() if _start_time(pid) == started]
 
 
 @pytest.mark.browser
 def test_a_sigkilled_crawl_leaves_no_browser_running_and_the_next_crawl_removes_its_folders(
-        project, tmp_path, monkeypatch):
+    project, tmp_path, monkeypatch
+):
+    import shutil
     import signal
     import subprocess
     import sys
     import time
 
+    from crawler_fixtures.helpers import crawl_toml
+
     from crawler.demo_images import ensure_demo_images
     from crawler.demo_site import make_server
     from crawler.run import crawl
-    from crawler_fixtures.helpers import crawl_toml
-
-    import shutil
 
     # This test's browser folders, apart from other crawls'; a short path, as Chromium puts
     # a Unix socket (at most 107 bytes of path) under $TMPDIR.
@@ -154,7 +168,10 @@ def test_a_sigkilled_crawl_leaves_no_browser_running_and_the_next_crawl_removes_
         project.write(crawl_toml(slow.url, {"circle": 20}, concurrency=1, max_drivers=2))
         cli = subprocess.Popen(
             [sys.executable, "-m", "pingo.cli", "--config", str(project.path), "-q", "crawl"],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         browsers: dict[int, str] = {}
         try:
             deadline = time.monotonic() + 90
@@ -163,8 +180,9 @@ def test_a_sigkilled_crawl_leaves_no_browser_running_and_the_next_crawl_removes_
                 tree = process_tree(cli.pid)
                 crawler_pid = next((p for p in tree if "crawler.run" in _cmdline(p)), None)
                 if crawler_pid and any(p.startswith("/image/") for p in slow.site.requests):
-                    browsers = {p: s for p, s in process_tree(crawler_pid).items()
-                                if "chrom" in _cmdline(p)}
+                    browsers = {
+                        p: s for p, s in process_tree(crawler_pid).items() if "chrom" in _cmdline(p)
+                    }
                     if len(browsers) >= 4:  # both drivers and their browsers
                         break
                 time.sleep(0.1)
@@ -177,7 +195,8 @@ def test_a_sigkilled_crawl_leaves_no_browser_running_and_the_next_crawl_removes_
                 time.sleep(0.1)
             survivors = _alive(browsers)
             assert not survivors, "browser processes outlived their crawl: " + ", ".join(
-                _cmdline(p)[:80] for p in survivors)
+                _cmdline(p)[:80] for p in survivors
+            )
             assert all(f.exists() for f in folders)  # the kernel cannot remove those
         finally:
             for pid in _alive(browsers):

@@ -11,14 +11,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from conftest import REDIS_URL
 
+from core.config import Config, check_safe_name
+from core.errors import UnsafeNameError
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import DemoSite, make_server
 from crawler.errors import CrawlError
-from core.config import Config, check_safe_name
-from core.errors import UnsafeNameError
-
-from conftest import REDIS_URL
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +27,7 @@ def images(tmp_path_factory):
 
 # ---- names and secrets ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["cat\n", "cat\r\n", "cat\n\n"])
 def test_a_class_name_with_a_trailing_newline_is_refused(tmp_path, name):
     with pytest.raises(UnsafeNameError):
@@ -36,10 +36,12 @@ def test_a_class_name_with_a_trailing_newline_is_refused(tmp_path, name):
         Config.from_mapping({"classes": {name: {}}}, base_dir=tmp_path)
 
 
-@pytest.mark.parametrize("url", ["redis://:s3cr3t-pw@127.0.0.1:1/0",
-                                 "redis://pingo:s3cr3t-pw@127.0.0.1:1/0"])
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cr3t-pw@127.0.0.1:1/0", "redis://pingo:s3cr3t-pw@127.0.0.1:1/0"]
+)
 def test_an_unreachable_redis_is_named_without_its_password(url):
     from crawler.frontier import check_redis
+
     with pytest.raises(CrawlError) as err:  # nothing listens on port 1: refused at once
         check_redis(url)
     assert "s3cr3t-pw" not in str(err.value)
@@ -47,6 +49,7 @@ def test_an_unreachable_redis_is_named_without_its_password(url):
 
 
 # ---- the demo site ------------------------------------------------------------------------------
+
 
 class _Scripts(html.parser.HTMLParser):
     def __init__(self):
@@ -77,7 +80,7 @@ def test_the_demo_page_keeps_a_hostile_query_inside_its_script(images):
     parser.feed(page)
     assert len(parser.scripts) == 1, "the query broke out of the page's script"
     line = next(s for s in parser.scripts[0].splitlines() if s.startswith("const query = "))
-    assert json.loads(line[len("const query = "):].rstrip(";")) == query  # still the query
+    assert json.loads(line[len("const query = ") :].rstrip(";")) == query  # still the query
 
 
 def test_the_demo_request_log_keeps_only_the_newest_requests(images):
@@ -89,6 +92,7 @@ def test_the_demo_request_log_keeps_only_the_newest_requests(images):
 
 
 # ---- the shared queue in Redis ---------------------------------------------------------------
+
 
 class _Planted:
     """Unpickling this creates ``marker``: what an attacker's payload would do instead."""
@@ -107,9 +111,14 @@ def shared_scheduler(redis_prefix, tmp_path):
     from crawler.redis_scheduler import SharedScheduler
     from crawler.shared_spider import SharedImageSearchSpider
 
-    crawler = get_crawler(SharedImageSearchSpider, {
-        "REDIS_URL": REDIS_URL, "PINGO_REDIS_PREFIX": redis_prefix,
-        "PINGO_DATA_DIR": str(tmp_path)})
+    crawler = get_crawler(
+        SharedImageSearchSpider,
+        {
+            "REDIS_URL": REDIS_URL,
+            "PINGO_REDIS_PREFIX": redis_prefix,
+            "PINGO_DATA_DIR": str(tmp_path),
+        },
+    )
     spider = SharedImageSearchSpider.from_crawler(crawler, plan=[], sources=[])
     crawler.spider = spider
     scheduler = SharedScheduler.from_crawler(crawler)
@@ -128,13 +137,19 @@ def test_a_pickle_planted_in_the_shared_queue_is_not_run(shared_scheduler, tmp_p
     marker = tmp_path / "pwned"
     spider = shared_scheduler.spider
     shared_scheduler.frontier.push(pickle.dumps(_Planted(marker)), -1000)  # first in line
-    sent = SeleniumRequest("http://127.0.0.1:1/search?q=cat", callback=spider.parse_results,
-                           errback=spider.results_failed, dont_filter=True, wait_time=10,
-                           wait_until="a.result", scroll=Scroll("a.result", 40, 5, 0.5),
-                           cb_kwargs={"class_name": "cat", "source_name": "demo",
-                                      "keyword": "cat", "want": 40},
-                           headers={"X-Bin": b"\xff\x00"}, body=b"\x80\x04binary",
-                           meta={"pingo_item": {"a": 1}, "pair": (1, "b"), "$odd": b"\x01"})
+    sent = SeleniumRequest(
+        "http://127.0.0.1:1/search?q=cat",
+        callback=spider.parse_results,
+        errback=spider.results_failed,
+        dont_filter=True,
+        wait_time=10,
+        wait_until="a.result",
+        scroll=Scroll("a.result", 40, 5, 0.5),
+        cb_kwargs={"class_name": "cat", "source_name": "demo", "keyword": "cat", "want": 40},
+        headers={"X-Bin": b"\xff\x00"},
+        body=b"\x80\x04binary",
+        meta={"pingo_item": {"a": 1}, "pair": (1, "b"), "$odd": b"\x01"},
+    )
     assert shared_scheduler.enqueue_request(sent)
     with caplog.at_level("ERROR", logger="crawler.redis_scheduler"):
         assert shared_scheduler.next_request() is None  # the planted entry: dropped
@@ -146,8 +161,14 @@ def test_a_pickle_planted_in_the_shared_queue_is_not_run(shared_scheduler, tmp_p
     raw = shared_scheduler.server.hvals(shared_scheduler.frontier.inflight_key)
     assert raw and all(r.startswith(b"{") for r in raw)
     assert type(got) is SeleniumRequest
-    assert (got.url, got.wait_until, got.scroll, got.cb_kwargs, got.dont_filter, got.body) == \
-        (sent.url, "a.result", Scroll("a.result", 40, 5, 0.5), sent.cb_kwargs, True, sent.body)
+    assert (got.url, got.wait_until, got.scroll, got.cb_kwargs, got.dont_filter, got.body) == (
+        sent.url,
+        "a.result",
+        Scroll("a.result", 40, 5, 0.5),
+        sent.cb_kwargs,
+        True,
+        sent.body,
+    )
     assert got.headers.getlist("X-Bin") == [b"\xff\x00"]
     assert got.meta["pair"] == (1, "b") and got.meta["$odd"] == b"\x01"
     assert got.callback == spider.parse_results and got.errback == spider.results_failed
@@ -155,6 +176,7 @@ def test_a_pickle_planted_in_the_shared_queue_is_not_run(shared_scheduler, tmp_p
 
 def test_the_queue_codec_refuses_request_classes_pingo_does_not_queue():
     from crawler import queue_codec
+
     entry = queue_codec.dumps({"url": "http://x/", "_class": "subprocess.Popen"})
     with pytest.raises(queue_codec.UndecodableRequest, match="not one pingo queues"):
         queue_codec.loads(entry)
@@ -164,8 +186,10 @@ def test_the_queue_codec_refuses_request_classes_pingo_does_not_queue():
 
 # ---- remote bytes and Ghostscript -------------------------------------------------------------
 
-EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
-       b"newpath 0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n")
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
+    b"newpath 0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+)
 
 
 @pytest.fixture
@@ -194,11 +218,13 @@ def test_an_eps_body_never_reaches_ghostscript_and_is_not_an_image(fake_ghostscr
 
 
 @pytest.mark.browser
-def test_a_crawl_refuses_eps_and_decode_bombs_as_not_images(project, tmp_path, images,
-                                                            fake_ghostscript):
-    from crawler.run import crawl
+def test_a_crawl_refuses_eps_and_decode_bombs_as_not_images(
+    project, tmp_path, images, fake_ghostscript
+):
     from crawler_fixtures.helpers import assert_inbox_consistent, crawl_toml
     from test_crawl_resources import scan_bomb
+
+    from crawler.run import crawl
 
     folder = tmp_path / "hostile" / "circle"
     folder.mkdir(parents=True)
@@ -220,17 +246,34 @@ def test_a_crawl_refuses_eps_and_decode_bombs_as_not_images(project, tmp_path, i
 
 # ---- private addresses ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "169.254.169.254", "10.0.0.1",
-                                  "192.168.1.1", "172.16.0.1", "100.64.0.1", "0.0.0.0",
-                                  "::1", "::ffff:127.0.0.1", "fe80::1", "fd00::1"])
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "127.0.0.1",
+        "169.254.169.254",
+        "10.0.0.1",
+        "192.168.1.1",
+        "172.16.0.1",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "::ffff:127.0.0.1",
+        "fe80::1",
+        "fd00::1",
+    ],
+)
 def test_loopback_link_local_and_private_addresses_are_not_public(host):
     from crawler.netguard import is_public, resolve
+
     addresses = resolve(host, 80)  # literals: no DNS, no connection
     assert addresses and not any(is_public(a) for a in addresses)
 
 
 def test_public_addresses_and_demo_origins():
     from crawler.netguard import is_public, origin, resolve
+
     assert is_public("93.184.216.34") and is_public("2606:2800:220:1:248:1893:25c8:1946")
     assert resolve("93.184.216.34", 80) == ["93.184.216.34"]  # a literal: nothing sent
     assert origin("http://LocalHost:8765/x") == ("localhost", 8765)
@@ -274,8 +317,9 @@ class _Server:
 
 def _recorder(files: dict[str, bytes]) -> _Server:
     """Serves the given files (404 otherwise) and records every request."""
-    return _Server(lambda path: (200 if path in files else 404, "image/png",
-                                 files.get(path, b"no")))
+    return _Server(
+        lambda path: (200 if path in files else 404, "image/png", files.get(path, b"no"))
+    )
 
 
 def _engine(links: dict[str, list[str]]) -> _Server:
@@ -287,20 +331,30 @@ def _engine(links: dict[str, list[str]]) -> _Server:
         query = parse_qs(urlsplit(path).query).get("q", [""])[0]
         anchors = "".join(
             f"<a class='iusc' m='{html_lib.escape(json.dumps({'murl': u}))}'>x</a>"
-            for u in links.get(query, []))
+            for u in links.get(query, [])
+        )
         return 200, "text/html; charset=utf-8", f"<html><body>{anchors}</body></html>".encode()
+
     return _Server(page)
 
 
 def test_result_pages_cannot_make_the_crawler_fetch_private_addresses(project, images):
-    from crawler.run import crawl
     from crawler_fixtures.helpers import crawl_toml
 
-    inner = _recorder({f"/{q}{i}.png": (images / q / f"{q}_00{i}.png").read_bytes()
-                       for q in ("circle", "square") for i in (1, 2)})
+    from crawler.run import crawl
+
+    inner = _recorder(
+        {
+            f"/{q}{i}.png": (images / q / f"{q}_00{i}.png").read_bytes()
+            for q in ("circle", "square")
+            for i in (1, 2)
+        }
+    )
     # A results page (Bing's markup) naming images on loopback under two names.
-    links = {q: [f"http://localhost:{inner.port}/{q}1.png", f"http://127.0.0.1:{inner.port}/{q}2.png"]
-             for q in ("circle", "square")}
+    links = {
+        q: [f"http://localhost:{inner.port}/{q}1.png", f"http://127.0.0.1:{inner.port}/{q}2.png"]
+        for q in ("circle", "square")
+    }
     engine = _engine(links)
     try:
         settings = f'''
@@ -312,12 +366,16 @@ search_url = "{engine.url}/images/search?q={{query}}"
         assert refused.refused == {"private_address": 2} and refused.downloaded == 0
         assert inner.paths == [], "the crawler connected to a private address"
         # An intranet crawl says so, and then gets them.
-        project.write(crawl_toml(engine.url, {"square": 2}, sources=["bing"],
-                                 allow_private_networks=True) + settings)
+        project.write(
+            crawl_toml(engine.url, {"square": 2}, sources=["bing"], allow_private_networks=True)
+            + settings
+        )
         allowed = crawl(project.config).classes["square"]
         assert allowed.downloaded == 2
-        assert sorted(p for p in inner.paths if p.endswith(".png")) == ["/square1.png",
-                                                                        "/square2.png"]
+        assert sorted(p for p in inner.paths if p.endswith(".png")) == [
+            "/square1.png",
+            "/square2.png",
+        ]
     finally:
         engine.close()
         inner.close()

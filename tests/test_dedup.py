@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import numpy as np
+from factory_helpers import assert_consistent, jpeg_of
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from dataset_factory import process_inbox
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
-from factory_helpers import assert_consistent, jpeg_of
 
 EASY = {
     "resize": lambda im: im.resize((70, 70), Image.Resampling.LANCZOS),
@@ -81,7 +81,9 @@ def test_planted_easy_copies_found_and_distinct_photos_kept(project, sign_digits
         copy_of = {}
         for i, p in enumerate(originals[:6]):
             for name, edit in EASY.items():
-                copy_of[add(store, jpeg_of(p, edit, quality=25 if name == "recompress" else 90))] = orig_ids[i]
+                copy_of[
+                    add(store, jpeg_of(p, edit, quality=25 if name == "recompress" else 90))
+                ] = orig_ids[i]
         # an upscaled copy is larger, so it is the copy that stays
         upscaled = add(store, jpeg_of(originals[6], lambda im: im.resize((200, 200))))
         process_inbox(config, store)
@@ -89,8 +91,11 @@ def test_planted_easy_copies_found_and_distinct_photos_kept(project, sign_digits
             assert store.get_image(oid)["status"] == "accepted"  # distinct photos: not merged
         for cid, oid in copy_of.items():  # (after the first run)
             row = store.get_image(cid)
-            assert (row["status"], row["reason"], row["duplicate_of"]) == \
-                ("rejected", "duplicate", oid), row
+            assert (row["status"], row["reason"], row["duplicate_of"]) == (
+                "rejected",
+                "duplicate",
+                oid,
+            ), row
         assert store.get_image(upscaled)["status"] == "accepted"
         replaced = store.get_image(orig_ids[6])
         assert (replaced["status"], replaced["duplicate_of"]) == ("rejected", upscaled)
@@ -98,11 +103,14 @@ def test_planted_easy_copies_found_and_distinct_photos_kept(project, sign_digits
         # copies: they are repointed at the replacement, so no one has to follow chains.
         larger = add(store, jpeg_of(originals[0], lambda im: im.resize((180, 180))))
         process_inbox(config, store)
-        assert (store.get_image(orig_ids[0])["duplicate_of"], store.get_image(larger)["status"]) \
-            == (larger, "accepted")
+        assert (
+            store.get_image(orig_ids[0])["duplicate_of"],
+            store.get_image(larger)["status"],
+        ) == (larger, "accepted")
         copies_of_first = [cid for cid, oid in copy_of.items() if oid == orig_ids[0]]
-        assert [store.get_image(cid)["duplicate_of"] for cid in copies_of_first] == \
-            [larger] * len(EASY)
+        assert [store.get_image(cid)["duplicate_of"] for cid in copies_of_first] == [larger] * len(
+            EASY
+        )
         assert_consistent(store)
 
 
@@ -115,17 +123,27 @@ def test_many_distinct_photos_of_one_class_are_not_merged(project, sign_digits):
 
 # The six photos of `2/` this test has always used (random.Random(2) drew them from the full
 # class of 206): the recall bar below was set on them, and other photos land around 0.7.
-HARD_EDIT_PHOTOS = ("IMG_1262.JPG", "IMG_4061.JPG", "IMG_4042.JPG", "IMG_4808.JPG",
-                    "IMG_4268.JPG", "IMG_5818.JPG")
+HARD_EDIT_PHOTOS = (
+    "IMG_1262.JPG",
+    "IMG_4061.JPG",
+    "IMG_4042.JPG",
+    "IMG_4808.JPG",
+    "IMG_4268.JPG",
+    "IMG_5818.JPG",
+)
 
 
 def test_hard_edits_are_caught_where_plain_phash_misses_them(project, sign_digits):
     originals = [sign_digits / "2" / name for name in HARD_EDIT_PHOTOS]
     found = {}
     for hard in (False, True):
-        project.write(project.DEFAULT + f"\n[factory]\nhard_duplicates = {str(hard).lower()}\n"
-                      f"max_distance = 10\n")
-        project.root.joinpath("data").exists() and __import__("shutil").rmtree(project.root / "data")
+        project.write(
+            project.DEFAULT + f"\n[factory]\nhard_duplicates = {str(hard).lower()}\n"
+            f"max_distance = 10\n"
+        )
+        project.root.joinpath("data").exists() and __import__("shutil").rmtree(
+            project.root / "data"
+        )
         with project.store() as store:
             orig_ids = [add(store, p.read_bytes()) for p in originals]
             copies = {}

@@ -37,8 +37,9 @@ def test_generated_set_is_deterministic_and_distinct(demo_images, tmp_path):
     for name in CLASSES:
         files = sorted((demo_images / name).iterdir())
         assert len(files) == 20
-        assert [f.read_bytes() for f in files] == [f.read_bytes() for f in
-                                                    sorted((again / name).iterdir())]
+        assert [f.read_bytes() for f in files] == [
+            f.read_bytes() for f in sorted((again / name).iterdir())
+        ]
         assert len({f.read_bytes() for f in files}) == 20
     assert draw("circle", 3, 48) != draw("square", 3, 48)
 
@@ -46,15 +47,20 @@ def test_generated_set_is_deterministic_and_distinct(demo_images, tmp_path):
 def test_generated_images_are_mostly_perceptually_distinct(demo_images):
     import imagehash
     from PIL import Image
-    hashes = [imagehash.phash(Image.open(f)) for name in CLASSES
-              for f in sorted((demo_images / name).iterdir())]
-    close = sum(1 for i, a in enumerate(hashes) for b in hashes[i + 1:] if a - b <= 6)
+
+    hashes = [
+        imagehash.phash(Image.open(f))
+        for name in CLASSES
+        for f in sorted((demo_images / name).iterdir())
+    ]
+    close = sum(1 for i, a in enumerate(hashes) for b in hashes[i + 1 :] if a - b <= 6)
     assert close <= len(hashes) // 10, "the factory would drop many demo images as near duplicates"
 
 
 def test_query_returns_folders_named_as_words(site):
     def total(q):
         return json.loads(get(f"{site.url}/api/search?q={q}")[2])["total"] - len(FAULTS)
+
     assert total("circle") == 20
     assert total("red+circle+or+square") == 40
     assert total("circles") == 0  # a word must match the folder name exactly
@@ -65,8 +71,10 @@ def test_results_page_is_script_driven_and_paged(site):
     status, ctype, body = get(f"{site.url}/search?q=triangle")
     assert status == 200 and ctype.startswith("text/html")
     assert b'id="results"></div>' in body and b"/api/search" in body  # empty until JS runs
-    pages = [json.loads(get(f"{site.url}/api/search?q=triangle&start={s}&count=12")[2])
-             for s in (0, 12, 24, 36)]
+    pages = [
+        json.loads(get(f"{site.url}/api/search?q=triangle&start={s}&count=12")[2])
+        for s in (0, 12, 24, 36)
+    ]
     total = 20 + len(FAULTS)  # the broken results come first
     assert [len(p["results"]) for p in pages] == [12, 12, total - 24, 0]
     urls = [r["full"] for p in pages for r in p["results"]]
@@ -113,6 +121,7 @@ def test_cli_refuses_a_missing_folder(run_cli, tmp_path):
 
 def test_serve_in_thread_starts_and_stops(demo_images):
     from crawler.demo_site import serve_in_thread
+
     url, stop = serve_in_thread(demo_images, port=0)
     assert url.startswith("http://127.0.0.1:") and get(f"{url}/robots.txt")[0] == 200
     stop()

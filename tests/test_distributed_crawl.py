@@ -14,18 +14,17 @@ import time
 from collections import Counter
 
 import pytest
+from conftest import REDIS_URL, storage_toml, wait_for
+from crawler_fixtures.helpers import assert_inbox_consistent, crawl_toml, inbox_rows
 
-from conftest import storage_toml, wait_for
 from crawler.demo_images import ensure_demo_images
 from crawler.demo_site import make_server
 from crawler.run import crawl
-from crawler_fixtures.helpers import assert_inbox_consistent, crawl_toml, inbox_rows
-
-from conftest import REDIS_URL
 
 
 def frontier(prefix: str, **kw):
     from crawler.frontier import SharedFrontier, redis_client
+
     return SharedFrontier(redis_client(REDIS_URL), prefix, **kw)
 
 
@@ -35,16 +34,20 @@ def images(tmp_path_factory):
 
 
 def distributed_toml(url: str, classes: dict[str, int], prefix: str, **crawl_settings) -> str:
-    settings = {"redis_url": REDIS_URL, "redis_key_prefix": prefix, "idle_timeout": 3.0,
-                "concurrency": 3, **crawl_settings}
+    settings = {
+        "redis_url": REDIS_URL,
+        "redis_key_prefix": prefix,
+        "idle_timeout": 3.0,
+        "concurrency": 3,
+        **crawl_settings,
+    }
     return crawl_toml(url, classes, **settings)
 
 
 def crawl_side_by_side(config, n: int = 2) -> list:
     """Run ``n`` crawls at once in this process (each starts its own Scrapy child)."""
     summaries = []
-    workers = [threading.Thread(target=lambda: summaries.append(crawl(config)))
-               for _ in range(n)]
+    workers = [threading.Thread(target=lambda: summaries.append(crawl(config))) for _ in range(n)]
     for w in workers:
         w.start()
     for w in workers:
@@ -53,6 +56,7 @@ def crawl_side_by_side(config, n: int = 2) -> list:
 
 
 # ---- the shared frontier itself (Redis only) ---------------------------------------------
+
 
 def test_selenium_requests_survive_the_shared_queue(redis_prefix):
     """scrapy-redis's queue, with pingo's JSON codec, keeps SeleniumRequest's render options."""
@@ -64,18 +68,29 @@ def test_selenium_requests_survive_the_shared_queue(redis_prefix):
     from crawler.spider import ImageSearchSpider
 
     spider = ImageSearchSpider(plan=[], sources=[])
-    queue = PriorityQueue(redis_client(REDIS_URL), spider, f"{redis_prefix}:requests",
-                          serializer=queue_codec)
-    sent = SeleniumRequest("http://127.0.0.1:1/search?q=cat", callback=spider.parse_results,
-                           errback=spider.results_failed, dont_filter=True, wait_time=10,
-                           wait_until="a.result", scroll=Scroll("a.result", 40, 5, 0.5),
-                           cb_kwargs={"class_name": "cat", "source_name": "demo",
-                                      "keyword": "cat", "want": 40})
+    queue = PriorityQueue(
+        redis_client(REDIS_URL), spider, f"{redis_prefix}:requests", serializer=queue_codec
+    )
+    sent = SeleniumRequest(
+        "http://127.0.0.1:1/search?q=cat",
+        callback=spider.parse_results,
+        errback=spider.results_failed,
+        dont_filter=True,
+        wait_time=10,
+        wait_until="a.result",
+        scroll=Scroll("a.result", 40, 5, 0.5),
+        cb_kwargs={"class_name": "cat", "source_name": "demo", "keyword": "cat", "want": 40},
+    )
     queue.push(sent)
     got = queue.pop()
     assert type(got) is SeleniumRequest
-    assert (got.url, got.wait_until, got.scroll, got.cb_kwargs, got.dont_filter) == \
-        (sent.url, "a.result", Scroll("a.result", 40, 5, 0.5), sent.cb_kwargs, True)
+    assert (got.url, got.wait_until, got.scroll, got.cb_kwargs, got.dont_filter) == (
+        sent.url,
+        "a.result",
+        Scroll("a.result", 40, 5, 0.5),
+        sent.cb_kwargs,
+        True,
+    )
     assert got.callback == spider.parse_results and got.errback == spider.results_failed
 
 
@@ -94,8 +109,10 @@ def test_the_budget_holds_across_workers(redis_prefix):
 
     # Both workers store at once from many threads: exactly 5 charges succeed.
     results = []
-    threads = [threading.Thread(target=lambda f=f: results.append(f.charge("cat", None)))
-               for f in (a, b) * 10]
+    threads = [
+        threading.Thread(target=lambda f=f: results.append(f.charge("cat", None)))
+        for f in (a, b) * 10
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -134,15 +151,16 @@ def test_a_dead_workers_requests_go_back_to_the_queue(redis_prefix):
 
 
 def test_projects_on_one_redis_get_their_own_keys(tmp_path):
-    from crawler.settings import build_settings
     from core.config import load_config
+    from crawler.settings import build_settings
 
     prefixes = []
     for name in ("one", "two", "one"):
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
         (folder / "pingo.toml").write_text(
-            crawl_toml("http://127.0.0.1:1", {"cat": 3}, redis_url=REDIS_URL))
+            crawl_toml("http://127.0.0.1:1", {"cat": 3}, redis_url=REDIS_URL)
+        )
         config = load_config(folder / "pingo.toml")
         prefixes.append(build_settings(config, str(config.data_dir), None)["PINGO_REDIS_PREFIX"])
     assert prefixes[0] == prefixes[2] != prefixes[1]
@@ -153,8 +171,11 @@ def test_bad_distributed_settings_are_refused(project, run_cli):
     project.write(crawl_toml("http://127.0.0.1:1", {"cat": 3}, redis_url="http://localhost"))
     result = run_cli("crawl")
     assert result.exit_code == 2 and "crawl.redis_url" in result.stderr
-    project.write(crawl_toml("http://127.0.0.1:1", {"cat": 3}, redis_url=REDIS_URL,
-                             redis_key_prefix="my project"))
+    project.write(
+        crawl_toml(
+            "http://127.0.0.1:1", {"cat": 3}, redis_url=REDIS_URL, redis_key_prefix="my project"
+        )
+    )
     result = run_cli("crawl")
     assert result.exit_code == 2 and "crawl.redis_key_prefix" in result.stderr
 
@@ -170,9 +191,11 @@ def test_unreachable_redis_is_a_named_error(project, images):
 
 # ---- crawlers sharing a frontier (browsers) ---------------------------------------------
 
+
 @pytest.mark.browser
-def test_two_crawlers_share_the_work_and_fetch_each_image_once(project, images, redis_prefix,
-                                                              db_url):
+def test_two_crawlers_share_the_work_and_fetch_each_image_once(
+    project, images, redis_prefix, db_url
+):
     targets = {"circle": 15, "square": 15, "triangle": 15}
     with make_server(images, image_delay=0.2).start() as site:
         project.write(distributed_toml(site.url, targets, redis_prefix) + storage_toml(db_url))
@@ -194,8 +217,17 @@ def test_refused_downloads_are_made_up_once_across_crawlers(project, images, red
 
     targets = {"circle": 6, "square": 6}
     with make_server(images, faults=True).start() as broken:
-        project.write(distributed_toml(broken.url, targets, redis_prefix, download_timeout=2.0,
-                                       retries=0, max_image_bytes=1_000_000, max_drivers=1))
+        project.write(
+            distributed_toml(
+                broken.url,
+                targets,
+                redis_prefix,
+                download_timeout=2.0,
+                retries=0,
+                max_image_bytes=1_000_000,
+                max_drivers=1,
+            )
+        )
         summaries = crawl_side_by_side(project.config)
         fetched = Counter(p for p in broken.site.requests if p.startswith(("/image/", "/fault/")))
     rows = assert_inbox_consistent(project)
@@ -230,11 +262,15 @@ def test_killing_a_crawler_mid_round_the_other_takes_over(project, images, redis
     targets = {"circle": 30, "square": 30}
     shared = frontier(redis_prefix)
     with make_server(images, image_delay=0.5).start() as site:
-        project.write(distributed_toml(site.url, targets, redis_prefix, concurrency=2,
-                                       max_drivers=1))
+        project.write(
+            distributed_toml(site.url, targets, redis_prefix, concurrency=2, max_drivers=1)
+        )
         doomed = subprocess.Popen(
             [sys.executable, "-m", "pingo.cli", "--config", str(project.path), "-q", "crawl"],
-            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         survivor: list = []
         other = threading.Thread(target=lambda: survivor.append(crawl(project.config)))
         try:
@@ -242,8 +278,10 @@ def test_killing_a_crawler_mid_round_the_other_takes_over(project, images, redis
             (doomed_id,) = shared.snapshot()["workers"]
             other.start()
             wait_for(lambda: len(shared.snapshot()["workers"]) == 2, "the second one joins")
-            wait_for(lambda: shared.server.hlen(shared._inflight(doomed_id)),
-                     "the first crawler has requests in flight")
+            wait_for(
+                lambda: shared.server.hlen(shared._inflight(doomed_id)),
+                "the first crawler has requests in flight",
+            )
             assert doomed.poll() is None, "the first crawler ended before it could be killed"
         finally:
             os.killpg(doomed.pid, signal.SIGKILL)  # its CLI, its crawl process, its browsers
@@ -278,9 +316,11 @@ def remote_chromedriver(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path / "chromedriver.log"
-    server = subprocess.Popen([driver, f"--port={port}", "--allowed-ips=127.0.0.1",
-                               f"--log-path={log}", "--verbose"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [driver, f"--port={port}", "--allowed-ips=127.0.0.1", f"--log-path={log}", "--verbose"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _answers(url + "/status"), "chromedriver listens", 20)
@@ -292,6 +332,7 @@ def remote_chromedriver(tmp_path):
 
 def _answers(url: str) -> bool:
     import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=1):
             return True
@@ -303,8 +344,7 @@ def _answers(url: str) -> bool:
 def test_browsers_come_from_a_remote_webdriver(project, images, remote_chromedriver):
     url, log = remote_chromedriver
     with make_server(images).start() as site:
-        project.write(crawl_toml(site.url, {"circle": 5}, selenium_remote_url=url,
-                                 max_drivers=1))
+        project.write(crawl_toml(site.url, {"circle": 5}, selenium_remote_url=url, max_drivers=1))
         summary = crawl(project.config)
     assert summary.classes["circle"].downloaded == 5
     assert summary.stats["selenium/page_count"] >= 1

@@ -20,14 +20,14 @@ import time
 from datetime import timedelta
 
 import pytest
-from PIL import Image
-
 from child_process import start_script
 from conftest import storage_toml, wait_for
+from factory_helpers import assert_consistent, encode, jpeg_of
+from PIL import Image
+
 from dataset_factory.dedupe import index_path
 from dataset_factory.index import NearDuplicateIndex
 from storage import Store, utcnow
-from factory_helpers import assert_consistent, encode, jpeg_of
 
 CHUNK = 8
 LEASE = 3  # seconds: a killed worker's rows are taken over this soon
@@ -51,43 +51,59 @@ WORKER = """
 """
 
 COPIES = {
-    "exact": lambda im: encode(im, "PNG"),                       # the same pixels, other bytes
+    "exact": lambda im: encode(im, "PNG"),  # the same pixels, other bytes
     "near": lambda im: encode(im.resize((72, 72), Image.Resampling.LANCZOS), "JPEG", quality=60),
-    "larger": lambda im: encode(im.resize((130, 130), Image.Resampling.BICUBIC), "JPEG",
-                                quality=92),  # more pixels: replaces the kept original
+    "larger": lambda im: encode(
+        im.resize((130, 130), Image.Resampling.BICUBIC), "JPEG", quality=92
+    ),  # more pixels: replaces the kept original
 }
 
 
 @pytest.fixture
 def shared_project(project, db_url):
     """The test project with small chunks and short leases, on SQLite or PostgreSQL."""
-    project.write(project.DEFAULT + textwrap.dedent(f"""
+    project.write(
+        project.DEFAULT
+        + textwrap.dedent(f"""
         [factory]
         workers = 1
         chunk_size = {CHUNK}
         claim_lease = {LEASE}
-        """) + storage_toml(db_url))
+        """)
+        + storage_toml(db_url)
+    )
     return project
 
 
 def plant(store, sign_digits, n_photos=48) -> list[list[int]]:
     """Photos and copies, each photo's copies in the chunk after it; returns id groups."""
     rng = random.Random(7)
-    files = [p for cls in ("1", "4", "8") for p in
-             rng.sample(sorted((sign_digits / cls).glob("*.JPG")), n_photos // 3)]
+    files = [
+        p
+        for cls in ("1", "4", "8")
+        for p in rng.sample(sorted((sign_digits / cls).glob("*.JPG")), n_photos // 3)
+    ]
     groups: list[list[int]] = []
     kinds = list(COPIES)
     for start in range(0, len(files), CHUNK):
-        block = files[start:start + CHUNK]
-        ids = [store.add_image(p.read_bytes(), keyword_class="cat", source="t", ext="jpg")
-               for p in block]
+        block = files[start : start + CHUNK]
+        ids = [
+            store.add_image(p.read_bytes(), keyword_class="cat", source="t", ext="jpg")
+            for p in block
+        ]
         groups += [[i] for i in ids]
         for copy_round in range(2):  # two copies each, in the next chunks
             for k, p in enumerate(block):
                 kind = kinds[(start + k + copy_round) % len(kinds)]
                 data = COPIES[kind](Image.open(p).convert("RGB"))
-                groups[start + k].append(store.add_image(
-                    data, keyword_class="dog", source="t", ext="png" if kind == "exact" else "jpg"))
+                groups[start + k].append(
+                    store.add_image(
+                        data,
+                        keyword_class="dog",
+                        source="t",
+                        ext="png" if kind == "exact" else "jpg",
+                    )
+                )
     return groups
 
 
@@ -96,8 +112,18 @@ def start_workers(project, tmp_path, n=2) -> list[subprocess.Popen]:
     procs, ready = [], []
     for i in range(n):
         ready.append(tmp_path / f"ready-{i}")
-        procs.append(start_script(tmp_path, WORKER, str(project.path), str(ready[-1]), str(go),
-                                  stdout=subprocess.PIPE, text=True, start_new_session=True))
+        procs.append(
+            start_script(
+                tmp_path,
+                WORKER,
+                str(project.path),
+                str(ready[-1]),
+                str(go),
+                stdout=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
 
     def started() -> bool:
         if all(r.exists() for r in ready):
@@ -174,6 +200,7 @@ def test_a_killed_worker_s_rows_are_taken_over(shared_project, sign_digits, tmp_
 
 # ---- the storage pieces the workers rely on ---------------------------------------------------
 
+
 @pytest.fixture
 def store_url(tmp_path, db_url):
     return tmp_path / "data", db_url
@@ -184,6 +211,7 @@ def test_exclusive_serialises_holders_across_connections(store_url):
     events: list[str] = []
     entered = threading.Event()
     with Store.open(data_dir, url) as one, Store.open(data_dir, url) as two:
+
         def hold():
             with one.exclusive("factory"):
                 events.append("first in")
@@ -199,29 +227,31 @@ def test_exclusive_serialises_holders_across_connections(store_url):
         t.join()
         with two.exclusive("other"), one.exclusive("other2"):  # names are independent
             events.append("both")
-        with pytest.raises(ValueError):
-            with one.exclusive("../x"):
-                pass
+        with pytest.raises(ValueError), one.exclusive("../x"):
+            pass
     assert events == ["first in", "first out", "second in", "both"]
 
 
 def test_renewed_claims_stay_with_their_worker(store_url):
     from conftest import png_bytes
+
     data_dir, url = store_url
     with Store.open(data_dir, url) as store:
-        ids = [store.add_image(png_bytes((i, 9, 9)), keyword_class="cat", source="t", ext="png")
-               for i in range(4)]
+        ids = [
+            store.add_image(png_bytes((i, 9, 9)), keyword_class="cat", source="t", ext="png")
+            for i in range(4)
+        ]
         assert [r["id"] for r in store.claim_inbox("a", 2, lease_seconds=0)] == ids[:2]
-        assert store.renew_claims("a", 60) == set(ids[:2])     # renewed before anyone took them
+        assert store.renew_claims("a", 60) == set(ids[:2])  # renewed before anyone took them
         assert [r["id"] for r in store.claim_inbox("b", 4)] == ids[2:]
         assert store.claim_holders() == {"a", "b"}
-        store.claim_inbox("c", 4, lease_seconds=0)             # nothing left to take
-        store.move(ids[0], "accepted", label="cat")            # filed: no longer held
+        store.claim_inbox("c", 4, lease_seconds=0)  # nothing left to take
+        store.move(ids[0], "accepted", label="cat")  # filed: no longer held
         assert store.renew_claims("a", 0, [ids[0], ids[1]]) == {ids[1]}
         assert [r["id"] for r in store.claim_inbox("c", 4)] == [ids[1]]  # a's lease ran out
         assert store.renew_claims("a", 60, [ids[1]]) == set()
         changed = store.changed_since(utcnow() - timedelta(minutes=1))
-        assert [r["id"] for r in changed] == [ids[0]]          # inbox rows are not "changed"
+        assert [r["id"] for r in changed] == [ids[0]]  # inbox rows are not "changed"
         assert store.changed_since(utcnow() + timedelta(minutes=1)) == []
 
 
@@ -232,28 +262,52 @@ def test_a_dead_worker_s_half_done_move_is_finished_not_redone(shared_project, s
     The dead worker's intent is written by hand: kill -9 lands in that window too rarely to
     provoke it on purpose.
     """
+    from dataset_factory import process_inbox
     from storage import files
     from storage.schema import pending_moves
 
-    from dataset_factory import process_inbox
-
     photos = sorted((sign_digits / "2").glob("*.JPG"))[:6]
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead_owner = f"{files.HOST}:{gone.stdout.strip()}"
     with shared_project.store() as store:
-        ids = [store.add_image(p.read_bytes(), keyword_class="cat", source="t", ext="jpg")
-               for p in photos]
-        ids.append(store.add_image(jpeg_of(photos[0], lambda im: im.resize((90, 90))),
-                                   keyword_class="cat", source="t", ext="jpg"))
+        ids = [
+            store.add_image(p.read_bytes(), keyword_class="cat", source="t", ext="jpg")
+            for p in photos
+        ]
+        ids.append(
+            store.add_image(
+                jpeg_of(photos[0], lambda im: im.resize((90, 90))),
+                keyword_class="cat",
+                source="t",
+                ext="jpg",
+            )
+        )
         victim = store.get_image(ids[0])
         dst = files.image_relpath("accepted", victim["sha256"], "jpg", label="cat")
         with store.engine.begin() as conn:  # what move_many records before renaming
-            conn.execute(pending_moves.insert().values(
-                image_id=ids[0], kind="move", src=victim["path"], dst=dst,
-                changes={"status": "accepted", "path": dst, "label": "cat",
-                         "label_source": "keyword", "width": 100, "height": 100},
-                owner=dead_owner, created_at=utcnow()))
+            conn.execute(
+                pending_moves.insert().values(
+                    image_id=ids[0],
+                    kind="move",
+                    src=victim["path"],
+                    dst=dst,
+                    changes={
+                        "status": "accepted",
+                        "path": dst,
+                        "label": "cat",
+                        "label_source": "keyword",
+                        "width": 100,
+                        "height": 100,
+                    },
+                    owner=dead_owner,
+                    created_at=utcnow(),
+                )
+            )
         store.claim_inbox(dead_owner + ":0", 3)  # and its leases, not yet expired
         summary = process_inbox(shared_project.config, store)
         rows = {r["id"]: r for r in store.iter_images()}

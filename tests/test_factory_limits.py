@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 
 import pytest
+from factory_helpers import encode, pattern_image
 from PIL import Image
 
 from dataset_factory import dedupe
@@ -12,7 +13,6 @@ from dataset_factory.cache import BoundedCache
 from dataset_factory.dedupe import Deduper, Kept, index_path, open_index
 from dataset_factory.hash_pool import Analyser, Job, Settings, analyse
 from dataset_factory.index import NearDuplicateIndex
-from factory_helpers import encode, pattern_image
 from vision.decode import Limits
 
 
@@ -74,11 +74,11 @@ def test_bounded_cache_evicts_least_recently_used_by_weight():
     cache = BoundedCache(10, size=len)
     cache["a"] = "xxxx"
     cache["b"] = "xxxx"
-    assert cache["a"] == "xxxx"       # a is now the most recently used
-    cache["c"] = "xxxx"               # 12 > 10: b goes, not a
+    assert cache["a"] == "xxxx"  # a is now the most recently used
+    cache["c"] = "xxxx"  # 12 > 10: b goes, not a
     assert "b" not in cache and "a" in cache and "c" in cache
     assert cache.total == 8
-    cache["huge"] = "x" * 11          # heavier than the cap: not kept, nothing evicted
+    cache["huge"] = "x" * 11  # heavier than the cap: not kept, nothing evicted
     assert "huge" not in cache and len(cache) == 2
     cache.pop("a")
     assert cache.total == 4
@@ -97,11 +97,17 @@ def test_deduper_thumbnail_cache_never_exceeds_its_cap(tmp_path):
         index.add(a.image_id, a.phash, a.views)
         paths[a.image_id] = str(path)
         kept.append((seed, path))
-    one_entry = 64 + 7 * 48 * 48 * 4   # thumbnails of one kept image (at most 7 views)
+    one_entry = 64 + 7 * 48 * 48 * 4  # thumbnails of one kept image (at most 7 views)
     cap = 3 * one_entry
-    deduper = Deduper(index, max_distance=6, hard=True, hard_distance=14, verify_threshold=0.86,
-                      lookup=lambda i: Kept(i, 64, 64, False, paths[i]),
-                      thumb_cache_bytes=cap)
+    deduper = Deduper(
+        index,
+        max_distance=6,
+        hard=True,
+        hard_distance=14,
+        verify_threshold=0.86,
+        lookup=lambda i: Kept(i, 64, 64, False, paths[i]),
+        thumb_cache_bytes=cap,
+    )
     found = 0
     for n, (seed, path) in enumerate(kept):
         copy = tmp_path / f"copy{seed}.png"
@@ -135,17 +141,21 @@ def sized(sign_digits, tmp_path):
 
 def test_an_image_over_factory_max_pixels_is_rejected_with_its_size(project, sized):
     from dataset_factory import process_inbox
+
     project.write(project.DEFAULT + f"\n[factory]\nmax_pixels = {LIMIT}\n")
     with project.store() as store:
-        ids = {name: store.add_image(p.read_bytes(), keyword_class="cat", source="test",
-                                     ext="jpg") for name, p in sized.items()}
+        ids = {
+            name: store.add_image(p.read_bytes(), keyword_class="cat", source="test", ext="jpg")
+            for name, p in sized.items()
+        }
         process_inbox(project.config, store)
         over, under = store.get_image(ids["over"]), store.get_image(ids["under"])
     assert (over["status"], over["reason"]) == ("rejected", "too_many_pixels")
     assert over["path"].startswith("rejected/too_many_pixels/")
     assert under["status"] == "accepted"
-    analysis = analyse(Job(1, str(sized["over"])),
-                       Settings(limits=Limits(max_pixels=LIMIT), timeout=0))
+    analysis = analyse(
+        Job(1, str(sized["over"])), Settings(limits=Limits(max_pixels=LIMIT), timeout=0)
+    )
     assert analysis.detail == "101x100 = 10,100 pixels, over factory.max_pixels (10,000)"
 
 
@@ -164,9 +174,15 @@ def test_every_decoder_uses_the_configured_pixel_limit(sized):
     assert load_pixels(str(sized["over"]), 32, 2 * LIMIT).shape == (32, 32, 3)
 
     paths = {1: str(sized["under"]), 2: str(sized["over"])}
-    deduper = Deduper(NearDuplicateIndex("phash"), max_distance=6, hard=True, hard_distance=14,
-                      verify_threshold=0.86, lookup=lambda i: Kept(i, 100, 100, False, paths[i]),
-                      max_pixels=LIMIT)
+    deduper = Deduper(
+        NearDuplicateIndex("phash"),
+        max_distance=6,
+        hard=True,
+        hard_distance=14,
+        verify_threshold=0.86,
+        lookup=lambda i: Kept(i, 100, 100, False, paths[i]),
+        max_pixels=LIMIT,
+    )
     assert deduper._kept_thumbs(1) and deduper._kept_thumbs(2) == []
 
 

@@ -35,6 +35,7 @@ batch_size = 4
 @pytest.fixture
 def demo_site():
     from crawler.demo_site import serve_in_thread
+
     url, stop = serve_in_thread()
     yield url
     stop()
@@ -44,8 +45,10 @@ def demo_site():
 @pytest.mark.slow
 def test_scheduler_runs_the_real_loop_in_order(project, demo_site):
     project.write(CONFIG.format(url=demo_site))
-    service = Service(project.config, triggers={"crawl": IntervalTrigger(hours=1),
-                                                "train": IntervalTrigger(hours=1)})
+    service = Service(
+        project.config,
+        triggers={"crawl": IntervalTrigger(hours=1), "train": IntervalTrigger(hours=1)},
+    )
     thread = threading.Thread(target=service.start, kwargs={"run_now": True}, daemon=True)
     thread.start()
     deadline = time.time() + 300
@@ -61,8 +64,9 @@ def test_scheduler_runs_the_real_loop_in_order(project, demo_site):
     with project.store() as store:  # after stop: the nightly prune that follows train is done
         runs = list(reversed(store.recent_runs(10)))
     jobs = [(r["job"], r["status"]) for r in runs]
-    assert jobs[:3] == [
-        ("crawl", "succeeded"), ("factory", "succeeded"), ("train", "succeeded")], runs
+    assert jobs[:3] == [("crawl", "succeeded"), ("factory", "succeeded"), ("train", "succeeded")], (
+        runs
+    )
     assert jobs[3:] in ([], [("prune", "succeeded")]), runs  # unless stop came first
     crawl, factory, train = runs[:3]
     assert crawl["finished"] <= factory["started"] and factory["finished"] <= train["started"]

@@ -7,7 +7,6 @@ import re
 import shutil
 
 import pytest
-
 from train_helpers import CONFIG, Trained
 
 pytestmark = pytest.mark.slow
@@ -21,12 +20,14 @@ def current(t) -> str:
 def two_models_template(trained_template, tmp_path_factory):
     """v0001 promoted, v0002 trained but not promoted (its margin could not be met)."""
     from trainer.run import train
+
     root = tmp_path_factory.mktemp("two-models-template") / "project"
     shutil.copytree(trained_template[0], root)
     trained = Trained(root)
     with trained.store() as store:
-        result = train(trained.config, store, force=True,
-                       overrides={"epochs": 1, "promote_margin": 1.0})
+        result = train(
+            trained.config, store, force=True, overrides={"epochs": 1, "promote_margin": 1.0}
+        )
     assert result.version == "v0002" and not result.promoted
     return root
 
@@ -45,7 +46,9 @@ def test_models_lists_every_version_with_its_state_and_the_one_in_service(two_mo
     assert re.search(r"^\s+v0002\s+complete .*not promoted", text.output, re.M)
     rows = json.loads(two_models.cli("models", "--json").stdout)
     assert [(r["version"], r["current"], r["passed_gate"]) for r in rows] == [
-        ("v0001", True, True), ("v0002", False, False)]
+        ("v0001", True, True),
+        ("v0002", False, False),
+    ]
     assert all(0 <= r["test_accuracy"] <= 1 and r["arch"] == "seed_cnn" for r in rows)
 
 
@@ -54,7 +57,9 @@ def test_promote_then_rollback(two_models):
     assert out.exit_code == 0 and current(two_models) == "v0002"
     with two_models.store() as store:
         assert {r["version"]: r["promoted"] for r in store.registry.rows()} == {
-            "v0001": False, "v0002": True}
+            "v0001": False,
+            "v0002": True,
+        }
     back = two_models.cli("models", "rollback")
     assert back.exit_code == 0 and "from v0002 to v0001" in back.output
     assert current(two_models) == "v0001"

@@ -10,9 +10,9 @@ import time
 from datetime import timedelta
 
 import pytest
+from conftest import png_bytes
 from sqlalchemy import update
 
-from conftest import png_bytes
 from core.errors import ConfigError
 from storage.errors import DuplicateImageError
 from storage.schema import images
@@ -24,13 +24,17 @@ DAY = 86400
 def reject(store, color, days_ago: float) -> tuple[int, str]:
     """A rejected image whose rejection (row) and file are ``days_ago`` old."""
     url = f"http://example.test/{color}.png"
-    image_id = store.add_image(png_bytes(color), keyword_class="cat", source="test", ext="png",
-                               source_url=url)
+    image_id = store.add_image(
+        png_bytes(color), keyword_class="cat", source="test", ext="png", source_url=url
+    )
     store.record_url(url, "image", image_id)
     path = store.move(image_id, "rejected", reason="duplicate")
     with store.engine.begin() as conn:
-        conn.execute(update(images).where(images.c.id == image_id)
-                     .values(updated_at=utcnow() - timedelta(days=days_ago)))
+        conn.execute(
+            update(images)
+            .where(images.c.id == image_id)
+            .values(updated_at=utcnow() - timedelta(days=days_ago))
+        )
     stamp = time.time() - days_ago * DAY
     os.utime(store.abspath(path), (stamp, stamp))
     return image_id, path
@@ -44,14 +48,12 @@ def entry(models, version, *, complete=True, served=False):
         (folder / "metrics.json").write_text(json.dumps({"gate": {"promoted": served}}))
 
 
-def test_old_rejected_files_are_deleted_rows_stay_and_are_never_fetched_again(project,
-                                                                              run_cli):
+def test_old_rejected_files_are_deleted_rows_stay_and_are_never_fetched_again(project, run_cli):
     with project.store() as store:
         old1, p1 = reject(store, (1, 0, 0), 40)
         old2, p2 = reject(store, (2, 0, 0), 31)
         new, p3 = reject(store, (3, 0, 0), 5)
-        kept = store.add_image(png_bytes((9, 9, 9)), keyword_class="cat", source="test",
-                               ext="png")
+        kept = store.add_image(png_bytes((9, 9, 9)), keyword_class="cat", source="test", ext="png")
         store.move(kept, "accepted", label="cat")
     data = project.data_dir
     size = (data / p1).stat().st_size + (data / p2).stat().st_size
@@ -73,7 +75,8 @@ def test_old_rejected_files_are_deleted_rows_stay_and_are_never_fetched_again(pr
         with pytest.raises(DuplicateImageError):
             store.add_image(png_bytes((1, 0, 0)), keyword_class="cat", source="test", ext="png")
         assert store.seen_urls(["http://example.test/(1, 0, 0).png"]) == {
-            "http://example.test/(1, 0, 0).png"}
+            "http://example.test/(1, 0, 0).png"
+        }
         assert store.stats(project.config.targets).rejected == {"duplicate": 3}
         assert [r["job"] for r in store.recent_runs(5)] == ["prune"]
     assert json.loads(run_cli("check", "--json").stdout)["sound"] is True
@@ -99,19 +102,22 @@ def test_old_models_go_but_never_the_promoted_previous_or_newest(project, run_cl
     project.write(project.DEFAULT + "\n[train]\nkeep_models = 1\n")
     models = project.data_dir / "models"
     entry(models, "v0001", served=True)
-    entry(models, "v0002", served=True)    # previous: what a rollback returns to
-    entry(models, "v0003", served=False)   # trained, not good enough
-    entry(models, "v0004", served=True)    # promoted
+    entry(models, "v0002", served=True)  # previous: what a rollback returns to
+    entry(models, "v0003", served=False)  # trained, not good enough
+    entry(models, "v0004", served=True)  # promoted
     entry(models, "v0005", complete=False)  # interrupted run
-    entry(models, "v0006", served=False)   # newest
+    entry(models, "v0006", served=False)  # newest
     (models / "CURRENT").write_text("v0004\n")
     dry = json.loads(run_cli("prune", "--dry-run", "--json").stdout)
     assert dry["models"] == ["v0001", "v0003", "v0005"]
     assert len(os.listdir(models)) == 7
     out = json.loads(run_cli("prune", "--json").stdout)
     assert out["models"] == ["v0001", "v0003", "v0005"] and out["model_bytes"] >= 3000
-    assert out["kept_models"] == {"v0002": "previous (rollback target)", "v0004": "promoted",
-                                  "v0006": "newest"}
+    assert out["kept_models"] == {
+        "v0002": "previous (rollback target)",
+        "v0004": "promoted",
+        "v0006": "newest",
+    }
     assert sorted(os.listdir(models)) == ["CURRENT", "v0002", "v0004", "v0006"]
     with project.store() as store:
         assert store.registry.current() == "v0004"
@@ -153,6 +159,7 @@ def test_an_interrupted_prune_is_finished_by_the_next(project, run_cli):
 
 def test_scheduled_train_slot_prunes_after_training(project):
     from scheduler.service import Service
+
     with project.store() as store:
         _, path = reject(store, (1, 0, 0), 40)
     ran = []
@@ -161,22 +168,31 @@ def test_scheduled_train_slot_prunes_after_training(project):
     assert ran == ["train"] and not (project.data_dir / path).exists()
     with project.store() as store:
         runs = store.recent_runs(5)
-    assert [(r["job"], r["status"]) for r in runs] == [("prune", "succeeded"),
-                                                        ("train", "succeeded")]
+    assert [(r["job"], r["status"]) for r in runs] == [
+        ("prune", "succeeded"),
+        ("train", "succeeded"),
+    ]
     assert runs[0]["counts"]["rejected_files"] == 1
 
 
-@pytest.mark.parametrize("text, refusal", [
-    ("[train]\nkeep_models = 0\n", "train.keep_models: got 0; allowed is a number >= 1"),
-    ("[storage]\nkeep_rejected_days = -1\n",
-     "storage.keep_rejected_days: got -1.0; allowed is a number >= 0")])
+@pytest.mark.parametrize(
+    "text, refusal",
+    [
+        ("[train]\nkeep_models = 0\n", "train.keep_models: got 0; allowed is a number >= 1"),
+        (
+            "[storage]\nkeep_rejected_days = -1\n",
+            "storage.keep_rejected_days: got -1.0; allowed is a number >= 0",
+        ),
+    ],
+)
 def test_retention_keys_refuse_impossible_values(project, text, refusal):
     project.write(project.DEFAULT + "\n" + text)
     with pytest.raises(ConfigError) as refused:
-        project.config
+        _ = project.config
     assert str(refused.value) == refusal
-    project.write(project.DEFAULT + "\n[train]\nkeep_models = 2\n[storage]\n"
-                  "keep_rejected_days = 0.5\n")
+    project.write(
+        project.DEFAULT + "\n[train]\nkeep_models = 2\n[storage]\nkeep_rejected_days = 0.5\n"
+    )
     assert (project.config.train.keep_models, project.config.storage.keep_rejected_days) == (2, 0.5)
 
 

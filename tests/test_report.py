@@ -4,15 +4,23 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import png_bytes
+
 from pingo.report import contact_sheet, model_accuracy
 
 
 def fill_store(project):
     with project.store() as store:
-        ids = [store.add_image(png_bytes((i * 20, 100, 50), (48, 48)), keyword_class="cat",
-                               source="demo", ext="png", query="cat photo") for i in range(6)]
+        ids = [
+            store.add_image(
+                png_bytes((i * 20, 100, 50), (48, 48)),
+                keyword_class="cat",
+                source="demo",
+                ext="png",
+                query="cat photo",
+            )
+            for i in range(6)
+        ]
         for i in ids[:3]:
             store.move(i, "accepted", label="cat", label_source="keyword")
         store.move(ids[3], "review", label="dog", label_source="model", confidence=0.4)
@@ -20,6 +28,7 @@ def fill_store(project):
         v1, p1 = store.registry.new_version()
         v2, p2 = store.registry.new_version()
         from PIL import Image
+
         Image.new("RGB", (200, 100), "blue").save(p2 / "seed_cnn_32_2_0.9000_0.3000.png")
         store.registry.record(v1, {"accuracy": 0.61}, "h1", promoted=True, note="first model")
         store.registry.record(v2, {"accuracy": 0.9}, "h2", promoted=False, note="promoted later")
@@ -42,7 +51,8 @@ def test_report_page_renders_offline_with_every_section(project, run_cli, chromi
         assert needle in body
     assert "16.7%" in body  # duplicate rate of "cat photo": 1 of its 6 images
     images = chromium.execute_script(
-        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])"
+    )
     assert len(images) >= 4  # accuracy plot, training plot, two contact sheets
     assert all(width > 0 for _, width in images), images  # every image loads from disk
     shot = project.data_dir / "reports" / "screenshot.png"

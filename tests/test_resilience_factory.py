@@ -6,22 +6,30 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from factory_helpers import encode, pattern_image
+
 from storage import files
 from storage.files import STATUS_DIRS
 
 
 def add(store, seeds, keyword_class="cat") -> list[int]:
-    return [store.add_image(encode(pattern_image(s), "PNG"), keyword_class=keyword_class,
-                            source="t", ext="png") for s in seeds]
+    return [
+        store.add_image(
+            encode(pattern_image(s), "PNG"), keyword_class=keyword_class, source="t", ext="png"
+        )
+        for s in seeds
+    ]
 
 
 def assert_agree(store) -> None:
     """Each row names its one file (or none, when set aside as file_missing); nothing else."""
     rows = list(store.iter_images())
-    on_disk = {p.relative_to(store.data_dir).as_posix() for d in STATUS_DIRS.values()
-               for p in (store.data_dir / d).rglob("*") if p.is_file()}
+    on_disk = {
+        p.relative_to(store.data_dir).as_posix()
+        for d in STATUS_DIRS.values()
+        for p in (store.data_dir / d).rglob("*")
+        if p.is_file()
+    }
     for r in rows:
         if r["path"] is None:
             assert (r["status"], r["reason"]) == ("rejected", "file_missing"), r
@@ -36,8 +44,10 @@ def test_a_vanished_inbox_file_is_recorded_and_the_run_goes_on(project, run_cli)
         gone, moved = ids[1], ids[3]
         store.abspath(store.get_image(gone)["path"]).unlink()  # deleted by hand
         row = store.get_image(moved)  # renamed, but the intent was lost (power loss)
-        files.replace(store.abspath(row["path"]), store.abspath(
-            files.image_relpath("accepted", row["sha256"], "png", label="cat")))
+        files.replace(
+            store.abspath(row["path"]),
+            store.abspath(files.image_relpath("accepted", row["sha256"], "png", label="cat")),
+        )
     for _ in range(2):  # and every later run succeeds too
         result = run_cli("factory")
         assert result.exit_code == 0, result.output
@@ -45,7 +55,8 @@ def test_a_vanished_inbox_file_is_recorded_and_the_run_goes_on(project, run_cli)
         rows = {r["id"]: r for r in store.iter_images()}
         assert (rows[gone]["status"], rows[gone]["reason"]) == ("rejected", "file_missing")
         assert rows[moved]["status"] == "accepted" and rows[moved]["path"].startswith(
-            "dataset/cat/")
+            "dataset/cat/"
+        )
         assert {rows[i]["status"] for i in ids if i != gone} == {"accepted"}
         assert_agree(store)
         assert [r["status"] for r in store.recent_runs()] == ["succeeded", "succeeded"]
@@ -54,7 +65,8 @@ def test_a_vanished_inbox_file_is_recorded_and_the_run_goes_on(project, run_cli)
 
 @pytest.mark.timeout(120)
 def test_an_inbox_row_whose_add_a_live_process_still_finishes_does_not_loop_the_run(
-        project, run_cli):
+    project, run_cli
+):
     """A crawler (alive: here, this very process) has committed an add but not yet renamed
     the file into the inbox. Storage rightly leaves the row alone; the factory used to take
     it again and again (claims give a worker its own rows first) and never finished."""
@@ -62,14 +74,23 @@ def test_an_inbox_row_whose_add_a_live_process_still_finishes_does_not_loop_the_
 
     from storage.schema import pending_moves
     from storage.store import utcnow
+
     with project.store() as store:
         good, busy = add(store, [30, 31])
         path = store.get_image(busy)["path"]
         store.abspath(path).unlink()
         with store.engine.begin() as conn:
-            conn.execute(insert(pending_moves).values(
-                image_id=busy, kind="add", src=f"inbox/.{busy}.part", dst=path, changes={},
-                owner=files.current_owner(), created_at=utcnow()))
+            conn.execute(
+                insert(pending_moves).values(
+                    image_id=busy,
+                    kind="add",
+                    src=f"inbox/.{busy}.part",
+                    dst=path,
+                    changes={},
+                    owner=files.current_owner(),
+                    created_at=utcnow(),
+                )
+            )
     result = run_cli("factory")
     assert result.exit_code == 0, result.output
     with project.store() as store:
@@ -96,7 +117,10 @@ def test_a_row_that_fails_twice_is_set_aside_and_the_rest_is_filed(project, run_
     with project.store() as store:
         row = store.get_image(bad)
         assert (row["status"], row["reason"], row["failures"]) == (
-            "rejected", "processing_error", 2)
+            "rejected",
+            "processing_error",
+            2,
+        )
         assert row["path"].startswith("rejected/processing_error/")
         assert "UnsafeNameError" in row["last_error"]
         assert store.get_image(late)["status"] == "accepted"
@@ -122,9 +146,17 @@ def test_a_persons_decision_waits_for_a_factory_move_in_flight_and_wins(project)
         (image_id,) = add(store, [30])
         store.move(image_id, "review", label="dog", label_source="model", reason="disagrees")
         with store.engine.begin() as conn:
-            conn.execute(insert(pending_moves).values(
-                image_id=image_id, kind="move", src="x", dst="x", changes={},
-                owner=files.current_owner(), created_at=utcnow()))
+            conn.execute(
+                insert(pending_moves).values(
+                    image_id=image_id,
+                    kind="move",
+                    src="x",
+                    dst="x",
+                    changes={},
+                    owner=files.current_owner(),
+                    created_at=utcnow(),
+                )
+            )
 
         def factory_finishes():
             with store.engine.begin() as conn:

@@ -15,11 +15,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, update
-
 from child_process import run_script, start_script
 from conftest import png_bytes
 from factory_helpers import assert_consistent
+from sqlalchemy import insert, select, update
+
 from storage import Move, Store, files
 from storage.schema import pending_moves, runs
 from storage.store import utcnow
@@ -28,8 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def add(store, n: int, start: int = 0) -> list[int]:
-    return [store.add_image(png_bytes((i % 256, i // 256, 7)), keyword_class="cat",
-                            source="demo", ext="png") for i in range(start, start + n)]
+    return [
+        store.add_image(
+            png_bytes((i % 256, i // 256, 7)), keyword_class="cat", source="demo", ext="png"
+        )
+        for i in range(start, start + n)
+    ]
 
 
 # ---- fault 2: Ctrl-C during a batch of moves ------------------------------------------------
@@ -58,8 +62,9 @@ def test_sigint_at_random_moments_during_moves_leaves_db_and_disk_agreeing(tmp_p
     rng = random.Random(10)
     script = MOVER.format(data=str(data_dir))
     for _ in range(8):
-        child = start_script(tmp_path, script, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+        child = start_script(
+            tmp_path, script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
         time.sleep(rng.uniform(0.05, 0.6))
         child.send_signal(signal.SIGINT)
@@ -71,6 +76,7 @@ def test_sigint_at_random_moments_during_moves_leaves_db_and_disk_agreeing(tmp_p
 
 
 # ---- fault 3: a dead owner whose pid is reused ----------------------------------------------
+
 
 @pytest.fixture
 def other_process():
@@ -100,11 +106,17 @@ def test_a_half_done_move_whose_owner_pid_was_reused_is_repaired(tmp_path, other
         row = store.get_image(image_id)
         dst = files.image_relpath("accepted", row["sha256"], "png", label="cat")
         with store.engine.begin() as conn:  # left by a process that died an hour ago
-            conn.execute(insert(pending_moves).values(
-                image_id=image_id, kind="move", src=row["path"], dst=dst,
-                changes={"status": "accepted", "label": "cat", "path": dst},
-                owner=_owner(kind, other_process.pid),
-                created_at=utcnow() - timedelta(hours=1)))
+            conn.execute(
+                insert(pending_moves).values(
+                    image_id=image_id,
+                    kind="move",
+                    src=row["path"],
+                    dst=dst,
+                    changes={"status": "accepted", "label": "cat", "path": dst},
+                    owner=_owner(kind, other_process.pid),
+                    created_at=utcnow() - timedelta(hours=1),
+                )
+            )
     with Store.open(data_dir) as store:
         assert store.get_image(image_id)["status"] == "accepted"
         assert_consistent(store)
@@ -114,9 +126,12 @@ def test_a_half_done_move_whose_owner_is_an_unreaped_zombie_is_repaired(tmp_path
     """Found by the chaos rounds: a crawl child killed with its CLI is reparented to pid 1 and
     may stay a zombie for a while; its pid and start time still match, but it is dead."""
     data_dir = tmp_path / "data"
-    zombie = subprocess.Popen([sys.executable, "-c",
-                               "from storage import files; print(files.current_owner())"],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    zombie = subprocess.Popen(
+        [sys.executable, "-c", "from storage import files; print(files.current_owner())"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     owner = zombie.stdout.readline().strip()
     deadline = time.monotonic() + 10
     while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
@@ -128,10 +143,17 @@ def test_a_half_done_move_whose_owner_is_an_unreaped_zombie_is_repaired(tmp_path
             row = store.get_image(image_id)
             dst = files.image_relpath("accepted", row["sha256"], "png", label="cat")
             with store.engine.begin() as conn:
-                conn.execute(insert(pending_moves).values(
-                    image_id=image_id, kind="move", src=row["path"], dst=dst,
-                    changes={"status": "accepted", "label": "cat", "path": dst},
-                    owner=owner, created_at=utcnow()))
+                conn.execute(
+                    insert(pending_moves).values(
+                        image_id=image_id,
+                        kind="move",
+                        src=row["path"],
+                        dst=dst,
+                        changes={"status": "accepted", "label": "cat", "path": dst},
+                        owner=owner,
+                        created_at=utcnow(),
+                    )
+                )
         with Store.open(data_dir) as store:
             assert store.get_image(image_id)["status"] == "accepted"
             assert_consistent(store)
@@ -139,16 +161,23 @@ def test_a_half_done_move_whose_owner_is_an_unreaped_zombie_is_repaired(tmp_path
         zombie.wait()
 
 
-def test_a_running_run_whose_pid_was_reused_is_failed_but_a_live_one_is_not(tmp_path,
-                                                                             other_process):
+def test_a_running_run_whose_pid_was_reused_is_failed_but_a_live_one_is_not(
+    tmp_path, other_process
+):
     with Store.open(tmp_path / "data") as store:
         dead, old_style, live = (store.start_run("factory") for _ in range(3))
         with store.engine.begin() as conn:
-            conn.execute(update(runs).where(runs.c.id == dead).values(
-                owner=_owner("start_time_differs", other_process.pid)))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == dead)
+                .values(owner=_owner("start_time_differs", other_process.pid))
+            )
             # written by an older pingo: host and pid only; the pid now runs something newer
-            conn.execute(update(runs).where(runs.c.id == old_style).values(
-                owner=None, pid=other_process.pid, started=utcnow() - timedelta(hours=1)))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == old_style)
+                .values(owner=None, pid=other_process.pid, started=utcnow() - timedelta(hours=1))
+            )
         assert sorted(store.fail_stale_runs()) == sorted([dead, old_style])
         status = {r["id"]: r["status"] for r in store.recent_runs()}
         assert status == {dead: "failed", old_style: "failed", live: "running"}
@@ -158,25 +187,39 @@ def test_a_live_run_on_another_host_is_not_failed_while_it_beats(tmp_path):
     with Store.open(tmp_path / "data") as store:
         beating, silent = store.start_run("crawl"), store.start_run("crawl")
         with store.engine.begin() as conn:
-            conn.execute(update(runs).where(runs.c.id.in_([beating, silent])).values(
-                host="elsewhere", owner="elsewhere:4242:999:abcdef012345",
-                started=utcnow() - timedelta(hours=2)))
-            conn.execute(update(runs).where(runs.c.id == silent)
-                         .values(heartbeat=utcnow() - timedelta(minutes=15)))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id.in_([beating, silent]))
+                .values(
+                    host="elsewhere",
+                    owner="elsewhere:4242:999:abcdef012345",
+                    started=utcnow() - timedelta(hours=2),
+                )
+            )
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == silent)
+                .values(heartbeat=utcnow() - timedelta(minutes=15))
+            )
         store.heartbeat_run(beating)
         assert store.fail_stale_runs() == [silent]
 
 
 def test_run_job_beats_while_the_stage_runs(project):
     from scheduler import jobs
+
     seen = []
 
     def stage(config, store):
         run = store.recent_runs(1)[0]
         time.sleep(0.5)
         with store.engine.connect() as conn:
-            seen.append(conn.execute(select(runs.c.started, runs.c.heartbeat)
-                                     .where(runs.c.id == run["id"])).first())
+            seen.append(
+                conn.execute(
+                    select(runs.c.started, runs.c.heartbeat).where(runs.c.id == run["id"])
+                ).first()
+            )
+
     jobs_every = jobs.HEARTBEAT
     jobs.HEARTBEAT = 0.1
     try:
@@ -219,8 +262,9 @@ def test_two_repairs_of_the_same_leftovers_at_once(tmp_path, db_url):
             os.utime(part, (time.time() - 3600, time.time() - 3600))
         at = time.time() + 1.5
         script = REPAIR.format(data=str(data_dir), at=at, url=db_url)
-        procs = [start_script(tmp_path, script, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+        procs = [
+            start_script(tmp_path, script, stderr=subprocess.PIPE, text=True) for _ in range(2)
+        ]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], errors
         with Store.open(data_dir, db_url) as store:
@@ -233,14 +277,19 @@ def test_two_repairs_of_the_same_leftovers_at_once(tmp_path, db_url):
 
 # ---- fault 4: power loss --------------------------------------------------------------------
 
+
 def test_move_intents_are_committed_durably_on_sqlite(tmp_path):
     """In WAL mode synchronous=NORMAL can lose a committed intent on power loss while the
     fsynced rename survives; intents are committed with synchronous=FULL."""
     from sqlalchemy import event
+
     with Store.open(tmp_path / "data") as store:
         sql: list[str] = []
-        event.listen(store.engine, "before_cursor_execute",
-                     lambda conn, cur, statement, *a: sql.append(statement))
+        event.listen(
+            store.engine,
+            "before_cursor_execute",
+            lambda conn, cur, statement, *a: sql.append(statement),
+        )
         (a,) = add(store, 1)
         store.move(a, "accepted", label="cat")
         intents = [i for i, q in enumerate(sql) if q.startswith("INSERT INTO pending_moves")]
@@ -300,13 +349,14 @@ def test_promote_fsyncs_the_model_and_its_folder_before_current(tmp_path, monkey
         store.registry.promote(version)
         current = [i for i, p in enumerate(synced) if ".CURRENT~" in p or p.endswith("CURRENT")]
         assert current, synced
-        before = synced[:current[0]]
+        before = synced[: current[0]]
         assert str(folder / "model.keras") in before
         assert str(folder) in before
         assert str(folder.parent) in before
 
 
 # ---- fault 5: a person's decision wins ------------------------------------------------------
+
 
 def test_a_move_decided_before_a_persons_decision_does_not_undo_it(tmp_path, db_url):
     with Store.open(tmp_path / "data", db_url) as store:
@@ -315,15 +365,13 @@ def test_a_move_decided_before_a_persons_decision_does_not_undo_it(tmp_path, db_
         store.move(b, "accepted", label="cat", label_source="keyword")
         # the factory read `a` in review and decides to demote it; a person accepts it first
         store.move(a, "accepted", label="cat", label_source="human")
-        result = store.move_many([Move(a, "rejected", {"reason": "duplicate",
-                                                       "duplicate_of": b})])
+        result = store.move_many([Move(a, "rejected", {"reason": "duplicate", "duplicate_of": b})])
         assert a in result.skipped and a not in result
         row = store.get_image(a)
         assert (row["status"], row["label"], row["label_source"]) == ("accepted", "cat", "human")
         # a person may change their mind; the guard on what the caller read skips stale moves
         store.move(a, "rejected", reason="human_rejected", label_source="human")
-        stale = store.move_many([Move(b, "review", {"label": "dog"},
-                                      expect={"status": "inbox"})])
+        stale = store.move_many([Move(b, "review", {"label": "dog"}, expect={"status": "inbox"})])
         assert b in stale.skipped and store.get_image(b)["status"] == "accepted"
         assert_consistent(store)
 
@@ -350,8 +398,13 @@ def test_a_long_read_does_not_block_another_process_writing(tmp_path):
         with store.engine.connect() as conn:  # a report's long read, still open
             conn.execute(select(runs)).all()
             store.stats({"cat": 5})
-            out = run_script(tmp_path, WRITER.format(data=str(data_dir)), capture_output=True,
-                             text=True, timeout=120)
+            out = run_script(
+                tmp_path,
+                WRITER.format(data=str(data_dir)),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert out.returncode == 0, out.stderr[-2000:]
         assert len(list(store.iter_images())) == 21
 

@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 
 import pytest
+from factory_helpers import encode, pattern_image
 
 from dataset_factory import process_inbox
 from dataset_factory.errors import ReviewError
 from dataset_factory.review import accept, reject
-from factory_helpers import encode, pattern_image
 
 
 def in_review(store, seed, keyword_class="cat", guess="dog") -> int:
     data = encode(pattern_image(seed, (48, 48)), "PNG")
     image_id = store.add_image(data, keyword_class=keyword_class, source="t", ext="png")
-    store.move(image_id, "review", label=guess, label_source="model", confidence=0.55,
-               model_version="v0001", reason="disagrees")
+    store.move(
+        image_id,
+        "review",
+        label=guess,
+        label_source="model",
+        confidence=0.55,
+        model_version="v0001",
+        reason="disagrees",
+    )
     return image_id
 
 
@@ -26,8 +33,10 @@ def test_list_accept_relabel_reject_from_the_cli(project, run_cli):
     listed = run_cli("review")
     assert listed.exit_code == 0
     assert all(str(i) in listed.output for i in (a, b, c))
-    only_bird = [json.loads(line) for line in run_cli("review", "--class", "bird", "--json")
-                 .output.splitlines()]
+    only_bird = [
+        json.loads(line)
+        for line in run_cli("review", "--class", "bird", "--json").output.splitlines()
+    ]
     assert [r["id"] for r in only_bird] == [c]
 
     assert run_cli("review", "accept", str(a)).exit_code == 0
@@ -38,7 +47,11 @@ def test_list_accept_relabel_reject_from_the_cli(project, run_cli):
     assert (ra["status"], ra["label"], ra["label_source"]) == ("accepted", "dog", "human")
     assert ra["path"].startswith("dataset/dog/")
     assert (rb["status"], rb["label"], rb["label_source"]) == ("accepted", "cat", "human")
-    assert (rc["status"], rc["reason"], rc["label_source"]) == ("rejected", "human_rejected", "human")
+    assert (rc["status"], rc["reason"], rc["label_source"]) == (
+        "rejected",
+        "human_rejected",
+        "human",
+    )
     assert "nothing to review" in run_cli("review").output
 
 
@@ -61,8 +74,12 @@ def test_a_human_decision_survives_later_factory_runs(project):
         image_id = in_review(store, 5, keyword_class="cat", guess="dog")
         accept(store, project.config, image_id, "bird")
         # a copy of it arrives later: the person's image stays, the copy is the duplicate
-        copy = store.add_image(encode(pattern_image(5, (48, 48)), "JPEG", quality=80),
-                               keyword_class="dog", source="t", ext="jpg")
+        copy = store.add_image(
+            encode(pattern_image(5, (48, 48)), "JPEG", quality=80),
+            keyword_class="dog",
+            source="t",
+            ext="jpg",
+        )
         process_inbox(project.config, store)
         row = store.get_image(image_id)
         assert (row["status"], row["label"], row["label_source"]) == ("accepted", "bird", "human")

@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from child_process import start_script
 from conftest import wait_for
+
 from scheduler.errors import BusyError
 from scheduler.jobs import run_job
 from scheduler.lock import JobLock
-
 
 HOLDER = """
     import time
@@ -47,6 +46,7 @@ def test_run_job_records_success_and_failure(project):
 
     def broken(c, s):
         raise RuntimeError("disk on fire")
+
     with pytest.raises(RuntimeError):
         run_job(config, "train", broken)
     with project.store() as store:
@@ -134,16 +134,25 @@ def test_service_runs_crawl_factory_train_in_order_and_repeats(project, tmp_path
     proc, log = start_service(project, tmp_path)
     try:
         # the run-now chain plus two ticks, each ending with its factory
-        wait_for(lambda: log.exists() and log.read_text().count("factory end") >= 3,
-                 "three factory runs have ended", 60)
+        wait_for(
+            lambda: log.exists() and log.read_text().count("factory end") >= 3,
+            "three factory runs have ended",
+            60,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     lines = log.read_text().splitlines()
-    assert lines[:6] == ["crawl start", "crawl end", "factory start", "factory end",
-                         "train start", "train end"]
+    assert lines[:6] == [
+        "crawl start",
+        "crawl end",
+        "factory start",
+        "factory end",
+        "train start",
+        "train end",
+    ]
     # every later tick is crawl then factory, never interleaved
-    ticks = [l for l in lines[6:] if l.endswith("start")]
+    ticks = [line for line in lines[6:] if line.endswith("start")]
     assert ticks[:4] == ["crawl start", "factory start", "crawl start", "factory start"]
     with project.store() as store:
         statuses = {r["status"] for r in store.recent_runs(50)}
@@ -170,7 +179,6 @@ def test_shared_holders_run_together_and_exclude_exclusive_jobs(tmp_path):
             with JobLock(tmp_path).hold("train"):
                 pass
     with lock.hold("train"):
-        with pytest.raises(BusyError):
-            with JobLock(tmp_path).hold("crawl", shared=True):
-                pass
+        with pytest.raises(BusyError), JobLock(tmp_path).hold("crawl", shared=True):
+            pass
         assert "train" in lock.holder()

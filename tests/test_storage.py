@@ -9,15 +9,22 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select
-
 from child_process import run_script, start_script
 from conftest import png_bytes
-from core.errors import UnsafeNameError
 from factory_helpers import assert_consistent
-from storage import (DuplicateImageError, ImageNotFoundError, Move, SchemaVersionError, Store,
-                     StorageError, UrlRetry)
-from storage import schema
+from sqlalchemy import inspect, select
+
+from core.errors import UnsafeNameError
+from storage import (
+    DuplicateImageError,
+    ImageNotFoundError,
+    Move,
+    SchemaVersionError,
+    StorageError,
+    Store,
+    UrlRetry,
+    schema,
+)
 from storage.files import atomic_write
 
 
@@ -39,9 +46,15 @@ def test_open_creates_layout_and_wal_db(tmp_path):
 
 def test_add_image_keeps_original_bytes_and_metadata(store):
     data = png_bytes()
-    image_id = store.add_image(data, keyword_class="cat", source="demo", ext=".PNG",
-                               source_url="http://x/1.png", page_url="http://x/s?q=cat",
-                               query="cat photo")
+    image_id = store.add_image(
+        data,
+        keyword_class="cat",
+        source="demo",
+        ext=".PNG",
+        source_url="http://x/1.png",
+        page_url="http://x/s?q=cat",
+        query="cat photo",
+    )
     row = store.get_image(image_id)
     assert row["status"] == "inbox" and row["path"].startswith("inbox/")
     assert row["path"].endswith(".png")
@@ -86,8 +99,10 @@ def test_moves_refuse_unsafe_labels_and_unknown_images(store):
 
 
 def test_stats_counts_per_class_inbox_and_rejections(store):
-    ids = [store.add_image(png_bytes((i, 0, 0)), keyword_class="cat", source="demo", ext="png")
-           for i in range(6)]
+    ids = [
+        store.add_image(png_bytes((i, 0, 0)), keyword_class="cat", source="demo", ext="png")
+        for i in range(6)
+    ]
     store.move(ids[0], "accepted", label="cat")
     store.move(ids[1], "accepted", label="cat")
     store.move(ids[2], "review", label="dog")
@@ -95,9 +110,11 @@ def test_stats_counts_per_class_inbox_and_rejections(store):
     store.move(ids[4], "rejected", reason="undecodable")
     stats = store.stats({"cat": 10, "dog": 4, "bird": 1}).as_json()
     assert stats == {
-        "classes": {"cat": {"accepted": 2, "review": 0, "target": 10},
-                    "dog": {"accepted": 0, "review": 1, "target": 4},
-                    "bird": {"accepted": 0, "review": 0, "target": 1}},
+        "classes": {
+            "cat": {"accepted": 2, "review": 0, "target": 10},
+            "dog": {"accepted": 0, "review": 1, "target": 4},
+            "bird": {"accepted": 0, "review": 0, "target": 1},
+        },
         "inbox": 1,
         "rejected": {"duplicate": 1, "undecodable": 1},
     }
@@ -107,11 +124,15 @@ def test_stats_counts_per_class_inbox_and_rejections(store):
 def test_passing_failures_are_due_again_after_the_pause_up_to_max_attempts(store):
     from crawler.pipeline import passing_failure
     from storage.store import utcnow
+
     urls = {o: f"http://a/{o}.jpg" for o in ("timeout", "http_503", "http_404", "not_image")}
     for outcome, url in urls.items():
         assert store.record_url(url, outcome)
-    store.record_url("http://a/ok.jpg", "stored", store.add_image(
-        png_bytes((3, 3, 3)), keyword_class="cat", source="demo", ext="png"))
+    store.record_url(
+        "http://a/ok.jpg",
+        "stored",
+        store.add_image(png_bytes((3, 3, 3)), keyword_class="cat", source="demo", ext="png"),
+    )
     everything = [*urls.values(), "http://a/ok.jpg"]
     a_day = UrlRetry(passing_failure, timedelta(hours=24), max_attempts=2)
     assert store.seen_urls(everything, a_day) == set(everything)  # too soon for any
@@ -123,8 +144,9 @@ def test_passing_failures_are_due_again_after_the_pause_up_to_max_attempts(store
     assert not store.record_url(urls["timeout"], "stored", image_id)  # recorded before
     assert not store.record_url(urls["http_503"], "http_503")
     assert store.seen_urls(everything, now) == set(everything)  # one gave an image; 2 attempts
-    assert store.seen_urls(everything, UrlRetry(passing_failure, timedelta(0), 3)) == \
-        set(everything) - {urls["http_503"]}
+    assert store.seen_urls(everything, UrlRetry(passing_failure, timedelta(0), 3)) == set(
+        everything
+    ) - {urls["http_503"]}
     store.record_url(urls["timeout"], "timeout")  # a stale retry never undoes an image
     with store.engine.connect() as conn:
         rows = {r.url: r for r in conn.execute(select(schema.urls))}
@@ -202,12 +224,13 @@ def run_and_kill(data_dir: Path, point: str, op: str, ids=()) -> None:
 def test_interrupted_move_is_finished_on_next_open(tmp_path, point):
     data_dir = tmp_path / "data"
     with Store.open(data_dir) as store:
-        ids = [store.add_image(png_bytes((i, 9, 9)), keyword_class="cat", source="demo",
-                               ext="png") for i in range(3)]
+        ids = [
+            store.add_image(png_bytes((i, 9, 9)), keyword_class="cat", source="demo", ext="png")
+            for i in range(3)
+        ]
     run_and_kill(data_dir, point, "move", ids)
-    with Store.open(data_dir, repair=False) as half:
-        with half.engine.connect() as conn:
-            assert len(conn.execute(select(schema.pending_moves)).all()) == 3
+    with Store.open(data_dir, repair=False) as half, half.engine.connect() as conn:
+        assert len(conn.execute(select(schema.pending_moves)).all()) == 3
     with Store.open(data_dir) as store:  # opening repairs
         rows = list(store.iter_images())
         assert len(rows) == 3
@@ -238,9 +261,11 @@ def test_interrupted_add_leaves_one_image_or_none(tmp_path, point):
 def test_orphan_temp_file_of_dead_writer_is_removed(tmp_path):
     data_dir = tmp_path / "data"
     Store.open(data_dir).close()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     from storage.files import HOST
+
     orphan = data_dir / "inbox" / f".abc.jpg~{HOST}~{dead}~xyz.part"
     orphan.write_bytes(b"half")
     live = data_dir / "inbox" / f".abd.jpg~{HOST}~{os.getpid()}~xyz.part"
@@ -264,12 +289,14 @@ def test_repair_of_a_move_whose_file_vanished_records_it(tmp_path):
 
 # ---- schema versions ------------------------------------------------------------------------
 
+
 def test_newer_schema_is_refused(tmp_path):
     data_dir = tmp_path / "data"
     Store.open(data_dir).close()
     con = sqlite3.connect(data_dir / "pingo.db")
-    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                (str(schema.SCHEMA_VERSION + 1),))
+    con.execute(
+        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema.SCHEMA_VERSION + 1),)
+    )
     con.commit()
     con.close()
     with pytest.raises(SchemaVersionError, match="upgrade pingo"):
@@ -277,35 +304,50 @@ def test_newer_schema_is_refused(tmp_path):
 
 
 def test_duplicates_of_a_replaced_image_point_at_its_replacement(store):
-    a, b, c, d, e, f, g = [store.add_image(png_bytes((i, 2, 2)), keyword_class="cat",
-                                           source="demo", ext="png") for i in range(7)]
+    a, b, c, d, e, f, g = [
+        store.add_image(png_bytes((i, 2, 2)), keyword_class="cat", source="demo", ext="png")
+        for i in range(7)
+    ]
     store.move(b, "rejected", reason="duplicate", duplicate_of=a)
     store.move(a, "rejected", reason="duplicate", duplicate_of=c)  # c replaces a
     assert store.get_image(b)["duplicate_of"] == c
     # in one batch, in either order: e -> d and d -> f leave e pointing at f
-    store.move_many([Move(e, "rejected", {"reason": "duplicate", "duplicate_of": d}),
-                     Move(d, "rejected", {"reason": "duplicate", "duplicate_of": f})])
+    store.move_many(
+        [
+            Move(e, "rejected", {"reason": "duplicate", "duplicate_of": d}),
+            Move(d, "rejected", {"reason": "duplicate", "duplicate_of": f}),
+        ]
+    )
     assert (store.get_image(e)["duplicate_of"], store.get_image(d)["duplicate_of"]) == (f, f)
-    store.move_many([Move(f, "rejected", {"reason": "duplicate", "duplicate_of": g}),
-                     Move(d, "rejected", {"reason": "duplicate", "duplicate_of": f})])
+    store.move_many(
+        [
+            Move(f, "rejected", {"reason": "duplicate", "duplicate_of": g}),
+            Move(d, "rejected", {"reason": "duplicate", "duplicate_of": f}),
+        ]
+    )
     assert {store.get_image(i)["duplicate_of"] for i in (d, e, f)} == {g}
     assert_consistent(store)
 
 
-def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_rows(tmp_path, db_url):
+def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_rows(
+    tmp_path, db_url
+):
     data_dir = tmp_path / "data"
     with Store.open(data_dir, db_url) as store:
         image_id = store.add_image(png_bytes(), keyword_class="cat", source="demo", ext="png")
         store.record_url("http://a/slow.jpg", "timeout")
         with store.engine.begin() as conn:  # what a v1 pingo left behind
-            for ddl in ("DROP INDEX ix_images_duplicate_of", "DROP INDEX ix_images_updated_at",
-                        "ALTER TABLE urls DROP COLUMN attempts",
-                        "ALTER TABLE urls DROP COLUMN last_tried",
-                        "ALTER TABLE images DROP COLUMN failures",
-                        "ALTER TABLE images DROP COLUMN last_error",
-                        "ALTER TABLE runs DROP COLUMN owner",
-                        "ALTER TABLE runs DROP COLUMN heartbeat",
-                        "UPDATE meta SET value = '1' WHERE key = 'schema_version'"):
+            for ddl in (
+                "DROP INDEX ix_images_duplicate_of",
+                "DROP INDEX ix_images_updated_at",
+                "ALTER TABLE urls DROP COLUMN attempts",
+                "ALTER TABLE urls DROP COLUMN last_tried",
+                "ALTER TABLE images DROP COLUMN failures",
+                "ALTER TABLE images DROP COLUMN last_error",
+                "ALTER TABLE runs DROP COLUMN owner",
+                "ALTER TABLE runs DROP COLUMN heartbeat",
+                "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+            ):
                 conn.exec_driver_sql(ddl)
     with Store.open(data_dir, db_url) as store:
         assert store.get_image(image_id)["keyword_class"] == "cat"
@@ -351,9 +393,12 @@ def test_migration_adds_a_column_and_keeps_rows(tmp_path):
 
 # ---- claims: several factory workers share the inbox ----------------------------------------
 
+
 def test_claims_split_the_inbox_and_expire(store):
-    ids = [store.add_image(png_bytes((i, 1, 1)), keyword_class="cat", source="demo", ext="png")
-           for i in range(5)]
+    ids = [
+        store.add_image(png_bytes((i, 1, 1)), keyword_class="cat", source="demo", ext="png")
+        for i in range(5)
+    ]
     a = [r["id"] for r in store.claim_inbox("worker-a", 3)]
     b = [r["id"] for r in store.claim_inbox("worker-b", 3)]
     assert a == ids[:3] and b == ids[3:]
@@ -381,8 +426,12 @@ OPEN_TOGETHER_SCRIPT = """
 def open_together(data_dirs: list[Path], url: str | None = None, workers: int = 4) -> None:
     """``workers`` processes open each of ``data_dirs`` (all on ``url``) at the same moment."""
     script = OPEN_TOGETHER_SCRIPT.format(url=url)
-    procs = [start_script(data_dirs[0].parent, script, stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+    procs = [
+        start_script(
+            data_dirs[0].parent, script, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(workers)
+    ]
     try:
         assert [p.stdout.readline().strip() for p in procs] == ["ready"] * workers
         for n, data_dir in enumerate(data_dirs):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import wait_for
 from train_helpers import CLASSES, CONFIG, fill
 
@@ -25,6 +24,7 @@ def test_first_model_is_a_complete_registry_entry_and_is_promoted(trained, train
     import keras
 
     from vision.pixels import load_pixels
+
     result = trained_template[1]
     assert result.promoted and "first model" in result.reason
     folder = trained.entry()
@@ -38,8 +38,9 @@ def test_first_model_is_a_complete_registry_entry_and_is_promoted(trained, train
     metrics = json.loads((folder / "metrics.json").read_text())
     test = metrics["test"]
     assert set(test["per_class"]) == set(CLASSES)
-    assert all({"precision", "recall", "f1", "support"} <= set(v)
-               for v in test["per_class"].values())
+    assert all(
+        {"precision", "recall", "f1", "support"} <= set(v) for v in test["per_class"].values()
+    )
     matrix = np.array(test["confusion_matrix"])
     assert matrix.shape == (3, 3) and matrix.sum() == test["images"] > 0
     assert test["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
@@ -69,8 +70,9 @@ def test_first_model_is_a_complete_registry_entry_and_is_promoted(trained, train
     # recorded accuracy is what this file really scores on the test images.
     model = keras.models.load_model(folder / "model.keras", safe_mode=True)
     test_rows = [accepted[h] for h in manifest["splits"]["test"]]
-    images = np.stack([load_pixels(str(trained.config.data_dir / r["path"]), 32)
-                       for r in test_rows]).astype("float32")
+    images = np.stack(
+        [load_pixels(str(trained.config.data_dir / r["path"]), 32) for r in test_rows]
+    ).astype("float32")
     probs = model.predict(images, verbose=0)
     assert probs.shape == (len(test_rows), 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
@@ -80,6 +82,7 @@ def test_first_model_is_a_complete_registry_entry_and_is_promoted(trained, train
 
 def test_training_waits_until_every_class_is_at_target(project):
     from trainer.run import should_train, train
+
     project.write(CONFIG)
     with project.store() as store:
         fill(store, 20, labels=["red", "green"])
@@ -96,6 +99,7 @@ def test_training_waits_until_every_class_is_at_target(project):
 
 def test_training_waits_until_the_dataset_changes(trained):
     from trainer.run import should_train, train
+
     with trained.store() as store:
         ok, reason = should_train(trained.config, store)
         assert not ok and "not changed since model v0001" in reason
@@ -109,8 +113,9 @@ def test_new_model_is_judged_against_the_current_one_on_the_same_test_split(trai
     """After images are added, the gate scores the current model on the *new* test split,
     and every image keeps the split it had."""
     from trainer.evaluate import evaluate_on
-    from vision.model import load_model
     from trainer.run import train
+    from vision.model import load_model
+
     old_manifest = json.loads((trained.entry() / "manifest.json").read_text())
     with trained.store() as store:
         fill(store, 10, start=20)
@@ -125,6 +130,7 @@ def test_new_model_is_judged_against_the_current_one_on_the_same_test_split(trai
     assert gate["current_version"] == "v0001"
     # Re-score v0001 ourselves on v0002's test split: the gate must have used the same one.
     from trainer.data import plan_from_store
+
     with trained.store() as store:
         plan = plan_from_store(store, CLASSES, 0.15, 0.15)
     old = evaluate_on(load_model(trained.entry("v0001")), plan.split("test"), 8)
@@ -136,10 +142,15 @@ def test_new_model_is_judged_against_the_current_one_on_the_same_test_split(trai
 
 def test_worse_model_is_not_promoted(trained):
     from trainer.run import train
+
     with trained.store() as store:
         # learning_rate 0: the weights never move, so the model stays at its random start.
-        result = train(trained.config, store, force=True,
-                       overrides={"learning_rate": 0.0, "epochs": 1, "seed": 7})
+        result = train(
+            trained.config,
+            store,
+            force=True,
+            overrides={"learning_rate": 0.0, "epochs": 1, "seed": 7},
+        )
         rows = {r["version"]: r for r in store.registry.rows()}
         current = store.registry.current()
     gate = json.loads((trained.entry("v0002") / "metrics.json").read_text())["gate"]
@@ -152,23 +163,25 @@ def test_worse_model_is_not_promoted(trained):
 
 def test_a_margin_makes_promotion_stricter(trained):
     from trainer.run import train
+
     with trained.store() as store:
-        result = train(trained.config, store, force=True,
-                       overrides={"promote_margin": 1.0, "epochs": 1})
+        result = train(
+            trained.config, store, force=True, overrides={"promote_margin": 1.0, "epochs": 1}
+        )
         assert store.registry.current() == "v0001"
     gate = json.loads((trained.entry("v0002") / "metrics.json").read_text())["gate"]
     assert gate["current_accuracy"] > 0  # so accuracy + 1.0 is out of reach
     assert not result.promoted and "margin +1.0000" in result.reason
 
 
-def test_a_model_file_that_does_not_load_leaves_the_previous_model_in_service(trained,
-                                                                               monkeypatch):
+def test_a_model_file_that_does_not_load_leaves_the_previous_model_in_service(trained, monkeypatch):
     from storage.errors import ModelLoadError
     from trainer import registry_writer
     from trainer.run import train
 
     def broken_save(model, path):  # a disk that garbles the file: nothing else provokes it
         path.write_bytes(b"PK\x03\x04 not really a keras archive")
+
     monkeypatch.setattr(registry_writer, "save_model", broken_save)
     with trained.store() as store:
         with pytest.raises(ModelLoadError, match="v0002: cannot load the model"):
@@ -202,11 +215,22 @@ def test_sigkill_mid_training_never_touches_current_and_the_next_run_carries_on(
     trained.config_path.write_text(text.replace("epochs = 6", "epochs = 1000"))
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from pingo.cli import main; main()", "--config",
-         str(trained.config_path), "train", "--force"],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(root)})
+        [
+            sys.executable,
+            "-c",
+            "from pingo.cli import main; main()",
+            "--config",
+            str(trained.config_path),
+            "train",
+            "--force",
+        ],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     checkpoint = trained.entry("v0002") / "checkpoint.weights.h5"
+
     def under_way() -> bool:  # at least one epoch done: training is under way
         if checkpoint.exists():
             return True
@@ -219,11 +243,13 @@ def test_sigkill_mid_training_never_touches_current_and_the_next_run_carries_on(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     from storage.registry import entry_state
+
     assert entry_state(trained.entry("v0002")) == "incomplete"
     assert (trained.entry().parent / "CURRENT").read_text().strip() == "v0001"
 
     trained.config_path.write_text(CONFIG)
     from trainer.run import train
+
     with trained.store() as store:
         assert [r["version"] for r in store.registry.rows()] == ["v0001"]
         result = train(trained.config, store, force=True, overrides={"epochs": 1})
@@ -231,7 +257,10 @@ def test_sigkill_mid_training_never_touches_current_and_the_next_run_carries_on(
         assert store.registry.current() == ("v0003" if result.promoted else "v0001")
     listing = json.loads(trained.cli("models", "--json").stdout)
     assert [(m["version"], m["state"]) for m in listing] == [
-        ("v0001", "complete"), ("v0002", "incomplete"), ("v0003", "complete")]
+        ("v0001", "complete"),
+        ("v0002", "incomplete"),
+        ("v0003", "complete"),
+    ]
 
 
 def test_backbone_weights_come_only_from_a_local_file(trained):
@@ -242,8 +271,10 @@ def test_backbone_weights_come_only_from_a_local_file(trained):
     from trainer.errors import TrainerError
     from trainer.models import build_model
     from trainer.run import train
-    donor = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False,
-                                           weights=None, pooling="avg")
+
+    donor = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), include_top=False, weights=None, pooling="avg"
+    )
     donor.save_weights(trained.root / "mnv2.weights.h5")
     built = build_model("mobilenet_v2", 32, 3, str(trained.root / "mnv2.weights.h5"))
     backbone = built.get_layer("mobilenetv2_1.00_32")
@@ -257,6 +288,7 @@ def test_backbone_weights_come_only_from_a_local_file(trained):
     # The nested keras.applications model survives the registry's save / safe-mode load.
     from trainer.registry_writer import save_model
     from vision.model import load_model
+
     folder = trained.root / "entry"
     folder.mkdir()
     save_model(built, folder / "model.keras")
@@ -264,13 +296,21 @@ def test_backbone_weights_come_only_from_a_local_file(trained):
     (folder / "config.json").write_text(json.dumps({"image_size": 32, "arch": "mobilenet_v2"}))
     loaded = load_model(folder)
     probe = np.full((1, 32, 32, 3), 128.0, dtype="float32")
-    np.testing.assert_allclose(loaded.model.predict(probe, verbose=0),
-                               built.predict(probe, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.model.predict(probe, verbose=0),
+        built.predict(probe, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
     # A relative weights_path is read beside pingo.toml; a missing one is refused before
     # anything is written.
     with trained.store() as store:
         with pytest.raises(TrainerError, match=re.escape(str(trained.root / "gone.weights.h5"))):
-            train(trained.config, store, force=True, overrides={
-                "arch": "mobilenet_v2", "weights_path": "gone.weights.h5", "epochs": 1})
+            train(
+                trained.config,
+                store,
+                force=True,
+                overrides={"arch": "mobilenet_v2", "weights_path": "gone.weights.h5", "epochs": 1},
+            )
         assert store.registry.versions() == ["v0001"]

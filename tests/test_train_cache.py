@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from train_helpers import CONFIG, fill
 
 from core.config import load_config
 from storage import Store
-from train_helpers import CONFIG, fill
 from trainer import cache, data
 
 
@@ -30,8 +30,13 @@ def test_over_the_budget_the_cache_is_a_file_under_data_dir_removed_afterwards(t
 
 def test_a_dead_runs_cache_files_are_removed_by_the_next_run(tmp_path):
     from storage import files
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     left = tmp_path / f"train-abc~{files.HOST[:100]}~{dead}"
     left.mkdir()
     (left / "train.data-00000-of-00001").write_bytes(b"x")
@@ -44,6 +49,7 @@ def test_a_dead_runs_cache_files_are_removed_by_the_next_run(tmp_path):
 
 def test_file_cache_gives_the_same_batches_as_the_memory_cache(tmp_path):
     from train_helpers import colour_png
+
     items = []
     for i in range(12):
         label = ("red", "blue")[i % 2]
@@ -70,6 +76,7 @@ def test_training_with_a_tiny_cache_budget_uses_a_file_cache_and_still_trains(tm
     config = load_config(root / "pingo.toml")
     assert config.train.cache_memory_mb == 0
     from trainer.run import train
+
     with Store.from_config(config) as store:
         fill(store, 12)
         result = train(config, store, force=True)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from conftest import png_bytes
+
 from trainer import data
 from trainer.errors import NotEnoughDataError
 from trainer.split import assign_split, group_key
 
-import pytest
-
 
 def add_accepted(store, label: str, color, size=(40, 40), phash=None) -> int:
-    image_id = store.add_image(png_bytes(color, size), keyword_class=label, source="test",
-                               ext="png")
+    image_id = store.add_image(
+        png_bytes(color, size), keyword_class=label, source="test", ext="png"
+    )
     store.move(image_id, "accepted", label=label, label_source="human")
     if phash is not None:
         store.update_image(image_id, phash=phash, hash_method="phash")
@@ -25,12 +26,14 @@ def test_split_of_existing_images_never_changes_when_images_are_added(project):
     with project.store() as store:
         for i in range(30):
             add_accepted(store, ("cat", "dog")[i % 2], (i, 10, 200))
-        before = {i.sha256: i.split for i in
-                  data.plan_from_store(store, ["cat", "dog"], 0.15, 0.15).items}
+        before = {
+            i.sha256: i.split for i in data.plan_from_store(store, ["cat", "dog"], 0.15, 0.15).items
+        }
         for i in range(30, 200):
             add_accepted(store, ("cat", "dog")[i % 2], (i, 10, 200))
-        after = {i.sha256: i.split for i in
-                 data.plan_from_store(store, ["cat", "dog"], 0.15, 0.15).items}
+        after = {
+            i.sha256: i.split for i in data.plan_from_store(store, ["cat", "dog"], 0.15, 0.15).items
+        }
     assert len(before) == 30 and len(after) == 200
     assert {sha: after[sha] for sha in before} == before
     counts = Counter(after.values())
@@ -98,6 +101,7 @@ def test_training_sees_the_same_pixels_the_factory_classifies(tmp_path):
     from dataset_factory.classify import model_input
     from trainer.data import Item, make_dataset
     from vision.pixels import load_pixels
+
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (90, 60, 3), dtype=np.uint8)
     cases = {}
@@ -106,8 +110,9 @@ def test_training_sees_the_same_pixels_the_factory_classifies(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "JPEG", exif=exif)
     cases["rotated.jpg"] = buf.getvalue()
-    rgba = np.dstack([noise, np.where(np.arange(60) < 30, 0, 255).astype(np.uint8)[None, :]
-                      .repeat(90, 0)])
+    rgba = np.dstack(
+        [noise, np.where(np.arange(60) < 30, 0, 255).astype(np.uint8)[None, :].repeat(90, 0)]
+    )
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, "PNG")
     cases["alpha.png"] = buf.getvalue()
@@ -126,7 +131,7 @@ def test_training_sees_the_same_pixels_the_factory_classifies(tmp_path):
         ours = load_pixels(str(path), 32)
         assert ours.dtype == np.uint8 and ours.shape == (32, 32, 3), name
         item = Item(str(path), "x", "", "", "test")
-        (trained, _), = make_dataset([item], ["x"], 32, 1, training=False, cache=False)
+        ((trained, _),) = make_dataset([item], ["x"], 32, 1, training=False, cache=False)
         (sorted_,) = model_input([str(path)], 32, 1)
         np.testing.assert_array_equal(ours.astype(np.float32), trained.numpy()[0], err_msg=name)
         np.testing.assert_array_equal(ours.astype(np.float32), sorted_.numpy()[0], err_msg=name)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
+from factory_helpers import assert_consistent, encode, hostile_files, pattern_image
 from PIL import Image
 
 from dataset_factory import process_inbox
-from factory_helpers import assert_consistent, encode, hostile_files, pattern_image
 from vision.decode import Limits, decode
 from vision.errors import InvalidImage
 
@@ -71,14 +70,19 @@ def test_hostile_set_ends_in_the_right_places(project, hostile):
     project.write(project.DEFAULT + "\n[factory]\nworkers = 2\n")
     config = project.config
     with project.store() as store:
-        ids = {name: store.add_image(data, keyword_class="cat", source="test", ext=ext)
-               for name, (data, ext, _) in hostile.items()}
+        ids = {
+            name: store.add_image(data, keyword_class="cat", source="test", ext=ext)
+            for name, (data, ext, _) in hostile.items()
+        }
         summary = process_inbox(config, store)
         for name, (_, _, expected) in hostile.items():
             row = store.get_image(ids[name])
             if expected is None:
-                assert (row["status"], row["label"], row["label_source"]) == \
-                    ("accepted", "cat", "keyword"), name
+                assert (row["status"], row["label"], row["label_source"]) == (
+                    "accepted",
+                    "cat",
+                    "keyword",
+                ), name
                 assert row["phash"] is not None and row["hash_method"] == "phash"
             else:
                 assert (row["status"], row["reason"]) == ("rejected", expected), name
@@ -90,16 +94,21 @@ def test_hostile_set_ends_in_the_right_places(project, hostile):
 
 def test_a_slow_decode_is_cut_off_by_the_time_bound(project):
     from PIL import Image
+
     project.write(project.DEFAULT + "\n[factory]\ndecode_timeout = 1.0\n")
     big = Image.linear_gradient("L").resize((8000, 4000))
     with project.store() as store:
-        slow = store.add_image(encode(big, "PNG", compress_level=1), keyword_class="cat",
-                               source="t", ext="png")
-        fine = store.add_image(encode(pattern_image(7), "PNG"), keyword_class="cat",
-                               source="t", ext="png")
+        slow = store.add_image(
+            encode(big, "PNG", compress_level=1), keyword_class="cat", source="t", ext="png"
+        )
+        fine = store.add_image(
+            encode(pattern_image(7), "PNG"), keyword_class="cat", source="t", ext="png"
+        )
         process_inbox(project.config, store)
-        assert (store.get_image(slow)["status"], store.get_image(slow)["reason"]) == \
-            ("rejected", "decode_timeout")
+        assert (store.get_image(slow)["status"], store.get_image(slow)["reason"]) == (
+            "rejected",
+            "decode_timeout",
+        )
         assert store.get_image(fine)["status"] == "accepted"
 
 
@@ -109,6 +118,7 @@ def test_a_worker_killed_mid_run_costs_no_image(tmp_path, sign_digits, caplog):
     import signal
 
     from dataset_factory.hash_pool import Analyser, Job, Settings
+
     paths = sorted((sign_digits / "5").glob("*"))[:80]
     with Analyser(Settings(), workers=2) as analyser:
         results = []

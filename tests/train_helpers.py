@@ -39,6 +39,7 @@ patience = 3
 def colour_png(label: str, i: int) -> bytes:
     """A noisy 24x24 image whose dominant colour gives its class; unique per (label, i)."""
     from PIL import Image
+
     rng = np.random.default_rng([i, len(label)])
     base = np.array(BASE[label]) + rng.integers(-30, 31, 3)
     pixels = np.clip(base + rng.integers(-25, 26, (24, 24, 3)), 0, 255).astype(np.uint8)
@@ -51,8 +52,9 @@ def fill(store, per_class: int, start: int = 0, labels=CLASSES) -> None:
     """Accepted, human-labelled images in dataset/<class>/ through the Store API."""
     for label in labels:
         for i in range(start, start + per_class):
-            image_id = store.add_image(colour_png(label, i), keyword_class=label,
-                                       source="test", ext="png")
+            image_id = store.add_image(
+                colour_png(label, i), keyword_class=label, source="test", ext="png"
+            )
             store.move(image_id, "accepted", label=label, label_source="human")
 
 
@@ -75,5 +77,7 @@ class Trained:
 
     def cli(self, *args: str):
         from pingo.cli import cli
-        return CliRunner().invoke(cli, ["--config", str(self.config_path), *args],
-                                  catch_exceptions=False)
+
+        return CliRunner().invoke(
+            cli, ["--config", str(self.config_path), *args], catch_exceptions=False
+        )

@@ -14,10 +14,10 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +31,17 @@ def estimate_bytes(n_images: int, image_size: int) -> int:
 
 @dataclass
 class CachePlan:
-    kind: str                  # "memory" or "file"
-    estimate: int              # bytes the cached images take
+    kind: str  # "memory" or "file"
+    estimate: int  # bytes the cached images take
     folder: Path | None = None  # the run's cache folder (file caches only)
-    written: int = 0           # bytes the file cache held when the run ended
+    written: int = 0  # bytes the file cache held when the run ended
 
     def target(self, split: str) -> bool | str:
         """make_dataset's ``cache`` argument for one split."""
         return True if self.folder is None else str(self.folder / split)
 
     def as_json(self) -> dict:
-        return {"kind": self.kind, "estimate_bytes": self.estimate,
-                "written_bytes": self.written}
+        return {"kind": self.kind, "estimate_bytes": self.estimate, "written_bytes": self.written}
 
 
 def cache_key(paths: Sequence[str], image_size: int, max_pixels: int) -> str:
@@ -54,25 +53,35 @@ def cache_key(paths: Sequence[str], image_size: int, max_pixels: int) -> str:
 
 
 @contextmanager
-def dataset_cache(n_images: int, image_size: int, budget_mb: int, cache_dir: Path | None,
-                  key: str) -> Iterator[CachePlan]:
+def dataset_cache(
+    n_images: int, image_size: int, budget_mb: int, cache_dir: Path | None, key: str
+) -> Iterator[CachePlan]:
     """A CachePlan for one training run; a file cache's folder is removed on exit."""
     estimate = estimate_bytes(n_images, image_size)
     if estimate <= budget_mb * 2**20 or cache_dir is None:
         if cache_dir is None and estimate > budget_mb * 2**20:
-            logger.warning("the image cache (%.0f MB) is over train.cache_memory_mb (%d) but "
-                           "there is no cache folder; caching in memory", estimate / 2**20,
-                           budget_mb)
+            logger.warning(
+                "the image cache (%.0f MB) is over train.cache_memory_mb (%d) but "
+                "there is no cache folder; caching in memory",
+                estimate / 2**20,
+                budget_mb,
+            )
         yield CachePlan("memory", estimate)
         return
     from storage import files
+
     cache_dir = Path(cache_dir)
     _remove_dead(cache_dir, files)
     folder = cache_dir / f"{PREFIX}{key}~{files.HOST[:100]}~{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    logger.info("caching %d decoded images (%.0f MB, over train.cache_memory_mb = %d) in %s",
-                n_images, estimate / 2**20, budget_mb, folder)
+    logger.info(
+        "caching %d decoded images (%.0f MB, over train.cache_memory_mb = %d) in %s",
+        n_images,
+        estimate / 2**20,
+        budget_mb,
+        folder,
+    )
     plan = CachePlan("file", estimate, folder)
     try:
         yield plan

@@ -15,22 +15,23 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from trainer.errors import NotEnoughDataError
 from trainer.split import SPLITS, assign_split, group_key
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Item:
-    path: str        # absolute file path
+    path: str  # absolute file path
     label: str
-    sha256: str      # of the file's bytes
-    group: str       # split key (perceptual hash or content hash)
-    split: str       # train / val / test
+    sha256: str  # of the file's bytes
+    group: str  # split key (perceptual hash or content hash)
+    split: str  # train / val / test
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class DatasetPlan:
 
     def manifest(self) -> dict:
         """The content hashes per split: enough to rebuild exactly this dataset."""
-        splits = {s: sorted(f"{i.label}/{i.sha256}" for i in self.items if i.split == s)
-                  for s in SPLITS}
+        splits = {
+            s: sorted(f"{i.label}/{i.sha256}" for i in self.items if i.split == s) for s in SPLITS
+        }
         return {"classes": self.classes, "counts": self.counts(), "splits": splits}
 
     def manifest_hash(self) -> str:
@@ -62,13 +64,15 @@ class DatasetPlan:
 
 def manifest_hash(classes: Sequence[str], rows: Iterable[tuple[str, str, str]]) -> str:
     """One hash over the classes and (sha256, label, group) of every image, order-free."""
-    body = json.dumps({"classes": list(classes), "images": sorted(map(list, rows))},
-                      separators=(",", ":"))
+    body = json.dumps(
+        {"classes": list(classes), "images": sorted(map(list, rows))}, separators=(",", ":")
+    )
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def plan_from_store(store, classes: Sequence[str], val_fraction: float,
-                    test_fraction: float) -> DatasetPlan:
+def plan_from_store(
+    store, classes: Sequence[str], val_fraction: float, test_fraction: float
+) -> DatasetPlan:
     """Accepted images whose label is one of ``classes`` (files under dataset/<class>/)."""
     wanted = set(classes)
     items, skipped, missing = [], Counter(), 0
@@ -81,24 +85,37 @@ def plan_from_store(store, classes: Sequence[str], val_fraction: float,
             missing += 1
             continue
         key = group_key(row["sha256"], row["phash"], row["hash_method"])
-        items.append(Item(str(path), row["label"], row["sha256"], key,
-                          assign_split(key, val_fraction, test_fraction)))
+        items.append(
+            Item(
+                str(path),
+                row["label"],
+                row["sha256"],
+                key,
+                assign_split(key, val_fraction, test_fraction),
+            )
+        )
     if skipped:
-        logger.warning("ignoring accepted images of classes not in the config: %s",
-                       dict(skipped))
+        logger.warning("ignoring accepted images of classes not in the config: %s", dict(skipped))
     if missing:
-        logger.warning("%d accepted images have no file on disk; run any pingo command to "
-                       "repair the store", missing)
+        logger.warning(
+            "%d accepted images have no file on disk; run any pingo command to repair the store",
+            missing,
+        )
     return DatasetPlan(sorted(classes), items)
 
 
-def plan_from_folder(root: str | Path, val_fraction: float, test_fraction: float,
-                     classes: Sequence[str] | None = None) -> DatasetPlan:
+def plan_from_folder(
+    root: str | Path,
+    val_fraction: float,
+    test_fraction: float,
+    classes: Sequence[str] | None = None,
+) -> DatasetPlan:
     """A ``<root>/<class>/<image>`` folder (the image_dataset_from_directory layout)."""
     root = Path(root)
     if classes is None:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir()
-                         and not p.name.startswith("."))
+        classes = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
     items = []
     for label in classes:
         for path in sorted((root / label).iterdir()):
@@ -106,8 +123,15 @@ def plan_from_folder(root: str | Path, val_fraction: float, test_fraction: float
                 continue
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
             key = group_key(sha)
-            items.append(Item(str(path.resolve()), label, sha, key,
-                              assign_split(key, val_fraction, test_fraction)))
+            items.append(
+                Item(
+                    str(path.resolve()),
+                    label,
+                    sha,
+                    key,
+                    assign_split(key, val_fraction, test_fraction),
+                )
+            )
     return DatasetPlan(sorted(classes), items)
 
 
@@ -118,31 +142,47 @@ def check_enough(plan: DatasetPlan) -> None:
     counts = plan.counts()
     empty = [c for c, n in counts["train"].items() if n == 0]
     if empty:
-        raise NotEnoughDataError(f"no training images for class(es) {', '.join(empty)}; "
-                                 f"images per split: {counts}")
+        raise NotEnoughDataError(
+            f"no training images for class(es) {', '.join(empty)}; images per split: {counts}"
+        )
     for split in ("val", "test"):
         if sum(counts[split].values()) == 0:
             raise NotEnoughDataError(
                 f"the {split} split is empty ({len(plan.items)} images in all): add images "
-                f"or raise train.{split}_fraction")
+                f"or raise train.{split}_fraction"
+            )
 
 
 # ---- tf.data ------------------------------------------------------------------------------
 
+
 def augmenter(seed: int):
     """Random flip, rotation, zoom and contrast; applied to training batches only."""
     import keras
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.1, fill_mode="nearest", seed=seed + 1),
-        keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 2),
-        keras.layers.RandomContrast(0.1, seed=seed + 3),
-    ], name="augment")
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.1, fill_mode="nearest", seed=seed + 1),
+            keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 2),
+            keras.layers.RandomContrast(0.1, seed=seed + 3),
+        ],
+        name="augment",
+    )
 
 
-def make_dataset(items: Sequence[Item], classes: Sequence[str], image_size: int,
-                 batch_size: int, *, training: bool, augment: bool = True, seed: int = 0,
-                 cache: bool | str = True, max_pixels: int | None = None):
+def make_dataset(
+    items: Sequence[Item],
+    classes: Sequence[str],
+    image_size: int,
+    batch_size: int,
+    *,
+    training: bool,
+    augment: bool = True,
+    seed: int = 0,
+    cache: bool | str = True,
+    max_pixels: int | None = None,
+):
     """(float32 0..255 images, int labels) batches; undecodable files are dropped, logged.
 
     ``cache``: True caches the decoded images in memory, a path in files with that prefix
@@ -151,10 +191,16 @@ def make_dataset(items: Sequence[Item], classes: Sequence[str], image_size: int,
     import tensorflow as tf
 
     from vision.pixels import image_dataset
+
     autotune = tf.data.AUTOTUNE
     index = {c: i for i, c in enumerate(classes)}
-    ds = image_dataset([i.path for i in items], image_size, max_pixels,
-                       labels=[index[i.label] for i in items], unreadable="skip")
+    ds = image_dataset(
+        [i.path for i in items],
+        image_size,
+        max_pixels,
+        labels=[index[i.label] for i in items],
+        unreadable="skip",
+    )
     if isinstance(cache, str):
         ds = ds.cache(cache)
     elif cache:
@@ -164,8 +210,10 @@ def make_dataset(items: Sequence[Item], classes: Sequence[str], image_size: int,
     ds = ds.batch(batch_size)
     if training and augment:
         aug = augmenter(seed)
-        ds = ds.map(lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y),
-                    num_parallel_calls=autotune)
+        ds = ds.map(
+            lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y),
+            num_parallel_calls=autotune,
+        )
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=autotune)
     options = tf.data.Options()

@@ -4,7 +4,8 @@ scoring a registry model on a split (``evaluate_on``)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,9 +42,12 @@ def metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> di
         precision = tp / predicted if predicted else 0.0
         recall = tp / actual if actual else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(float(precision), 4),
-                           "recall": round(float(recall), 4),
-                           "f1": round(float(f1), 4), "support": int(actual)}
+        per_class[name] = {
+            "precision": round(float(precision), 4),
+            "recall": round(float(recall), 4),
+            "f1": round(float(f1), 4),
+            "support": int(actual),
+        }
     present = [v["f1"] for v in per_class.values() if v["support"]]
     return {
         "accuracy": float(np.trace(cm) / n) if n else 0.0,
@@ -55,10 +59,18 @@ def metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> di
     }
 
 
-def evaluate_on(loaded: LoadedModel, items: Sequence[data.Item], batch_size: int,
-                max_pixels: int | None = None) -> dict[str, Any]:
+def evaluate_on(
+    loaded: LoadedModel, items: Sequence[data.Item], batch_size: int, max_pixels: int | None = None
+) -> dict[str, Any]:
     """``metrics`` of a loaded registry model on ``items`` (read as the trainer reads them)."""
-    ds = data.make_dataset(items, loaded.classes, loaded.image_size, batch_size,
-                           training=False, cache=False, max_pixels=max_pixels)
+    ds = data.make_dataset(
+        items,
+        loaded.classes,
+        loaded.image_size,
+        batch_size,
+        training=False,
+        cache=False,
+        max_pixels=max_pixels,
+    )
     y_true, probs = predict(loaded.model, ds)
     return metrics(y_true, probs, loaded.classes)

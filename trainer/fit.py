@@ -22,13 +22,13 @@ CHECKPOINT = "checkpoint.weights.h5"
 
 @dataclass
 class FitOutcome:
-    model: Any                         # float32 Keras model with the best weights
+    model: Any  # float32 Keras model with the best weights
     history: dict[str, list[float]]
     epochs_run: int
-    best_epoch: int                    # 1-based epoch whose weights were kept
+    best_epoch: int  # 1-based epoch whose weights were kept
     seconds: float
     class_weights: dict[int, float] | None
-    cache: CachePlan | None = None     # where decoded images were cached between epochs
+    cache: CachePlan | None = None  # where decoded images were cached between epochs
 
 
 def _epoch_logger():
@@ -39,70 +39,115 @@ def _epoch_logger():
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            logger.info("epoch %d: %s", epoch + 1, ", ".join(
-                f"{k} {float(v):.4g}" for k, v in sorted(logs.items())))
+            logger.info(
+                "epoch %d: %s",
+                epoch + 1,
+                ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(logs.items())),
+            )
+
     return EpochLog()
 
 
-def fit(plan: data.DatasetPlan, tc: TrainConfig, placement: Placement, folder: Path,
-        progress: bool = False, *, cache_dir: Path | None = None,
-        max_pixels: int | None = None) -> FitOutcome:
+def fit(
+    plan: data.DatasetPlan,
+    tc: TrainConfig,
+    placement: Placement,
+    folder: Path,
+    progress: bool = False,
+    *,
+    cache_dir: Path | None = None,
+    max_pixels: int | None = None,
+) -> FitOutcome:
     """Train on ``plan``; decoded images are cached in memory or, past train.cache_memory_mb,
     in files under ``cache_dir`` (data_dir/cache), removed when fitting ends.
     ``max_pixels``: factory.max_pixels, so training reads every image the factory accepted."""
     cached = [i for i in plan.items if i.split in ("train", "val")]
     key = cache_key([i.path for i in cached], tc.image_size, max_pixels or 0)
-    with dataset_cache(len(cached), tc.image_size, tc.cache_memory_mb, cache_dir,
-                       key) as cache:
+    with dataset_cache(len(cached), tc.image_size, tc.cache_memory_mb, cache_dir, key) as cache:
         outcome = _fit(plan, tc, placement, folder, progress, cache, max_pixels)
     outcome.cache = cache
     return outcome
 
 
-def _fit(plan: data.DatasetPlan, tc: TrainConfig, placement: Placement, folder: Path,
-         progress: bool, cache: CachePlan, max_pixels: int | None) -> FitOutcome:
+def _fit(
+    plan: data.DatasetPlan,
+    tc: TrainConfig,
+    placement: Placement,
+    folder: Path,
+    progress: bool,
+    cache: CachePlan,
+    max_pixels: int | None,
+) -> FitOutcome:
     import keras
+
     keras.utils.set_random_seed(tc.seed)
     k = len(plan.classes)
     batch = tc.batch_size * placement.replicas
-    train_ds = data.make_dataset(plan.split("train"), plan.classes, tc.image_size, batch,
-                                 training=True, augment=tc.augment, seed=tc.seed,
-                                 cache=cache.target("train"), max_pixels=max_pixels)
-    val_ds = data.make_dataset(plan.split("val"), plan.classes, tc.image_size, batch,
-                               training=False, cache=cache.target("val"),
-                               max_pixels=max_pixels)
+    train_ds = data.make_dataset(
+        plan.split("train"),
+        plan.classes,
+        tc.image_size,
+        batch,
+        training=True,
+        augment=tc.augment,
+        seed=tc.seed,
+        cache=cache.target("train"),
+        max_pixels=max_pixels,
+    )
+    val_ds = data.make_dataset(
+        plan.split("val"),
+        plan.classes,
+        tc.image_size,
+        batch,
+        training=False,
+        cache=cache.target("val"),
+        max_pixels=max_pixels,
+    )
     previous_policy = keras.mixed_precision.global_policy()
     if placement.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         with placement.strategy.scope():
             model = build_model(tc.arch, tc.image_size, k, tc.weights_path)
-            model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            model.compile(
+                optimizer=keras.optimizers.Adam(tc.learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
     checkpoint = folder / CHECKPOINT
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience),
-        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss",
-                                        save_best_only=True, save_weights_only=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                          patience=max(2, tc.patience // 3), min_lr=1e-6),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(2, tc.patience // 3), min_lr=1e-6
+        ),
         _epoch_logger(),
     ]
     weights = data.class_weights(plan)
     if weights:
-        logger.info("classes are unbalanced: class weights %s",
-                    {plan.classes[i]: round(w, 3) for i, w in weights.items()})
+        logger.info(
+            "classes are unbalanced: class weights %s",
+            {plan.classes[i]: round(w, 3) for i, w in weights.items()},
+        )
     started = time.time()
     with warnings.catch_warnings():
         # Dropping undecodable files leaves the epoch length unknown; Keras then warns at the
         # end of every epoch that the data "ran out", which is expected here.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(train_ds, validation_data=val_ds, epochs=tc.epochs,
-                            class_weight=weights, callbacks=callbacks, shuffle=False,
-                            verbose=1 if progress else 0).history
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=tc.epochs,
+            class_weight=weights,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=1 if progress else 0,
+        ).history
     seconds = time.time() - started
     history = {key: [float(v) for v in values] for key, values in history.items()}
     val_loss = history.get("val_loss", [])
@@ -110,12 +155,12 @@ def _fit(plan: data.DatasetPlan, tc: TrainConfig, placement: Placement, folder: 
     if checkpoint.exists():
         model.load_weights(str(checkpoint))
     else:  # val_loss was never finite: keep the last weights, and say so
-        logger.warning("no best checkpoint was written (val_loss not finite); keeping the "
-                       "last epoch's weights")
+        logger.warning(
+            "no best checkpoint was written (val_loss not finite); keeping the last epoch's weights"
+        )
         best_epoch = len(history.get("loss", []))
 
     # The registry model is always float32, whatever policy trained it, so it runs anywhere.
     export = build_model(tc.arch, tc.image_size, k)
     export.set_weights(model.get_weights())
-    return FitOutcome(export, history, len(history.get("loss", [])), best_epoch, seconds,
-                      weights)
+    return FitOutcome(export, history, len(history.get("loss", [])), best_epoch, seconds, weights)

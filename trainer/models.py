@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from trainer.errors import TrainerError, UnknownArchError
 
@@ -20,6 +20,7 @@ def seed_cnn(image_size: int, num_classes: int):
     """The plain Conv-MaxPool stack the project started from (kept as a baseline)."""
     import keras
     from keras import layers
+
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255)(inputs)
     for filters in (32, 64, 128):
@@ -40,6 +41,7 @@ def small_cnn(image_size: int, num_classes: int):
     """
     import keras
     from keras import layers
+
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
@@ -69,13 +71,17 @@ def mobilenet_v2(image_size: int, num_classes: int, weights_path: str | None = N
     file the user supplies (train.weights_path), never downloaded. Needs image_size >= 32."""
     import keras
     from keras import layers
+
     if image_size < 32:
         raise TrainerError(f"mobilenet_v2 needs train.image_size >= 32, got {image_size}")
     if weights_path is not None and not Path(weights_path).is_file():
         raise TrainerError(f"train.weights_path: no weights file at {weights_path}")
-    base = keras.applications.MobileNetV2(input_shape=(image_size, image_size, 3),
-                                          include_top=False, weights=weights_path,
-                                          pooling="avg")
+    base = keras.applications.MobileNetV2(
+        input_shape=(image_size, image_size, 3),
+        include_top=False,
+        weights=weights_path,
+        pooling="avg",
+    )
     for layer in base.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM
@@ -89,22 +95,27 @@ def mobilenet_v2(image_size: int, num_classes: int, weights_path: str | None = N
 
 # One builder per name in core.names.ARCHITECTURES (the names train.arch accepts);
 # tests/test_config.py checks that the two match.
-ARCHS: dict[str, Callable] = {"small_cnn": small_cnn, "seed_cnn": seed_cnn,
-                              "mobilenet_v2": mobilenet_v2}
+ARCHS: dict[str, Callable] = {
+    "small_cnn": small_cnn,
+    "seed_cnn": seed_cnn,
+    "mobilenet_v2": mobilenet_v2,
+}
 PRETRAINABLE = {"mobilenet_v2"}
 
 
-def build_model(arch: str, image_size: int, num_classes: int,
-                weights_path: str | None = None):
+def build_model(arch: str, image_size: int, num_classes: int, weights_path: str | None = None):
     """A fresh model; ``weights_path`` (a local file) seeds a keras.applications backbone."""
     try:
         factory = ARCHS[arch]
     except KeyError:
-        raise UnknownArchError(f"unknown architecture {arch!r}; known: "
-                               + ", ".join(sorted(ARCHS))) from None
+        raise UnknownArchError(
+            f"unknown architecture {arch!r}; known: " + ", ".join(sorted(ARCHS))
+        ) from None
     if arch in PRETRAINABLE:
         return factory(image_size, num_classes, weights_path)
     if weights_path is not None:
-        raise TrainerError(f"train.weights_path is set but {arch} has no pretrained backbone; "
-                           f"use one of {', '.join(sorted(PRETRAINABLE))}")
+        raise TrainerError(
+            f"train.weights_path is set but {arch} has no pretrained backbone; "
+            f"use one of {', '.join(sorted(PRETRAINABLE))}"
+        )
     return factory(image_size, num_classes)

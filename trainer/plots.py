@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -16,8 +16,10 @@ def curve_name(name: str, image_size: int, epochs: int, accuracy: float, loss: f
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -40,8 +42,9 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
     plt.close(fig)
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
-                   title: str) -> None:
+def plot_confusion(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str
+) -> None:
     plt = _pyplot()
     k = len(classes)
     size = max(4.0, 0.6 * k + 2)
@@ -54,8 +57,14 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     top = max((max(row) for row in matrix), default=0)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
-                    color="white" if matrix[i][j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i][j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i][j] > top / 2 else "black",
+            )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

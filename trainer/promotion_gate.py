@@ -26,13 +26,14 @@ class PromotionDecision:
     reason: str
     new_accuracy: float
     current_version: str | None = None
-    current_accuracy: float | None = None   # the current model on the *new* test split
+    current_accuracy: float | None = None  # the current model on the *new* test split
     margin: float = 0.0
     test_images: int = 0
 
 
-def promotion_decision(store: Store, config: Config, tc: TrainConfig, plan: data.DatasetPlan,
-                       written: Written) -> PromotionDecision:
+def promotion_decision(
+    store: Store, config: Config, tc: TrainConfig, plan: data.DatasetPlan, written: Written
+) -> PromotionDecision:
     """Promote if the new test accuracy >= the current model's on the same test split + margin."""
     new = written.test["accuracy"]
     base = dict(new_accuracy=new, margin=tc.promote_margin, test_images=written.test["images"])
@@ -42,17 +43,29 @@ def promotion_decision(store: Store, config: Config, tc: TrainConfig, plan: data
     try:
         loaded = load_model(store.registry.path(current))
     except ModelLoadError as exc:
-        return PromotionDecision(True, f"the current model cannot be loaded ({exc}); "
-                                 "replacing it", current_version=current, **base)
+        return PromotionDecision(
+            True,
+            f"the current model cannot be loaded ({exc}); replacing it",
+            current_version=current,
+            **base,
+        )
     if loaded.classes != plan.classes:
-        return PromotionDecision(True, f"classes changed from {loaded.classes} to "
-                                 f"{plan.classes}; the current model cannot be compared",
-                                 current_version=current, **base)
-    cur = evaluate_on(loaded, plan.split("test"), tc.batch_size,
-                      config.factory.max_pixels)["accuracy"]
+        return PromotionDecision(
+            True,
+            f"classes changed from {loaded.classes} to "
+            f"{plan.classes}; the current model cannot be compared",
+            current_version=current,
+            **base,
+        )
+    cur = evaluate_on(loaded, plan.split("test"), tc.batch_size, config.factory.max_pixels)[
+        "accuracy"
+    ]
     promoted = new >= cur + tc.promote_margin
     verdict = "promoted" if promoted else "not promoted"
-    reason = (f"{verdict}: test accuracy {new:.4f} vs {cur:.4f} for current {current} on the "
-              f"same {written.test['images']} test images (margin {tc.promote_margin:+.4f})")
-    return PromotionDecision(promoted, reason, current_version=current, current_accuracy=cur,
-                             **base)
+    reason = (
+        f"{verdict}: test accuracy {new:.4f} vs {cur:.4f} for current {current} on the "
+        f"same {written.test['images']} test images (margin {tc.promote_margin:+.4f})"
+    )
+    return PromotionDecision(
+        promoted, reason, current_version=current, current_accuracy=cur, **base
+    )

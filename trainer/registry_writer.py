@@ -19,8 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import TrainConfig
 from storage.files import atomic_write, replace
-from storage.registry import (CLASSES, CONFIG, CONFUSION_PLOT, FAILED, HISTORY, MANIFEST,
-                              METRICS, MODEL)
+from storage.registry import (
+    CLASSES,
+    CONFIG,
+    CONFUSION_PLOT,
+    FAILED,
+    HISTORY,
+    MANIFEST,
+    METRICS,
+    MODEL,
+)
 from trainer import data
 from trainer.evaluate import evaluate_on
 from trainer.fit import CHECKPOINT, FitOutcome
@@ -70,74 +78,125 @@ def _history_csv(history: dict[str, list[float]]) -> str:
     return buf.getvalue()
 
 
-def write_entry(folder: Path, version: str, plan: data.DatasetPlan, tc: TrainConfig,
-                placement: Placement, outcome: FitOutcome, started: float,
-                max_pixels: int | None = None) -> Written:
+def write_entry(
+    folder: Path,
+    version: str,
+    plan: data.DatasetPlan,
+    tc: TrainConfig,
+    placement: Placement,
+    outcome: FitOutcome,
+    started: float,
+    max_pixels: int | None = None,
+) -> Written:
     """Everything but metrics.json: model, classes, config, history, manifest, plots."""
     import keras
     import tensorflow as tf
+
     save_model(outcome.model, folder / MODEL)
     atomic_write(folder / CLASSES, _json(plan.classes))
-    atomic_write(folder / CONFIG, _json({
-        "version": version,
-        "arch": tc.arch,
-        "image_size": tc.image_size,
-        "classes": plan.classes,
-        "input": {"dtype": "float32", "range": [0, 255], "channels": "RGB",
-                  "resize": RESIZE, "rescaling": "inside the model"},
-        "train": asdict(tc),
-        "class_weights": ({plan.classes[i]: w for i, w in outcome.class_weights.items()}
-                          if outcome.class_weights else None),
-        "epochs_run": outcome.epochs_run,
-        "data_cache": outcome.cache.as_json() if outcome.cache else None,
-        "best_epoch": outcome.best_epoch,
-        "device": placement.description,
-        "replicas": placement.replicas,
-        "mixed_precision": placement.mixed_precision,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "python": platform.python_version()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-    }))
+    atomic_write(
+        folder / CONFIG,
+        _json(
+            {
+                "version": version,
+                "arch": tc.arch,
+                "image_size": tc.image_size,
+                "classes": plan.classes,
+                "input": {
+                    "dtype": "float32",
+                    "range": [0, 255],
+                    "channels": "RGB",
+                    "resize": RESIZE,
+                    "rescaling": "inside the model",
+                },
+                "train": asdict(tc),
+                "class_weights": (
+                    {plan.classes[i]: w for i, w in outcome.class_weights.items()}
+                    if outcome.class_weights
+                    else None
+                ),
+                "epochs_run": outcome.epochs_run,
+                "data_cache": outcome.cache.as_json() if outcome.cache else None,
+                "best_epoch": outcome.best_epoch,
+                "device": placement.description,
+                "replicas": placement.replicas,
+                "mixed_precision": placement.mixed_precision,
+                "versions": {
+                    "tensorflow": tf.__version__,
+                    "keras": keras.__version__,
+                    "python": platform.python_version(),
+                },
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            }
+        ),
+    )
     atomic_write(folder / HISTORY, _history_csv(outcome.history))
-    atomic_write(folder / MANIFEST, _json({**plan.manifest(),
-                                           "manifest_hash": plan.manifest_hash()}))
+    atomic_write(
+        folder / MANIFEST, _json({**plan.manifest(), "manifest_hash": plan.manifest_hash()})
+    )
     (folder / CHECKPOINT).unlink(missing_ok=True)
 
     # Judge the file the factory will load, not the object in memory.
     loaded = load_model(folder)
     test = evaluate_on(loaded, plan.split("test"), tc.batch_size, max_pixels)
-    name = curve_name(tc.arch, tc.image_size, outcome.epochs_run, test["accuracy"],
-                      test["loss"])
-    plot_curves(outcome.history, folder / name,
-                f"{version} {tc.arch} {tc.image_size}px: test accuracy {test['accuracy']:.4f}")
-    plot_confusion(test["confusion_matrix"], plan.classes, folder / CONFUSION_PLOT,
-                   f"{version} test confusion ({test['images']} images)")
-    return Written(version, folder, plan.classes, tc.image_size, tc.arch, test, name,
-                   outcome.epochs_run, outcome.best_epoch, outcome.seconds)
+    name = curve_name(tc.arch, tc.image_size, outcome.epochs_run, test["accuracy"], test["loss"])
+    plot_curves(
+        outcome.history,
+        folder / name,
+        f"{version} {tc.arch} {tc.image_size}px: test accuracy {test['accuracy']:.4f}",
+    )
+    plot_confusion(
+        test["confusion_matrix"],
+        plan.classes,
+        folder / CONFUSION_PLOT,
+        f"{version} test confusion ({test['images']} images)",
+    )
+    return Written(
+        version,
+        folder,
+        plan.classes,
+        tc.image_size,
+        tc.arch,
+        test,
+        name,
+        outcome.epochs_run,
+        outcome.best_epoch,
+        outcome.seconds,
+    )
 
 
 def summary(written: Written, decision: PromotionDecision) -> dict[str, Any]:
     """The compact metrics kept in the DB and returned to callers."""
-    return {"test_accuracy": round(written.test["accuracy"], 6),
-            "test_loss": round(written.test["loss"], 6),
-            "macro_f1": round(written.test["macro_f1"], 6),
-            "test_images": written.test["images"], "arch": written.arch,
-            "image_size": written.image_size, "epochs_run": written.epochs_run,
-            "train_seconds": round(written.train_seconds, 1), "promoted": decision.promoted}
+    return {
+        "test_accuracy": round(written.test["accuracy"], 6),
+        "test_loss": round(written.test["loss"], 6),
+        "macro_f1": round(written.test["macro_f1"], 6),
+        "test_images": written.test["images"],
+        "arch": written.arch,
+        "image_size": written.image_size,
+        "epochs_run": written.epochs_run,
+        "train_seconds": round(written.train_seconds, 1),
+        "promoted": decision.promoted,
+    }
 
 
 def finish_entry(folder: Path, written: Written, decision: PromotionDecision) -> None:
     """metrics.json, written last: its presence marks the entry complete."""
-    atomic_write(folder / METRICS, _json({
-        "version": written.version,
-        "test": written.test,
-        "epochs_run": written.epochs_run,
-        "best_epoch": written.best_epoch,
-        "train_seconds": round(written.train_seconds, 1),
-        "curve_plot": written.curve_plot,
-        "confusion_plot": CONFUSION_PLOT,
-        "gate": asdict(decision),
-    }))
+    atomic_write(
+        folder / METRICS,
+        _json(
+            {
+                "version": written.version,
+                "test": written.test,
+                "epochs_run": written.epochs_run,
+                "best_epoch": written.best_epoch,
+                "train_seconds": round(written.train_seconds, 1),
+                "curve_plot": written.curve_plot,
+                "confusion_plot": CONFUSION_PLOT,
+                "gate": asdict(decision),
+            }
+        ),
+    )
 
 
 def mark_failed(folder: Path, exc: BaseException) -> None:

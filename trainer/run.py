@@ -27,16 +27,21 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TrainResult:
     trained: bool
-    reason: str                          # why it did not train, or the promotion decision
+    reason: str  # why it did not train, or the promotion decision
     version: str | None = None
     promoted: bool = False
     path: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"trained": self.trained, "reason": self.reason, "version": self.version,
-                "promoted": self.promoted, "path": str(self.path) if self.path else None,
-                "metrics": self.metrics}
+        return {
+            "trained": self.trained,
+            "reason": self.reason,
+            "version": self.version,
+            "promoted": self.promoted,
+            "path": str(self.path) if self.path else None,
+            "metrics": self.metrics,
+        }
 
 
 def effective_train_config(base: TrainConfig, overrides: dict[str, Any] | None) -> TrainConfig:
@@ -51,8 +56,13 @@ def should_train(config: Config, store) -> tuple[bool, str]:
     return training_gate.should_train(config, store)
 
 
-def train(config: Config, store, force: bool = False, overrides: dict[str, Any] | None = None,
-          progress: bool = False) -> TrainResult:
+def train(
+    config: Config,
+    store,
+    force: bool = False,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> TrainResult:
     """Train, register and maybe promote one model; ``force`` skips the should_train gate."""
     tc = effective_train_config(config.train, overrides)
     if tc.weights_path and not Path(tc.weights_path).is_absolute():
@@ -69,48 +79,95 @@ def train(config: Config, store, force: bool = False, overrides: dict[str, Any] 
 
     from trainer.devices import choose_placement
     from trainer.fit import fit
+
     placement = choose_placement()
     if not placement.is_chief:
-        return _train_as_worker(plan, tc, placement, progress, store.data_dir / "cache",
-                                config.factory.max_pixels)
+        return _train_as_worker(
+            plan, tc, placement, progress, store.data_dir / "cache", config.factory.max_pixels
+        )
     version, folder = store.registry.new_version()
-    logger.info("training %s: %s at %d px on %s; images per split %s", version, tc.arch,
-                tc.image_size, placement.description,
-                {s: sum(c.values()) for s, c in plan.counts().items()})
+    logger.info(
+        "training %s: %s at %d px on %s; images per split %s",
+        version,
+        tc.arch,
+        tc.image_size,
+        placement.description,
+        {s: sum(c.values()) for s, c in plan.counts().items()},
+    )
     started = time.time()
     try:
-        outcome = fit(plan, tc, placement, folder, progress=progress,
-                      cache_dir=store.data_dir / "cache", max_pixels=config.factory.max_pixels)
-        written = registry_writer.write_entry(folder, version, plan, tc, placement, outcome,
-                                              started=started,
-                                              max_pixels=config.factory.max_pixels)
+        outcome = fit(
+            plan,
+            tc,
+            placement,
+            folder,
+            progress=progress,
+            cache_dir=store.data_dir / "cache",
+            max_pixels=config.factory.max_pixels,
+        )
+        written = registry_writer.write_entry(
+            folder,
+            version,
+            plan,
+            tc,
+            placement,
+            outcome,
+            started=started,
+            max_pixels=config.factory.max_pixels,
+        )
         decision = promotion_gate.promotion_decision(store, config, tc, plan, written)
         registry_writer.finish_entry(folder, written, decision)
     except BaseException as exc:
         registry_writer.mark_failed(folder, exc)
-        logger.error("training %s failed (%s); models/CURRENT is unchanged", version,
-                     type(exc).__name__)
+        logger.error(
+            "training %s failed (%s); models/CURRENT is unchanged", version, type(exc).__name__
+        )
         raise
-    store.registry.register(version, registry_writer.summary(written, decision),
-                            plan.manifest_hash(), promote=decision.promoted,
-                            reason=decision.reason)
-    logger.info("%s: test accuracy %.4f, loss %.4f; %s", version, written.test["accuracy"],
-                written.test["loss"], decision.reason)
-    return TrainResult(True, decision.reason, version, decision.promoted, folder,
-                       registry_writer.summary(written, decision))
+    store.registry.register(
+        version,
+        registry_writer.summary(written, decision),
+        plan.manifest_hash(),
+        promote=decision.promoted,
+        reason=decision.reason,
+    )
+    logger.info(
+        "%s: test accuracy %.4f, loss %.4f; %s",
+        version,
+        written.test["accuracy"],
+        written.test["loss"],
+        decision.reason,
+    )
+    return TrainResult(
+        True,
+        decision.reason,
+        version,
+        decision.promoted,
+        folder,
+        registry_writer.summary(written, decision),
+    )
 
 
-def _train_as_worker(plan, tc: TrainConfig, placement, progress: bool, cache_dir: Path,
-                     max_pixels: int) -> TrainResult:
+def _train_as_worker(
+    plan, tc: TrainConfig, placement, progress: bool, cache_dir: Path, max_pixels: int
+) -> TrainResult:
     """A non-chief worker of a multi-worker run: trains in step with the chief (every worker
     must run every step and save), but writes nothing to the registry."""
     import tempfile
 
-    from trainer.registry_writer import save_model
     from trainer.fit import fit
+    from trainer.registry_writer import save_model
+
     with tempfile.TemporaryDirectory(prefix="pingo-worker-") as scratch:
-        outcome = fit(plan, tc, placement, Path(scratch), progress=progress,
-                      cache_dir=cache_dir, max_pixels=max_pixels)
+        outcome = fit(
+            plan,
+            tc,
+            placement,
+            Path(scratch),
+            progress=progress,
+            cache_dir=cache_dir,
+            max_pixels=max_pixels,
+        )
         save_model(outcome.model, Path(scratch) / MODEL)
-    return TrainResult(True, f"trained as a worker on {placement.description}; the chief "
-                       "writes the registry entry")
+    return TrainResult(
+        True, f"trained as a worker on {placement.description}; the chief writes the registry entry"
+    )

@@ -27,7 +27,7 @@ def group_key(sha256: str, phash: int | None = None, hash_method: str | None = N
 def unit_interval(key: str) -> float:
     """A stable, uniformly spread number in [0, 1) for ``key``."""
     digest = hashlib.sha256(_SALT + key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def assign_split(key: str, val_fraction: float, test_fraction: float) -> str:

@@ -27,8 +27,11 @@ def should_train(config: Config, store: Store) -> tuple[bool, str]:
     if not config.classes:
         return False, "no classes are configured"
     stats = store.stats(config.targets)
-    below = [f"{name} {c['accepted']}/{c['target']}" for name, c in sorted(stats.classes.items())
-             if name in config.classes and c["accepted"] < c["target"]]
+    below = [
+        f"{name} {c['accepted']}/{c['target']}"
+        for name, c in sorted(stats.classes.items())
+        if name in config.classes and c["accepted"] < c["target"]
+    ]
     if below:
         return False, "classes below target: " + ", ".join(below)
     last = store.registry.latest_row()

@@ -48,13 +48,14 @@ class Limits:
 @dataclass
 class Decoded:
     image: Image.Image  # RGB, EXIF orientation applied, at most ~draft size for JPEGs
-    width: int          # true size after orientation, before any draft scaling
+    width: int  # true size after orientation, before any draft scaling
     height: int
     format: str
 
 
-def decode(path: str | Path, limits: Limits = Limits(), draft_size: int | None = DRAFT_SIZE
-           ) -> Decoded:
+def decode(
+    path: str | Path, limits: Limits = Limits(), draft_size: int | None = DRAFT_SIZE
+) -> Decoded:
     """Open, check and fully decode ``path``; raise InvalidImage(reason) when unusable."""
     path = Path(path)
     try:
@@ -73,19 +74,24 @@ def decode(path: str | Path, limits: Limits = Limits(), draft_size: int | None =
         raise InvalidImage("undecodable", str(exc)) from None
     except MemoryError:
         raise InvalidImage("decompression_bomb", "out of memory while decoding") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
-            struct.error) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
         text = str(exc)
-        reason = ("truncated" if "truncated" in text.lower() or isinstance(exc, EOFError)
-                  else "undecodable")
+        reason = (
+            "truncated"
+            if "truncated" in text.lower() or isinstance(exc, EOFError)
+            else "undecodable"
+        )
         raise InvalidImage(reason, text) from None
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
     """Refuse an image with more than ``max_pixels`` pixels (factory.max_pixels)."""
     if width * height > max_pixels:
-        raise InvalidImage("too_many_pixels", f"{width}x{height} = {width * height:,} pixels, "
-                           f"over factory.max_pixels ({max_pixels:,})")
+        raise InvalidImage(
+            "too_many_pixels",
+            f"{width}x{height} = {width * height:,} pixels, "
+            f"over factory.max_pixels ({max_pixels:,})",
+        )
 
 
 def _decode_open(im: Image.Image, limits: Limits, draft_size: int | None) -> Decoded:
@@ -122,6 +128,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """RGB from any mode: palette and alpha over white, CMYK converted, 16-bit scaled down."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         import numpy as np
+
         arr = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
         im = Image.fromarray((arr * (255.0 / top)).clip(0, 255).astype("uint8"), "L")

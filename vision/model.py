@@ -9,9 +9,10 @@ class) and, for promotion, against the configured classes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import ModelLoadError
 from storage.registry import cannot_load, read_entry
@@ -26,11 +27,11 @@ logger = logging.getLogger(__name__)
 class LoadedModel:
     """A registry entry's model, checked, with what callers need to feed it."""
 
-    model: Any                   # keras.Model: float32 RGB 0..255 in, softmax out
+    model: Any  # keras.Model: float32 RGB 0..255 in, softmax out
     version: str
-    classes: list[str]           # in output order
-    image_size: int              # input is (None, image_size, image_size, 3)
-    config: dict[str, Any]       # the entry's config.json
+    classes: list[str]  # in output order
+    image_size: int  # input is (None, image_size, image_size, 3)
+    config: dict[str, Any]  # the entry's config.json
 
     @property
     def input_shape(self) -> tuple[None, int, int, int]:
@@ -40,19 +41,24 @@ class LoadedModel:
 def load_model(folder: Path) -> LoadedModel:
     """Load ``folder``'s model (a registry entry); ModelLoadError names what is wrong."""
     import keras
+
     info = read_entry(folder)
     try:
         model = keras.models.load_model(str(info.model_file), safe_mode=True, compile=False)
     except Exception as exc:  # any reason the archive does not deserialise
         raise cannot_load(info.version, exc) from exc
     loaded = LoadedModel(model, info.version, info.classes, info.image_size, info.config)
-    if tuple(model.input_shape) != loaded.input_shape or \
-            model.output_shape[-1] != len(info.classes):
-        raise ModelLoadError(f"{info.version}: model takes {model.input_shape} and gives "
-                             f"{model.output_shape}, but the entry says {loaded.input_shape} "
-                             f"-> {len(info.classes)} classes")
-    logger.info("loaded model %s (%d classes, %dpx)", info.version, len(info.classes),
-                info.image_size)
+    if tuple(model.input_shape) != loaded.input_shape or model.output_shape[-1] != len(
+        info.classes
+    ):
+        raise ModelLoadError(
+            f"{info.version}: model takes {model.input_shape} and gives "
+            f"{model.output_shape}, but the entry says {loaded.input_shape} "
+            f"-> {len(info.classes)} classes"
+        )
+    logger.info(
+        "loaded model %s (%d classes, %dpx)", info.version, len(info.classes), info.image_size
+    )
     return loaded
 
 
@@ -62,14 +68,14 @@ def load_current(registry: ModelRegistry) -> LoadedModel | None:
     return None if version is None else load_model(registry.path(version))
 
 
-def check_promotable(registry: ModelRegistry, version: str, classes: Iterable[str]
-                     ) -> LoadedModel:
+def check_promotable(registry: ModelRegistry, version: str, classes: Iterable[str]) -> LoadedModel:
     """Raise RegistryEntryError/ModelLoadError unless ``version`` can serve the factory: it
     exists, is complete, loads, and predicts exactly the configured ``classes``."""
     registry.promotable(version)
     loaded = load_model(registry.path(version))
     wanted = sorted(classes)
     if loaded.classes != wanted:
-        raise ModelLoadError(f"model {version} predicts {loaded.classes} but the config has "
-                             f"classes {wanted}")
+        raise ModelLoadError(
+            f"model {version} predicts {loaded.classes} but the config has classes {wanted}"
+        )
     return loaded

@@ -11,7 +11,7 @@ which antialiases) to size x size. tests/test_train_split.py checks the two pipe
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,16 +21,24 @@ from vision.errors import InvalidImage
 logger = logging.getLogger(__name__)
 
 # How a file becomes model input (recorded in each registry entry's config.json).
-RESIZE = {"library": "pillow", "method": "bilinear", "exif_transpose": True,
-          "alpha": "composited over white", "jpeg_draft": True, "keep_aspect": False}
+RESIZE = {
+    "library": "pillow",
+    "method": "bilinear",
+    "exif_transpose": True,
+    "alpha": "composited over white",
+    "jpeg_draft": True,
+    "keep_aspect": False,
+}
 
 
-def load_pixels(path: str | bytes | np.ndarray, size: int, max_pixels: int | None = None
-                ) -> np.ndarray:
+def load_pixels(
+    path: str | bytes | np.ndarray, size: int, max_pixels: int | None = None
+) -> np.ndarray:
     """uint8 (size, size, 3); raises InvalidImage for a file that cannot be decoded or has
     more than ``max_pixels`` (pass factory.max_pixels, the limit validation let the image in
     with; None: its default). Any size or aspect the validator accepted is fine here."""
     from PIL import Image
+
     if isinstance(path, np.ndarray):  # tf.numpy_function hands over a 0-d array when eager
         path = path.item()
     if isinstance(path, bytes):
@@ -42,8 +50,14 @@ def load_pixels(path: str | bytes | np.ndarray, size: int, max_pixels: int | Non
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.uint8)
 
 
-def image_dataset(paths: Sequence[str], size: int, max_pixels: int | None = None, *,
-                  labels: Sequence[int] | None = None, unreadable: str = "skip"):
+def image_dataset(
+    paths: Sequence[str],
+    size: int,
+    max_pixels: int | None = None,
+    *,
+    labels: Sequence[int] | None = None,
+    unreadable: str = "skip",
+):
     """tf.data of uint8 (size, size, 3) images in the order of ``paths`` ((image, label)
     pairs when ``labels`` is given), decoded by ``load_pixels`` in parallel (AUTOTUNE).
 
@@ -53,6 +67,7 @@ def image_dataset(paths: Sequence[str], size: int, max_pixels: int | None = None
     here). Callers batch, cache and cast to float32 (0..255) as they need.
     """
     import tensorflow as tf
+
     if unreadable not in ("skip", "zeros"):
         raise ValueError(f"unreadable must be 'skip' or 'zeros', not {unreadable!r}")
     size = int(size)
@@ -79,8 +94,7 @@ def image_dataset(paths: Sequence[str], size: int, max_pixels: int | None = None
         ds = ds.map(pixels, num_parallel_calls=autotune, deterministic=True)
     else:
         ds = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
-        ds = ds.map(lambda p, y: (pixels(p), y), num_parallel_calls=autotune,
-                    deterministic=True)
+        ds = ds.map(lambda p, y: (pixels(p), y), num_parallel_calls=autotune, deterministic=True)
     if unreadable == "skip":
         ds = ds.ignore_errors(log_warning=True)
     return ds

@@ -22,8 +22,14 @@ def crawl_toml(demo_url: str, classes: dict[str, int], **crawl) -> str:
     lines = []
     for name, target in classes.items():
         lines += [f"[classes.{name}]", f'keywords = ["{name}"]', f"target = {target}", ""]
-    settings = {"sources": ["demo"], "demo_url": demo_url, "download_timeout": 3.0,
-                "retries": 1, "max_drivers": 2, **crawl}
+    settings = {
+        "sources": ["demo"],
+        "demo_url": demo_url,
+        "download_timeout": 3.0,
+        "retries": 1,
+        "max_drivers": 2,
+        **crawl,
+    }
     lines.append("[crawl]")
     for key, value in settings.items():
         if isinstance(value, list):
@@ -39,6 +45,7 @@ def crawl_toml(demo_url: str, classes: dict[str, int], **crawl) -> str:
 def browser_pids_under(root_pid: int) -> list[int]:
     """Chromium processes descending from ``root_pid`` (the browsers our crawls started)."""
     from crawler.browser import process_tree
+
     pids = []
     for pid in process_tree(root_pid):
         try:
