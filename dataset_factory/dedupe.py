@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -144,7 +145,7 @@ def add_kept_rows(
             and (row["phash"] != a.phash or row["hash_method"] != method)
         ):
             store.update_image(row["id"], phash=a.phash, hash_method=method)
-        index.add(row["id"], a.phash if a else row["phash"], a.views if a else ())
+        index.add(row["id"], _hash(a.phash if a else row["phash"]), a.views if a else ())
 
 
 @dataclass
@@ -201,7 +202,7 @@ class Deduper:
         other candidate, from the main hash or from the views, must pass the verifier, which
         is what lets distinct photos of one scene sit a few bits apart without being merged.
         """
-        near = self.index.near(a.phash, self.max_distance)
+        near = self.index.near(_hash(a.phash), self.max_distance)
         if not self.hard or not a.thumbs:
             return (near[0][0], "near", None) if near else None
         if near and near[0][1] == 0:
@@ -225,7 +226,7 @@ class Deduper:
         """How many verifications ``check(a)`` would still have to run (0: scores known)."""
         if not (a.ok and self.hard and a.thumbs):
             return 0
-        near = self.index.near(a.phash, self.max_distance)
+        near = self.index.near(_hash(a.phash), self.max_distance)
         if near and near[0][1] == 0:
             return 0
         todo = 0
@@ -269,7 +270,7 @@ class Deduper:
                     continue
                 if a.thumbs:
                     self.find_copy(a)
-                self.index.add(a.image_id, a.phash, a.views)
+                self.index.add(a.image_id, _hash(a.phash), a.views)
                 added.append(a.image_id)
         finally:
             self.index.remove(added)
@@ -300,7 +301,7 @@ class Deduper:
                 del self._thumbs[image_id]
 
     def remember(self, image_id: int, a: Analysis) -> None:
-        self.index.add(image_id, a.phash, a.views)
+        self.index.add(image_id, _hash(a.phash), a.views)
         self.forget([image_id])  # thumbnails read while it was a candidate stay valid
 
     def check(self, a: Analysis, new: Kept) -> Verdict:
@@ -323,3 +324,8 @@ def _better(new: Kept, old: Kept) -> bool:
     """More pixels wins; on a tie the earlier image (smaller id) stays."""
     a, b = new.width * new.height, old.width * old.height
     return a > b or (a == b and new.image_id < old.image_id)
+
+
+def _hash(phash: int | None) -> int:
+    """The hash of a usable image or kept row: always set there (Analysis.ok, status kept)."""
+    return cast(int, phash)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import imagehash
 import numpy as np
@@ -82,7 +83,8 @@ def trim_borders(image: Image.Image, tolerance: int = 24) -> Image.Image | None:
     """The image without uniform bars around it (letterbox, padding); None if nothing to trim."""
     gray = image.convert("L")
     w, h = gray.size
-    corners = [gray.getpixel(p) for p in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))]
+    corner_points = ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))
+    corners = [cast(int, gray.getpixel(p)) for p in corner_points]  # mode L: one int
     best = None
     for bg in {min(corners), max(corners), sorted(corners)[1]}:
         diff = ImageChops.difference(gray, Image.new("L", gray.size, bg))

@@ -31,6 +31,9 @@ class HashArray:
     """Growable parallel arrays of (image id, unsigned 64-bit hash)."""
 
     def __init__(self, ids=None, hashes=None):
+        self._adopt(ids, hashes)
+
+    def _adopt(self, ids, hashes) -> None:
         # Arrays of the right type are adopted, not copied: a 1M-image index loads at its size.
         self._ids = np.ascontiguousarray(ids if ids is not None else [], dtype=np.int64)
         self._hashes = np.ascontiguousarray(hashes if hashes is not None else [], dtype=np.uint64)
@@ -68,7 +71,7 @@ class HashArray:
         if not keep[first:].any():  # only the newest entries go (prefetch's): truncate
             self._n = first
             return
-        self.__init__(self.ids[keep], self.hashes[keep])
+        self._adopt(self.ids[keep], self.hashes[keep])
 
     def within(self, query: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, distances) of entries within ``radius`` bits of ``query`` (unsigned or signed).

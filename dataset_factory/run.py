@@ -29,7 +29,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
@@ -397,8 +397,8 @@ class FactoryRun:
             }
             new = Kept(
                 a.image_id,
-                a.width,
-                a.height,
+                cast(int, a.width),  # a usable image (a.ok) has its size
+                cast(int, a.height),
                 row["label_source"] == "human",
                 str(self.store.abspath(row["path"])),
             )
@@ -511,7 +511,7 @@ def _predict(config, store, chunk, analyses: list[Analysis], model: LazyModel):
         dict(
             zip(
                 by_model,
-                classifier.predict(
+                cast(Classifier, classifier).predict(  # by_model is empty without one
                     [str(store.abspath(rows[i]["path"])) for i in by_model],
                     config.factory.batch_size,
                 ),

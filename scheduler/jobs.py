@@ -77,7 +77,7 @@ def as_counts(result: Any) -> dict | None:
         return None
     if hasattr(result, "as_json"):
         result = result.as_json()
-    elif dataclasses.is_dataclass(result):
+    elif dataclasses.is_dataclass(result) and not isinstance(result, type):
         result = dataclasses.asdict(result)
     if not isinstance(result, dict):
         result = {"result": result}

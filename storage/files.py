@@ -80,7 +80,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_temp(final: Path, data: bytes) -> Path:
+def write_temp(final: Path, data: bytes | memoryview) -> Path:
     """Write ``data`` durably to a hidden temp file beside ``final``; return its path.
 
     The name (.<final>~<host>~<pid>~<start>~<boot>~<random>.part) carries the writer's
@@ -111,7 +111,7 @@ def replace(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
+def atomic_write(path: Path, data: bytes | str | memoryview) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new content, never half."""
     if isinstance(data, str):
         data = data.encode("utf-8")

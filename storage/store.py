@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -147,7 +148,7 @@ class UrlRetry:
 
 @dataclass
 class Stats:
-    classes: dict[str, dict[str, int | None]]
+    classes: dict[str, dict[str, Any]]  # accepted, review: int; target: int or None
     inbox: int
     rejected: dict[str, int]
 
@@ -690,14 +691,14 @@ class Store:
                 .group_by(images.c.label, images.c.status)
             ).all()
             inbox = conn.execute(select(func.count()).where(images.c.status == "inbox")).scalar()
-            rejected = dict(
+            rejected: dict[str | None, int] = dict(
                 conn.execute(
                     select(images.c.reason, func.count())
                     .where(images.c.status == "rejected")
                     .group_by(images.c.reason)
                 ).all()
             )
-        classes: dict[str, dict[str, int | None]] = {
+        classes: dict[str, dict[str, Any]] = {
             name: {"accepted": 0, "review": 0, "target": target} for name, target in targets.items()
         }
         for label, status, n in per_label:
@@ -705,7 +706,7 @@ class Store:
             entry[status] = n
         return Stats(
             classes,
-            inbox,
+            inbox or 0,
             {
                 str(r or "unknown"): n
                 for r, n in sorted(rejected.items(), key=lambda kv: str(kv[0]))
@@ -966,17 +967,19 @@ class Store:
         owner = files.current_owner()
         now = utcnow()
         with self.engine.begin() as conn:
-            return conn.execute(
+            inserted = conn.execute(
                 insert(runs).values(
                     job=job,
                     started=now,
                     status="running",
                     host=files.HOST,
-                    pid=files.parse_owner(owner).pid,
+                    pid=os.getpid(),
                     owner=owner,
                     heartbeat=now,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+        assert inserted is not None  # an INSERT of one row always has its key
+        return int(inserted[0])
 
     def heartbeat_run(self, run_id: int) -> None:
         """Say the run is alive (read by fail_stale_runs on other hosts)."""
@@ -1006,7 +1009,7 @@ class Store:
             r
             for r in running
             if not files.owner_alive(
-                r.owner or f"{r.host}:{r.pid}", _ts(r.started), _ts(r.heartbeat)
+                r.owner or f"{r.host}:{r.pid}", _ts(r.started) or 0.0, _ts(r.heartbeat)
             )
         ]
         for r in stale:

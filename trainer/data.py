@@ -75,7 +75,9 @@ def plan_from_store(
 ) -> DatasetPlan:
     """Accepted images whose label is one of ``classes`` (files under dataset/<class>/)."""
     wanted = set(classes)
-    items, skipped, missing = [], Counter(), 0
+    items: list = []
+    skipped: Counter[str] = Counter()
+    missing = 0
     for row in store.iter_images(status="accepted"):
         if row["label"] not in wanted:
             skipped[row["label"]] += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +44,7 @@ def load_pixels(
         path = path.item()
     if isinstance(path, bytes):
         path = path.decode()
+    assert isinstance(path, (str, Path)), path
     size = int(size)
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     limits = Limits(min_size=1, max_aspect=1e9, max_pixels=limit)
