@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from dataset_factory.hash_pool import Analyser, Analysis, Job
 from dataset_factory.index import NearDuplicateIndex
 from dataset_factory.verify import kept_thumbs, similarity
 from vision.decode import DRAFT_SIZE, Limits, decode
+
+if TYPE_CHECKING:
+    from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def index_path(data_dir: Path, method: str, hard: bool = True) -> Path:
     return Path(data_dir) / "index" / f"near-duplicates-{method}{'' if hard else '-plain'}.npz"
 
 
-def open_index(store, analyser: Analyser, method: str, hard: bool) -> NearDuplicateIndex:
+def open_index(store: Store, analyser: Analyser, method: str, hard: bool) -> NearDuplicateIndex:
     """The index of every kept image, in step with the DB.
 
     Only ids and hashes stay in memory (numpy arrays, about 16 bytes per hash): kept rows are
@@ -117,7 +120,7 @@ def _pages(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 def add_kept_rows(
     index: NearDuplicateIndex,
-    store,
+    store: Store,
     analyser: Analyser,
     rows: list[dict],
     method: str,

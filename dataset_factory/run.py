@@ -43,7 +43,7 @@ from vision.decode import Limits
 
 if TYPE_CHECKING:
     from core.config import Config
-    from storage import Store
+    from storage import ModelRegistry, Store
 
 # A failing chunk of at least this many rows whose rows all fail alone fails the run: the
 # fault is not in the rows (e.g. a broken model), and setting them all aside would hide it.
@@ -472,7 +472,7 @@ def _outcome(move: Move) -> str:
 class LazyModel:
     """The promoted model, loaded (TensorFlow imported) only when an image needs it."""
 
-    def __init__(self, registry, max_pixels: int):
+    def __init__(self, registry: ModelRegistry, max_pixels: int):
         self.registry = registry
         self.max_pixels = max_pixels
         self._loaded = False
@@ -495,7 +495,9 @@ def _kept(store: Store, row: dict) -> Kept:
     )
 
 
-def _predict(config, store, chunk, analyses: list[Analysis], model: LazyModel):
+def _predict(
+    config: Config, store: Store, chunk: list[dict], analyses: list[Analysis], model: LazyModel
+):
     """(classifier, {image id: Prediction}) for every valid image the model should label.
 
     Runs before the factory lock, so workers classify in parallel; images that turn out to be
@@ -523,7 +525,9 @@ def _predict(config, store, chunk, analyses: list[Analysis], model: LazyModel):
     return classifier, predictions
 
 
-def _label(config, rows, survivors: list[int], plans, classifier, predictions) -> None:
+def _label(
+    config: Config, rows: dict[int, dict], survivors: list[int], plans, classifier, predictions
+) -> None:
     """Turn each survivor's "keep" plan into accepted or review, with its label source."""
     for image_id in survivors:
         row, base = rows[image_id], plans[image_id][1]

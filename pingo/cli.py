@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +21,9 @@ from core.errors import PingoError
 from core.names import ARCHITECTURES
 from pingo import __version__
 from pingo.tables import progress_lines, totals_line
+
+if TYPE_CHECKING:
+    from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -539,7 +543,7 @@ def factory(ctx: Context, limit, as_json):
 
     from dataset_factory import process_inbox
 
-    def work(store):
+    def work(store: Store) -> Any:
         total = sum(store.inbox_counts().values())
         with tqdm(
             total=min(total, limit or total), unit="img", disable=None, desc="factory"

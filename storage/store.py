@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +48,9 @@ from storage.errors import (
 )
 from storage.registry import ModelRegistry
 from storage.schema import daily_counts, images, migrate, pending_moves, runs, urls
+
+if TYPE_CHECKING:
+    from core.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +188,7 @@ class Store:
         return store
 
     @classmethod
-    def from_config(cls, config, **kw) -> Store:
+    def from_config(cls, config: Config, **kw: Any) -> Store:
         return cls.open(config.data_dir, config.db_url, **kw)
 
     def close(self) -> None:

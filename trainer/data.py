@@ -18,9 +18,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.errors import NotEnoughDataError
 from trainer.split import SPLITS, assign_split, group_key
+
+if TYPE_CHECKING:
+    from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ def manifest_hash(classes: Sequence[str], rows: Iterable[tuple[str, str, str]]) 
 
 
 def plan_from_store(
-    store, classes: Sequence[str], val_fraction: float, test_fraction: float
+    store: Store, classes: Sequence[str], val_fraction: float, test_fraction: float
 ) -> DatasetPlan:
     """Accepted images whose label is one of ``classes`` (files under dataset/<class>/)."""
     wanted = set(classes)

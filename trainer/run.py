@@ -14,12 +14,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import Config, TrainConfig, override
 from storage.registry import MODEL
 from trainer import data, promotion_gate, registry_writer, training_gate
 from trainer.errors import TrainerError
+
+if TYPE_CHECKING:
+    from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ def effective_train_config(base: TrainConfig, overrides: dict[str, Any] | None) 
     return override(base, overrides)
 
 
-def should_train(config: Config, store) -> tuple[bool, str]:
+def should_train(config: Config, store: Store) -> tuple[bool, str]:
     """True when every class has reached its target and the dataset changed since the last
     model (any model trained, promoted or not); the reason says which condition decided."""
     return training_gate.should_train(config, store)
@@ -58,7 +61,7 @@ def should_train(config: Config, store) -> tuple[bool, str]:
 
 def train(
     config: Config,
-    store,
+    store: Store,
     force: bool = False,
     overrides: dict[str, Any] | None = None,
     progress: bool = False,
