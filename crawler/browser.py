@@ -107,21 +107,21 @@ class Browser:
         from selenium import webdriver
         from selenium.common.exceptions import WebDriverException
 
-        profile = None  # this browser's folder (local browsers): profile, owner, launchers
+        profile: Path | None = None  # this browser's folder (local): profile, owner, launchers
         try:
-            local = not spec.command_executor
-            if local:
+            if not spec.command_executor:  # local
                 profile = leftovers.new_browser_dir()
-            tie = local and leftovers.ties_supported()
             driver_path, browser_path = spec.driver_executable_path, spec.browser_executable_path
-            if tie:  # driver and browser die with this process, even on SIGKILL
+            if profile is not None and leftovers.ties_supported():
+                # driver and browser die with this process, even on SIGKILL
                 driver_path = driver_path and leftovers.launcher(profile, "driver", driver_path)
                 browser_path = browser_path and leftovers.launcher(profile, "browser", browser_path)
+            options: webdriver.ChromeOptions | webdriver.FirefoxOptions
             if spec.driver_name == "chrome":
                 options = webdriver.ChromeOptions()
                 for arg in spec.driver_arguments:
                     options.add_argument(arg)
-                if local:
+                if profile is not None:  # local
                     options.add_argument(f"--user-data-dir={profile / 'profile'}")
             else:
                 options = webdriver.FirefoxOptions()
@@ -133,7 +133,7 @@ class Browser:
             if spec.command_executor:
                 driver = webdriver.Remote(command_executor=spec.command_executor, options=options)
                 pid = None
-            elif spec.driver_name == "chrome":
+            elif isinstance(options, webdriver.ChromeOptions):  # driver_name "chrome"
                 driver = webdriver.Chrome(
                     service=webdriver.ChromeService(executable_path=driver_path), options=options
                 )

@@ -39,7 +39,7 @@ def _smooth_noise(rng, cells: int, size: int):
     from PIL import Image
 
     coarse = rng.normal(0, 1, (cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.Resampling.BICUBIC))
 
 
 def draw(class_name: str, index: int, size: int = DEFAULT_SIZE) -> bytes:
@@ -79,7 +79,7 @@ def draw(class_name: str, index: int, size: int = DEFAULT_SIZE) -> bytes:
             ],
             fill=fill,
         )
-    pixels = np.asarray(image.resize((size, size), Image.LANCZOS), dtype=np.float32)
+    pixels = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32)
     # A fine grain of its own for every image: without it two circles of similar size and
     # place are near duplicates to the factory (its verifier compares band-passed detail).
     # Plus a faint colour cloud. Neither depends on the class, so neither helps to cheat.

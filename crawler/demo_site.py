@@ -214,6 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "pingo-demo/1"
     site: DemoSite  # set on the subclass made per server
+    server: ThreadingHTTPServer  # always served by DemoServer's
 
     def log_message(self, fmt, *args):  # keep test output quiet; debug log instead
         logger.debug("demo site: %s", fmt % args)

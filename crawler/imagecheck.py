@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import IO
 
 from core.imageformats import ALLOWED_FORMATS, EXTENSIONS, looks_like_allowed
 
@@ -51,7 +52,7 @@ def inspect(body: bytes, content_type: str, min_side: int, max_pixels: int) -> V
         # through Pillow's process-wide MAX_IMAGE_PIXELS, which would also change the limit
         # of every other decoder in the process (the factory's, in tests and `pingo demo`).
         with Image.open(io.BytesIO(body), formats=openers) as img:
-            fmt, (width, height) = img.format, img.size
+            fmt, (width, height) = img.format or "", img.size  # opened: it has a format
             if width * height > max_pixels:
                 return ("refused", "too_large", f"{width}x{height} pixels")
             if min(width, height) < min_side:
@@ -162,6 +163,10 @@ class _Worker:
             close_fds=True,
             start_new_session=True,
         )
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None  # both PIPE: always set
+        self.stdin: IO[bytes] = stdin
+        self.stdout: IO[bytes] = stdout
         self.timed_out = False
         self._ready = False
 
@@ -173,8 +178,8 @@ class _Worker:
                     return None
                 self._ready = True
             head = json.dumps(meta).encode()
-            self.process.stdin.write(struct.pack(">II", len(head), len(body)) + head + body)
-            self.process.stdin.flush()
+            self.stdin.write(struct.pack(">II", len(head), len(body)) + head + body)
+            self.stdin.flush()
             answer = self._read(timeout)
         except (OSError, ValueError):  # the worker is gone (broken pipe)
             return None
@@ -184,7 +189,7 @@ class _Worker:
         return tuple(json.loads(answer))
 
     def _read(self, timeout: float) -> str | None:
-        out = self.process.stdout
+        out = self.stdout
         ready, _, _ = select.select([out], [], [], timeout)
         if not ready:
             return None
@@ -201,14 +206,14 @@ class _Worker:
 
     def stop(self) -> None:
         try:
-            self.process.stdin.close()  # end of input: the worker exits
+            self.stdin.close()  # end of input: the worker exits
             self.process.wait(2)
         except (OSError, subprocess.TimeoutExpired):
             self.kill()
         self._close_pipes()
 
     def _close_pipes(self) -> None:
-        for pipe in (self.process.stdin, self.process.stdout):
+        for pipe in (self.stdin, self.stdout):
             try:
                 pipe.close()
             except OSError:

@@ -63,7 +63,7 @@ def resolve(host: str, port: int) -> list[str]:
         literal = ipaddress.ip_address(host)
     except ValueError:
         infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-        return list(dict.fromkeys(info[4][0] for info in infos))
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))  # AF_INET: already str
     return [str(literal)]
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import (
     DownloadCancelledError,
@@ -40,11 +40,17 @@ from scrapy.utils.defer import maybe_deferred_to_future
 try:  # refusals are expected outcomes: Scrapy logs these without a traceback
     from scrapy.pipelines.media import _MediaRequestFiltered as _Quiet
 except ImportError:  # pragma: no cover - other Scrapy versions
-    from scrapy.pipelines.media import FileException as _Quiet
+    # (the stub types the two classes apart; either is a refusal Scrapy logs quietly)
+    from scrapy.pipelines.media import FileException as _Quiet  # type: ignore[assignment]
 
 from crawler.imagecheck import ImageChecker, inspect
 from crawler.netguard import PrivateAddressRefused
 from crawler.settings import default, get
+
+if TYPE_CHECKING:
+    from twisted.python.threadpool import ThreadPool
+
+    from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +142,9 @@ class InboxImagesPipeline(FilesPipeline):
         self.max_pixels = max_pixels
         self.decode_timeout = decode_timeout
         self.checker: ImageChecker | None = None
-        self.store = None
-        self._db = None
+        # pingo's Store (not FilesPipeline's ``self.store``, which the hooks here never use)
+        self.inbox: Store | None = None
+        self._db: ThreadPool | None = None
 
     @classmethod
     def from_crawler(cls, crawler):
@@ -162,17 +169,18 @@ class InboxImagesPipeline(FilesPipeline):
             decode_timeout=get(settings, "PINGO_DECODE_TIMEOUT"),
         )
 
-    def open_spider(self) -> None:
+    # Scrapy >= 2.13 calls these without the spider; the base keeps an optional one for old callers
+    def open_spider(self) -> None:  # type: ignore[override]
         from twisted.python.threadpool import ThreadPool
 
         from storage import Store
 
         super().open_spider()
-        self.store = Store.open(self.data_dir, self.db_url, repair=False)
+        self.inbox = Store.open(self.data_dir, self.db_url, repair=False)
         # Writes run off the reactor. Several threads, because most of a write is fsync
         # (which releases the GIL); SQLite itself queues the short transactions.
-        self._db = ThreadPool(minthreads=1, maxthreads=self.writers, name="pingo-inbox-writer")
-        self._db.start()
+        self._db = db = ThreadPool(minthreads=1, maxthreads=self.writers, name="pingo-inbox-writer")
+        db.start()
         if self.decode_timeout > 0:
             self.checker = ImageChecker(self.min_side, self.max_pixels, self.decode_timeout)
 
@@ -181,13 +189,14 @@ class InboxImagesPipeline(FilesPipeline):
             self._db.stop()
         if self.checker is not None:
             self.checker.close()
-        if self.store is not None:
-            self.store.close()
+        if self.inbox is not None:
+            self.inbox.close()
 
     async def _in_db_thread(self, fn, *args, **kwargs):
         from twisted.internet import reactor
         from twisted.internet.threads import deferToThreadPool
 
+        assert self._db is not None  # started in open_spider, before any item
         return await maybe_deferred_to_future(
             deferToThreadPool(reactor, self._db, fn, *args, **kwargs)
         )
@@ -243,6 +252,7 @@ class InboxImagesPipeline(FilesPipeline):
     ) -> tuple[str, int | None]:
         from storage.errors import DuplicateImageError
 
+        assert self.inbox is not None  # opened in open_spider, before any item
         ext, width, height = check_image(
             body, content_type, self.min_side, self.max_pixels, self.checker
         )
@@ -251,7 +261,7 @@ class InboxImagesPipeline(FilesPipeline):
         if self.frontier is not None and not self.frontier.charge(cls, inflight):
             return "over_budget", None
         try:
-            image_id = self.store.add_image(
+            image_id = self.inbox.add_image(
                 body,
                 keyword_class=cls,
                 source=item["source"],
@@ -307,7 +317,7 @@ class InboxImagesPipeline(FilesPipeline):
             logger.debug("refused %s (%s): %s", item["image_url"], item["keyword_class"], exc)
         return item
 
-    async def process_item(self, item) -> Any:
+    async def process_item(self, item) -> Any:  # type: ignore[override]  # as open_spider
         fetched = item.pop("fetched", None)
         if fetched is None:
             item = await super().process_item(item)
@@ -329,8 +339,9 @@ class InboxImagesPipeline(FilesPipeline):
             refund(cls)  # the class still lacks this image: the spider finds another
         outcome = item.get("reason") or item["outcome"]
         if outcome != "over_budget":  # not kept for lack of budget: a later crawl may take it
+            assert self.inbox is not None  # opened in open_spider
             await self._in_db_thread(
-                self.store.record_url, item["image_url"], outcome, item["image_id"]
+                self.inbox.record_url, item["image_url"], outcome, item["image_id"]
             )
         if fetched is not None:
             self.frontier.finish(fetched.get("inflight"), cls)

@@ -19,12 +19,15 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crawler.browser import Browser, BrowserSpec
 from crawler.errors import BrowserError, CrawlError
 from crawler.selenium_request import Scroll
 from crawler.settings import default
+
+if TYPE_CHECKING:
+    from twisted.python.threadpool import ThreadPool
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +101,10 @@ class Rendered:
     attempts: int = 1
 
 
+def _no_stat(key: str, n: int = 1) -> None:
+    """BrowserPool's ``stat`` when none is given: counts nothing."""
+
+
 @dataclass
 class _Lease:
     browser: Browser
@@ -121,13 +128,13 @@ class BrowserPool:
         self.retries = retries
         # Past this, a render is presumed hung: page load + waits + scrolling, with slack.
         self.deadline = deadline or spec.page_load_timeout * 3 + 30
-        self._stat = stat or (lambda key, n=1: None)
+        self._stat = stat or _no_stat
         self._idle: queue.SimpleQueue[Browser] = queue.SimpleQueue()
         self._all: set[Browser] = set()
         self._leases: dict[int, _Lease] = {}  # thread id -> browser in use
         self._lock = threading.Lock()
         self._closed = False
-        self._threadpool = None
+        self._threadpool: ThreadPool | None = None  # made by start()
         _POOLS.add(self)
 
     # ---- Twisted side ------------------------------------------------------------------------
@@ -136,16 +143,20 @@ class BrowserPool:
         from twisted.internet import reactor, task
         from twisted.python.threadpool import ThreadPool
 
-        self._threadpool = ThreadPool(minthreads=0, maxthreads=self.size, name="pingo-browser")
+        self._threadpool = pool = ThreadPool(
+            minthreads=0, maxthreads=self.size, name="pingo-browser"
+        )
         # Daemon workers: a crawl stopped before close() ran (Ctrl-C while it starts) must not
         # hang at exit waiting for them; atexit and PR_SET_PDEATHSIG end their browsers.
-        self._threadpool.threadFactory = functools.partial(threading.Thread, daemon=True)
-        self._threadpool.start()
+        # (the stub wants the Thread class; ThreadPool only calls it, as it calls this partial)
+        daemon_thread = functools.partial(threading.Thread, daemon=True)
+        pool.threadFactory = daemon_thread  # type: ignore[assignment]
+        pool.start()
         # Even if the crawl is stopped uncleanly, no browser outlives this process.
         atexit.register(self.kill_all)
         if prestart:  # browsers start while the crawl sets up, not during the first renders
             for _ in range(self.size):
-                self._threadpool.callInThread(self._prestart)
+                pool.callInThread(self._prestart)
         self._watchdog = task.LoopingCall(self.kill_hung)
         self._watchdog.clock = reactor
         self._watchdog.start(1.0, now=False)
@@ -155,6 +166,7 @@ class BrowserPool:
         from twisted.internet import reactor
         from twisted.internet.threads import deferToThreadPool
 
+        assert self._threadpool is not None  # start() comes first
         return deferToThreadPool(reactor, self._threadpool, self.render_blocking, job)
 
     def stop_watchdog(self) -> None:

@@ -23,12 +23,16 @@ the queue would run code on every worker. ``SCHEDULER_SERIALIZER`` is not used.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from scrapy_redis.scheduler import Scheduler
 
 from crawler import queue_codec
 from crawler.frontier import SharedFrontier
 from crawler.settings import get
+
+if TYPE_CHECKING:
+    from twisted.internet.task import LoopingCall
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class SharedScheduler(Scheduler):
         super().__init__(server, **kwargs)
         self.frontier = frontier
         self.crawler = crawler
-        self._beat = None
+        self._beat: LoopingCall | None = None
         self._last_alive = 0.0
 
     @classmethod
@@ -72,8 +76,8 @@ class SharedScheduler(Scheduler):
         super().open(spider)
         self.frontier.join(spider.round_plan(), spider.round_queries())
         self.stats.set_value("pingo/redis/started_round", int(self.frontier.started_round))
-        self._beat = task.LoopingCall(self._heartbeat)
-        self._beat.start(HEARTBEAT_SECONDS, now=False)
+        self._beat = beat = task.LoopingCall(self._heartbeat)
+        beat.start(HEARTBEAT_SECONDS, now=False)
 
     def close(self, reason):
         import redis

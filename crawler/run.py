@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _EARLY_STOPS: list[int] = []
 if __name__ == "__main__":  # a stop while this crawl process still imports Scrapy: kept
@@ -40,6 +40,12 @@ from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError 
 from crawler.spider import ClassPlan  # noqa: E402
 from crawler.summary import CrawlSummary  # noqa: E402
 
+if TYPE_CHECKING:
+    from scrapy.crawler import CrawlerProcess
+
+    from core.config import Config
+    from storage import Store
+
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +56,7 @@ INTERRUPTED_STAT = "pingo/interrupted"
 
 
 def plan_crawl(
-    config, store, classes: list[str] | None = None, limit: int | None = None
+    config: Config, store: Store, classes: list[str] | None = None, limit: int | None = None
 ) -> tuple[list[ClassPlan], dict[str, str]]:
     """Classes below target and how many each lacks (target - accepted - inbox), capped."""
     wanted = list(config.classes) if not classes else list(classes)
@@ -81,8 +87,8 @@ def plan_crawl(
 
 
 def crawl(
-    config,
-    store=None,
+    config: Config,
+    store: Store | None = None,
     classes: list[str] | None = None,
     sources: list[str] | None = None,
     limit: int | None = None,
@@ -99,7 +105,8 @@ def crawl(
     from storage import Store
 
     own_store = store is None
-    store = Store.from_config(config) if own_store else store
+    if store is None:
+        store = Store.from_config(config)
     try:
         profiles = resolve_sources(list(sources or config.crawl.sources), config.crawl.profiles)
         plan, skipped = plan_crawl(config, store, classes, limit)
@@ -315,7 +322,7 @@ class _StopSignals:
     def __init__(self):
         self.signame: str | None = None
         self.first = 0.0
-        self.process = None
+        self.process: CrawlerProcess | None = None  # set once the reactor runs
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, self.handle)
@@ -343,7 +350,7 @@ class _StopSignals:
         kill_all_browsers()
         os._exit(128 + signum)
 
-    def reactor_running(self, process) -> None:
+    def reactor_running(self, process: CrawlerProcess) -> None:
         self.process = process
         if self.signame is not None:  # a stop that came while Scrapy was starting
             self._stop()
@@ -351,16 +358,22 @@ class _StopSignals:
     def _stop(self) -> None:
         from twisted.internet import reactor
 
-        d = self.process.stop()
-        # If the crawl never got going, stop_after_crawl may have nothing to wait for.
-        d.addBoth(lambda _: reactor.running and reactor.callLater(0, _stop_reactor))
+        def stop_reactor_soon(_: object) -> None:
+            # If the crawl never got going, stop_after_crawl may have nothing to wait for.
+            # (Twisted types the reactor by its zope interfaces, whose methods have no
+            # ``self``: mypy takes callLater's delay, and stop's nothing, for ``self``.)
+            if reactor.running:
+                reactor.callLater(0, _stop_reactor)  # type: ignore[arg-type]
+
+        assert self.process is not None  # only called once the reactor runs
+        self.process.stop().addBoth(stop_reactor_soon)
 
 
 def _stop_reactor() -> None:
     from twisted.internet import reactor
 
     try:
-        reactor.stop()
+        reactor.stop()  # type: ignore[misc]  # zope-typed reactor: see _StopSignals._stop
     except Exception:  # already stopping
         pass
 

@@ -98,9 +98,9 @@ class SharedImageSearchSpider(ImageSearchSpider):
 
     # ---- callbacks -----------------------------------------------------------------------
 
-    def parse_results(self, response, **kwargs):
+    def parse_results(self, response, *args, **kwargs):
         try:
-            yield from super().parse_results(response, **kwargs)
+            yield from super().parse_results(response, *args, **kwargs)
         finally:  # the page's results are queued (or the page failed): it is done
             self._page_done(response.meta.get("pingo_inflight"))
 

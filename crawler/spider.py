@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import scrapy
 
@@ -22,6 +23,9 @@ from core.sources import SourceProfile
 from crawler.selenium_request import Scroll, SeleniumRequest
 from crawler.settings import get
 from crawler.sources import extract
+
+if TYPE_CHECKING:
+    from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +61,8 @@ class ImageSearchSpider(scrapy.Spider):
         }
         self.taken: set[str] = set()
         # Fresh results not taken yet (the class had enough then); used when downloads fail.
-        self.leftovers = {p.name: deque() for p in plan}
-        self.store = None
+        self.leftovers: dict[str, deque[dict]] = {p.name: deque() for p in plan}
+        self.store: Store | None = None
 
     @classmethod
     def from_crawler(cls, crawler, *args, **kwargs):
@@ -201,7 +205,7 @@ class ImageSearchSpider(scrapy.Spider):
             return
         yield from self._continue(class_name)
 
-    def _take(self, item: dict) -> dict:
+    def _take(self, item: dict) -> dict | scrapy.Request:  # shared crawls: the image's request
         self.taken.add(item["image_url"])
         self.budget[item["keyword_class"]] -= 1
         self.crawler.stats.inc_value(f"pingo/{item['keyword_class']}/found")
