@@ -346,7 +346,7 @@ def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, as_
       pingo train
       pingo train --force --epochs 5 --image-size 64
     """
-    from trainer.run import train
+    from trainer import train
 
     overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size, "arch": arch}
     result = _as_job(
@@ -468,7 +468,7 @@ def crawl_command(ctx: Context, classes, sources, limit, as_json):
       pingo crawl
       pingo crawl --class cat --source demo --limit 20
     """
-    from crawler.run import crawl
+    from crawler import crawl
 
     summary = _as_job(
         ctx,

@@ -68,11 +68,11 @@ def _factory_line(summary) -> str:
 
 def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
     """Run the demo loop; return the report's path."""
-    from crawler.run import crawl
+    from crawler import crawl
     from pingo.report import build_report, model_accuracy
     from pingo.tables import progress_lines, totals_line
     from storage import Store
-    from trainer.run import train
+    from trainer import train
 
     if "demo" not in config.crawl.sources:
         echo(

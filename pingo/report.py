@@ -18,8 +18,7 @@ from typing import Any
 
 from core.config import Config
 from pingo.tables import class_progress
-from storage import Store
-from storage.files import atomic_write
+from storage import Store, atomic_write
 
 logger = logging.getLogger(__name__)
 

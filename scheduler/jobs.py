@@ -27,13 +27,13 @@ HEARTBEAT = 60.0  # seconds; well under storage.files.STALE_SECONDS
 
 
 def crawl_stage(config: Config, store: Store) -> Any:
-    from crawler.run import crawl
+    from crawler import crawl
 
     return crawl(config, store)
 
 
 def factory_stage(config: Config, store: Store) -> Any:
-    from dataset_factory.run import process_inbox
+    from dataset_factory import process_inbox
 
     return process_inbox(config, store)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scheduler.errors import BusyError
-from storage.files import HOST, atomic_write
+from storage import HOST, atomic_write
 
 logger = logging.getLogger(__name__)
 
