@@ -191,24 +191,17 @@ def chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    from crawler.browser import HEADLESS_CHROME_ARGS
+
     driver_path = shutil.which("chromedriver")
     if not driver_path or not shutil.which("chromium"):
         require("chromium and chromedriver are required: run `make browser`")
     profile = tempfile.mkdtemp(prefix="pingo-test-chrome-")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1200,2000",
-        f"--user-data-dir={profile}",
-    ):
+    # the crawler's flags, but with images shown and a taller window (tests look at pages)
+    shared = [a for a in HEADLESS_CHROME_ARGS if not a.startswith(("--window-size", "--blink"))]
+    for arg in (*shared, "--window-size=1200,2000", f"--user-data-dir={profile}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
