@@ -149,6 +149,11 @@ def test_ctrl_c_while_the_crawl_starts_ends_it_promptly(tmp_path, photos):
                 ):
                     time.sleep(0.005)  # until the crawl process exists
                 time.sleep(extra)
+                if child.poll() is not None:  # a crawl of 2 images must still be starting
+                    problems.append(
+                        f"{extra}s: exited before the signal, status {child.returncode}"
+                    )
+                    continue
                 os.killpg(child.pid, signal.SIGINT)
                 try:
                     child.wait(10)
