@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.errors import PingoError
+from core.names import HASH_METHODS
 from scheduler.lock import JobLock
 from storage import Store
 from storage.check import Problem, Report, check_storage
@@ -26,7 +27,7 @@ MORE_KINDS = {
     "current_model": "models/CURRENT names no model the factory can load",
 }
 MORE_FIXABLE = {"index_unreadable", "index_mismatch"}
-_SIDECAR = re.compile(r"^near-duplicates-(phash|dhash|whash|ahash)(-plain)?\.npz$")
+_SIDECAR = re.compile(rf"^near-duplicates-({'|'.join(HASH_METHODS)})(-plain)?\.npz$")
 
 
 def check(config: Config, repair: bool = False, wait: float = 0.0) -> Report:
@@ -55,19 +56,9 @@ def check(config: Config, repair: bool = False, wait: float = 0.0) -> Report:
 
 
 def _kept_ids(store: Store) -> set[int]:
-    from sqlalchemy import select
-
     from dataset_factory.dedupe import KEPT
-    from storage.schema import images
 
-    with store.engine.connect() as conn:
-        return set(
-            conn.execute(
-                select(images.c.id)
-                .where(images.c.status.in_(KEPT))
-                .where(images.c.path.is_not(None))
-            ).scalars()
-        )
+    return store.ids_with_files(KEPT)
 
 
 def _sidecars(store: Store) -> list[tuple[Path, str, bool]]:

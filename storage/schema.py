@@ -52,7 +52,7 @@ images = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("sha256", String(64), nullable=False, unique=True),  # of the stored bytes
     Column("phash", BigInteger),  # perceptual hash as a signed 64-bit int
-    Column("hash_method", String(16)),  # phash/dhash/whash/ahash: never mix methods
+    Column("hash_method", String(16)),  # one of core.names.HASH_METHODS: never mix methods
     Column("source_url", Text),
     Column("page_url", Text),
     Column("source", String(64)),  # search source profile, or "import"

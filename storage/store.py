@@ -666,6 +666,17 @@ class Store:
             raise ImageNotFoundError(f"no image with id {image_id}")
         return _image_dict(row)
 
+    def ids_with_files(self, statuses: Iterable[str]) -> set[int]:
+        """Ids of the rows in ``statuses`` that have a file (their path is set)."""
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    select(images.c.id)
+                    .where(images.c.status.in_(list(statuses)))
+                    .where(images.c.path.is_not(None))
+                ).scalars()
+            )
+
     def iter_images(
         self, status: str | None = None, class_name: str | None = None, batch: int = 1000
     ) -> Iterator[dict[str, Any]]:
