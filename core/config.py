@@ -315,7 +315,9 @@ class TrainConfig:
     promote_margin: float = setting(
         0.0,
         check=between(-1, 1),
-        doc="a new model is promoted if its test accuracy >= current + margin",
+        doc="a new model is promoted if its test accuracy >= current + margin on the same test "
+        "images, unless McNemar's paired test finds it significantly better (promoted) or worse "
+        "(kept)",
     )
     seed: int = setting(1337, doc="random seed of the initial weights, shuffling and augmentation")
     learning_rate: float = setting(1e-3, check=between(0, 1), doc="Adam's initial step size")

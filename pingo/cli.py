@@ -19,6 +19,7 @@ import click
 from core.config import Config, find_config_path, load_config, write_starter_config
 from core.errors import PingoError
 from core.names import ARCHITECTURES
+from core.stats import format_interval
 from pingo import __version__
 from pingo.tables import progress_lines, totals_line
 
@@ -362,9 +363,10 @@ def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, as_
         click.echo(f"not training: {result.reason} (use --force to train anyway)")
     else:
         m = result.metrics
+        ci = format_interval(m.get("test_accuracy_ci"))
         click.echo(
-            f"{result.version}: test accuracy {m['test_accuracy']:.4f}, loss "
-            f"{m['test_loss']:.4f} on {m['test_images']} images; {result.reason}"
+            f"{result.version}: test accuracy {m['test_accuracy']:.4f} {ci} (95% interval), "
+            f"loss {m['test_loss']:.4f} on {m['test_images']} images; {result.reason}"
         )
         click.echo(f"registry entry: {result.path}")
 
@@ -392,16 +394,20 @@ def models(click_ctx, as_json):
     if not rows:
         click.echo("no models yet: run `pingo train`")
         return
-    click.echo("   version  state       test acc  loss    arch       px   note")
+    click.echo("   version  state       test acc [95% interval]  loss    arch       px   note")
     for r in rows:
-        acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        acc = "-"
+        if r["test_accuracy"] is not None:
+            acc = f"{r['test_accuracy']:.4f} {format_interval(r.get('test_accuracy_ci'))}"
         loss = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
         click.echo(
             f"{'*' if r['current'] else ' '}  {r['version']:<7}  {r['state']:<10}  "
-            f"{acc:>8}  {loss:<6}  {r['arch'] or '-':<9}  {r['image_size'] or '-':>3}  "
+            f"{acc:<23}  {loss:<6}  {r['arch'] or '-':<9}  {r['image_size'] or '-':>3}  "
             f"{r['note'] or ''}"
         )
-    click.echo("* = in service (models/CURRENT)")
+    click.echo(
+        "* = in service (models/CURRENT); the interval: what the test split can tell (Wilson)"
+    )
 
 
 @models.command("promote")

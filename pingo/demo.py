@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from core.config import Config
 from core.errors import PingoError
+from core.stats import format_interval
 from scheduler.jobs import factory_stage, run_job
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def _factory_line(summary) -> str:
 def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
     """Run the demo loop; return the report's path."""
     from crawler import crawl
-    from pingo.report import build_report, model_accuracy
+    from pingo.report import build_report, model_accuracy, model_interval
     from pingo.tables import progress_lines, totals_line
     from storage import Store
     from trainer import train
@@ -100,7 +101,8 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
         )
         accuracy = model_accuracy(result.metrics)
         echo(
-            f"{result.version}: test accuracy {accuracy:.3f}; {result.reason}"
+            f"{result.version}: test accuracy {accuracy:.3f} "
+            f"{format_interval(model_interval(result.metrics))}; {result.reason}"
             if result.trained and accuracy is not None
             else f"{result.reason}"
         )

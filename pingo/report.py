@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
+from core.stats import accuracy_interval, format_interval
 from pingo.tables import class_progress
 from storage import Store, atomic_write
 
@@ -35,6 +36,21 @@ def model_accuracy(metrics: dict[str, Any] | None) -> float | None:
         for key in ("test_accuracy", "accuracy"):
             if isinstance(source.get(key), (int, float)):
                 return float(source[key])
+    return None
+
+
+def model_interval(metrics: dict[str, Any] | None) -> list[float] | None:
+    """The test accuracy's 95% interval from a metrics.json-like dict (flat or under "test");
+    for models trained before pingo recorded it, the Wilson interval of accuracy and images."""
+    if not metrics:
+        return None
+    for source, images in ((metrics, "test_images"), (metrics.get("test") or {}, "images")):
+        ci = source.get("test_accuracy_ci", source.get("accuracy_ci"))
+        if isinstance(ci, list) and len(ci) == 2:
+            return [float(ci[0]), float(ci[1])]
+        n = source.get(images)
+        if isinstance(n, int) and n > 0 and (acc := model_accuracy(source)) is not None:
+            return accuracy_interval(acc, n)
     return None
 
 
@@ -155,10 +171,13 @@ def build_report(config: Config, store: Store) -> Path:
     rows = []
     for m in reversed(models):
         acc = model_accuracy(m["metrics"])
+        shown = "-"
+        if acc is not None:
+            shown = f"{acc:.4f} {format_interval(model_interval(m['metrics']))}".strip()
         rows.append(
             f"<tr><td>{esc(m['version'])}{' &#9733;' if m['promoted'] else ''}</td>"
             f"<td>{esc(m['created'][:19].replace('T', ' '))}</td>"
-            f"<td>{f'{acc:.4f}' if acc is not None else '-'}</td>"
+            f"<td>{shown}</td>"
             f"<td>{esc(m['note'] or '')}</td></tr>"
         )
     section = (
@@ -168,7 +187,7 @@ def build_report(config: Config, store: Store) -> Path:
     if _accuracy_plot(models, assets / "model_accuracy.png"):
         section += '<img src="assets/model_accuracy.png" alt="test accuracy per model version">'
     section += (
-        "<table><tr><th>version</th><th>created (UTC)</th><th>test accuracy</th>"
+        "<table><tr><th>version</th><th>created (UTC)</th><th>test accuracy [95% interval]</th>"
         "<th>note</th></tr>"
         + ("".join(rows) or '<tr><td colspan="4">no model yet</td></tr>')
         + "</table>"

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from core.config import check_safe_name
 from core.errors import PingoError
+from core.stats import accuracy_interval
 from storage import files
 from storage.db import iso, utcnow
 from storage.errors import ModelLoadError, RegistryEntryError, StorageError
@@ -114,6 +115,18 @@ def read_metrics(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return metrics if isinstance(metrics, dict) else None
+
+
+def test_interval(test: dict[str, Any]) -> list[float] | None:
+    """The test accuracy's 95% interval: metrics.json's, or (entries written before pingo
+    recorded it) the Wilson interval of its accuracy and image count."""
+    ci = test.get("accuracy_ci")
+    if isinstance(ci, list) and len(ci) == 2:
+        return ci
+    accuracy, images = test.get("accuracy"), test.get("images")
+    if isinstance(accuracy, int | float) and isinstance(images, int) and images > 0:
+        return accuracy_interval(float(accuracy), images)
+    return None
 
 
 def passed_gate(folder: Path) -> bool:
@@ -219,6 +232,7 @@ class ModelRegistry:
                     "current": version == current,
                     "created": row.get("created"),
                     "test_accuracy": test.get("accuracy"),
+                    "test_accuracy_ci": test_interval(test),
                     "test_loss": test.get("loss"),
                     "test_images": test.get("images"),
                     "arch": (row.get("metrics") or {}).get("arch"),

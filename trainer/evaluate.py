@@ -1,5 +1,6 @@
-"""Test-set metrics: accuracy, loss, per-class precision/recall/F1, confusion matrix; and
-scoring a registry model on a split (``evaluate_on``)."""
+"""Test-set metrics: accuracy (with its 95% interval), loss, per-class precision/recall/F1,
+confusion matrix; and scoring a registry model on a split (``evaluate_on``, and
+``evaluate_outcomes`` for the per-image right/wrong vector the promotion gate pairs)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.stats import accuracy_interval
 from trainer import data
 
 if TYPE_CHECKING:
@@ -49,8 +51,10 @@ def metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> di
             "support": int(actual),
         }
     present = [v["f1"] for v in per_class.values() if v["support"]]
+    accuracy = float(np.trace(cm) / n) if n else 0.0
     return {
-        "accuracy": float(np.trace(cm) / n) if n else 0.0,
+        "accuracy": accuracy,
+        "accuracy_ci": accuracy_interval(accuracy, n),  # Wilson 95% interval
         "loss": float(-np.log(p_true).mean()) if n else float("nan"),
         "macro_f1": float(np.mean(present)) if present else 0.0,
         "images": int(n),
@@ -63,6 +67,14 @@ def evaluate_on(
     loaded: LoadedModel, items: Sequence[data.Item], batch_size: int, max_pixels: int | None = None
 ) -> dict[str, Any]:
     """``metrics`` of a loaded registry model on ``items`` (read as the trainer reads them)."""
+    return evaluate_outcomes(loaded, items, batch_size, max_pixels)[0]
+
+
+def evaluate_outcomes(
+    loaded: LoadedModel, items: Sequence[data.Item], batch_size: int, max_pixels: int | None = None
+) -> tuple[dict[str, Any], list[bool]]:
+    """``evaluate_on`` plus whether each image was classified right, in ``items`` order
+    (unreadable files skipped, as they always are), for a paired comparison of two models."""
     ds = data.make_dataset(
         items,
         loaded.classes,
@@ -73,4 +85,5 @@ def evaluate_on(
         max_pixels=max_pixels,
     )
     y_true, probs = predict(loaded.model, ds)
-    return metrics(y_true, probs, loaded.classes)
+    correct = (probs.argmax(axis=1) == y_true).tolist() if len(y_true) else []
+    return metrics(y_true, probs, loaded.classes), [bool(x) for x in correct]

@@ -1,15 +1,30 @@
-"""Whether a freshly written entry replaces the model in service: it must score at least as
-well as the current model on the same test split (plus train.promote_margin)."""
+"""Whether a freshly written entry replaces the model in service, decided on the same test
+images the new model was scored on, with the paired evidence stated.
+
+The rule (docs/trainer.md, "Promotion"): both models are scored on the new test split, image
+by image. McNemar's exact test looks at the images where they disagree: ``b`` only the new
+model gets right, ``c`` only the current one.
+
+- significantly better (one-sided p < SIGNIFICANCE): promoted, whatever promote_margin says;
+- significantly worse (one-sided p < SIGNIFICANCE): not promoted;
+- otherwise (no significant difference, the usual case on a small split): promoted when its
+  accuracy >= the current model's + train.promote_margin.
+
+With promote_margin 0 this promotes exactly the models the accuracy comparison alone did; what
+it adds is that the decision says how much the comparison can tell.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from core.stats import accuracy_interval, format_interval, mcnemar_from_correct
 from storage.errors import ModelLoadError
 from trainer import data
-from trainer.evaluate import evaluate_on
+from trainer.evaluate import evaluate_outcomes
 from vision.model import load_model
 
 if TYPE_CHECKING:
@@ -18,6 +33,10 @@ if TYPE_CHECKING:
     from trainer.registry_writer import Written
 
 logger = logging.getLogger(__name__)
+
+SIGNIFICANCE = 0.05  # one-sided level of McNemar's exact test
+PAIRED = "mcnemar_exact"
+UNPAIRED = "margin_only"
 
 
 @dataclass
@@ -29,14 +48,92 @@ class PromotionDecision:
     current_accuracy: float | None = None  # the current model on the *new* test split
     margin: float = 0.0
     test_images: int = 0
+    new_accuracy_ci: list[float] | None = None  # Wilson 95% interval
+    current_accuracy_ci: list[float] | None = None
+    method: str | None = None  # PAIRED, UNPAIRED, or None (nothing to compare with)
+    mcnemar_b: int | None = None  # test images only the new model gets right
+    mcnemar_c: int | None = None  # test images only the current model gets right
+    p_two_sided: float | None = None
+    p_new_better: float | None = None  # one-sided
+    p_new_worse: float | None = None  # one-sided
+    significance: float = SIGNIFICANCE
+
+
+def _p(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.2g}"
+
+
+def _accuracies(new: float, new_ci, cur: float, cur_ci, current: str, n: int, margin: float):
+    return (
+        f"test accuracy {new:.4f} {format_interval(new_ci)} vs {cur:.4f} "
+        f"{format_interval(cur_ci)} for current {current} on the same {n} test images "
+        f"(margin {margin:+.4f})"
+    )
+
+
+def paired_decision(
+    new_correct: Sequence[bool],
+    current_correct: Sequence[bool],
+    margin: float,
+    current_version: str,
+    significance: float = SIGNIFICANCE,
+) -> PromotionDecision:
+    """The rule above on per-image outcomes of both models on the same test images."""
+    n = len(new_correct)
+    test = mcnemar_from_correct(new_correct, current_correct)
+    new = sum(map(bool, new_correct)) / n if n else 0.0
+    cur = sum(map(bool, current_correct)) / n if n else 0.0
+    new_ci, cur_ci = accuracy_interval(new, n), accuracy_interval(cur, n)
+    evidence = f"new right where current wrong {test.b}, the reverse {test.c}"
+    if test.p_new_better < significance:
+        promoted = True
+        verdict = f"one-sided p = {_p(test.p_new_better)} (significantly better at {significance})"
+    elif test.p_new_worse < significance:
+        promoted = False
+        verdict = f"one-sided p = {_p(test.p_new_worse)} (significantly worse at {significance})"
+    else:
+        promoted = new >= cur + margin
+        verdict = (
+            f"p = {_p(test.p_two_sided)} (no significant difference at {significance}, "
+            "so the margin decides)"
+        )
+    reason = (
+        f"{'promoted' if promoted else 'not promoted'}: "
+        f"{_accuracies(new, new_ci, cur, cur_ci, current_version, n, margin)}; "
+        f"McNemar: {evidence}, {verdict}"
+    )
+    return PromotionDecision(
+        promoted,
+        reason,
+        new,
+        current_version=current_version,
+        current_accuracy=cur,
+        margin=margin,
+        test_images=n,
+        new_accuracy_ci=new_ci,
+        current_accuracy_ci=cur_ci,
+        method=PAIRED,
+        mcnemar_b=test.b,
+        mcnemar_c=test.c,
+        p_two_sided=test.p_two_sided,
+        p_new_better=test.p_new_better,
+        p_new_worse=test.p_new_worse,
+        significance=significance,
+    )
 
 
 def promotion_decision(
     store: Store, config: Config, tc: TrainConfig, plan: data.DatasetPlan, written: Written
 ) -> PromotionDecision:
-    """Promote if the new test accuracy >= the current model's on the same test split + margin."""
+    """Score the current model on the new test split and apply the rule above."""
     new = written.test["accuracy"]
-    base = dict(new_accuracy=new, margin=tc.promote_margin, test_images=written.test["images"])
+    n = written.test["images"]
+    base = dict(
+        new_accuracy=new,
+        margin=tc.promote_margin,
+        test_images=n,
+        new_accuracy_ci=written.test.get("accuracy_ci") or accuracy_interval(new, n),
+    )
     current = store.registry.current()
     if current is None:
         return PromotionDecision(True, "first model: nothing is promoted yet", **base)
@@ -57,15 +154,28 @@ def promotion_decision(
             current_version=current,
             **base,
         )
-    cur = evaluate_on(loaded, plan.split("test"), tc.batch_size, config.factory.max_pixels)[
-        "accuracy"
-    ]
-    promoted = new >= cur + tc.promote_margin
-    verdict = "promoted" if promoted else "not promoted"
-    reason = (
-        f"{verdict}: test accuracy {new:.4f} vs {cur:.4f} for current {current} on the "
-        f"same {written.test['images']} test images (margin {tc.promote_margin:+.4f})"
+    scored, current_correct = evaluate_outcomes(
+        loaded, plan.split("test"), tc.batch_size, config.factory.max_pixels
     )
+    if len(current_correct) == len(written.test_correct) == n:
+        return paired_decision(written.test_correct, current_correct, tc.promote_margin, current)
+    # Not the same images (a file became unreadable between the two scorings): no pairing.
+    cur = scored["accuracy"]
+    cur_ci = scored.get("accuracy_ci") or accuracy_interval(cur, scored["images"])
+    promoted = new >= cur + tc.promote_margin
+    reason = (
+        f"{'promoted' if promoted else 'not promoted'}: "
+        f"{_accuracies(new, base['new_accuracy_ci'], cur, cur_ci, current, n, tc.promote_margin)}"
+        f"; no paired test (the current model read {scored['images']} of them), so the margin "
+        "decides"
+    )
+    logger.warning("promotion without a paired test: %s", reason)
     return PromotionDecision(
-        promoted, reason, current_version=current, current_accuracy=cur, **base
+        promoted,
+        reason,
+        current_version=current,
+        current_accuracy=cur,
+        current_accuracy_ci=cur_ci,
+        method=UNPAIRED,
+        **base,
     )

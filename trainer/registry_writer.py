@@ -13,7 +13,7 @@ import logging
 import platform
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from storage.registry import (
     MODEL,
 )
 from trainer import data
-from trainer.evaluate import evaluate_on
+from trainer.evaluate import evaluate_outcomes
 from trainer.fit import CHECKPOINT, FitOutcome
 from trainer.plots import curve_name, plot_confusion, plot_curves
 from vision.model import load_model
@@ -55,6 +55,8 @@ class Written:
     epochs_run: int
     best_epoch: int
     train_seconds: float
+    # per test image (plan.split("test") order): right or wrong; the promotion gate pairs it
+    test_correct: list[bool] = field(default_factory=list)
 
 
 def _json(obj: Any) -> str:
@@ -138,7 +140,7 @@ def write_entry(
 
     # Judge the file the factory will load, not the object in memory.
     loaded = load_model(folder)
-    test = evaluate_on(loaded, plan.split("test"), tc.batch_size, max_pixels)
+    test, test_correct = evaluate_outcomes(loaded, plan.split("test"), tc.batch_size, max_pixels)
     name = curve_name(tc.arch, tc.image_size, outcome.epochs_run, test["accuracy"], test["loss"])
     plot_curves(
         outcome.history,
@@ -162,6 +164,7 @@ def write_entry(
         outcome.epochs_run,
         outcome.best_epoch,
         outcome.seconds,
+        test_correct,
     )
 
 
@@ -169,6 +172,7 @@ def summary(written: Written, decision: PromotionDecision) -> dict[str, Any]:
     """The compact metrics kept in the DB and returned to callers."""
     return {
         "test_accuracy": round(written.test["accuracy"], 6),
+        "test_accuracy_ci": written.test.get("accuracy_ci"),
         "test_loss": round(written.test["loss"], 6),
         "macro_f1": round(written.test["macro_f1"], 6),
         "test_images": written.test["images"],
