@@ -12,6 +12,7 @@ import json
 import pytest
 from conftest import png_bytes
 
+from core.config import load_config
 from core.errors import ConfigError
 from crawler.run import plan_crawl
 
@@ -107,7 +108,7 @@ def test_the_inbox_reason_wins_when_the_inbox_alone_fills_the_need(project):
 def test_a_negative_limit_is_refused_naming_the_key(project):
     project.write(toml("max_review_backlog = -1"))
     with pytest.raises(ConfigError, match="crawl.max_review_backlog"):
-        project.config
+        load_config(project.path)
 
 
 def held_back_project(project) -> None:
