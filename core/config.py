@@ -156,6 +156,12 @@ class ClassConfig:
         doc="per-class override of factory.confidence",
         example=0.95,
     )
+    max_review_backlog: int | None = setting(
+        None,
+        check=lambda v: at_least(0)(v) if v is not None else None,
+        doc="per-class override of crawl.max_review_backlog",
+        example=200,
+    )
 
 
 @dataclass(frozen=True)
@@ -237,6 +243,13 @@ class CrawlConfig:
         doc="the User-Agent header of every request",
     )
     max_seconds: float = setting(3600.0, check=at_least(1), doc="a crawl stops after this long")
+    max_review_backlog: int | None = setting(
+        None,
+        check=lambda v: at_least(0)(v) if v is not None else None,
+        doc="review/ images of a class that count toward its crawl need, so unreviewed "
+        "images cannot pile up; unset: the class's target; 0: review images do not count",
+        example=150,
+    )
     profiles: dict = setting(
         default_factory=dict,
         check=check_profiles,
@@ -404,6 +417,16 @@ class Config:
     def confidence_for(self, class_name: str) -> float:
         own = self.classes[class_name].confidence if class_name in self.classes else None
         return self.factory.confidence if own is None else own
+
+    def review_backlog_for(self, class_name: str) -> tuple[int, str]:
+        """How many review images of a class count toward its crawl need, and the key that
+        says so: [classes.X] max_review_backlog, else crawl.max_review_backlog, else the
+        class's target."""
+        cls = self.classes[class_name]
+        if cls.max_review_backlog is not None:
+            return cls.max_review_backlog, f"classes.{class_name}.max_review_backlog"
+        crawl = self.crawl.max_review_backlog
+        return (cls.target if crawl is None else crawl), "crawl.max_review_backlog"
 
     @classmethod
     def from_mapping(
@@ -613,7 +636,11 @@ def starter_config() -> str:
     lines += STARTER_CLASSES_NOTE.splitlines()
     for i, name in enumerate(DEMO_CLASSES):
         example = ClassConfig(name, keywords=[name], target=STARTER_TARGET)
-        skip = ("name",) if i == len(DEMO_CLASSES) - 1 else ("name", "confidence")
+        skip = (
+            ("name",)
+            if i == len(DEMO_CLASSES) - 1
+            else ("name", "confidence", "max_review_backlog")
+        )
         lines += [f"[classes.{name}]", *_section_lines(example, skip), ""]
     for section, section_cls in _SECTIONS.items():
         if section != "project":

@@ -36,6 +36,7 @@ if __name__ == "__main__":  # a stop while this crawl process still imports Scra
         signal.signal(_signum, lambda signum, _frame: _EARLY_STOPS.append(signum))
 
 from core.sources import resolve_sources  # noqa: E402  (after the early signal handlers)
+from crawler.backlog import class_needs  # noqa: E402
 from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError  # noqa: E402
 from crawler.spider import ClassPlan  # noqa: E402
 from crawler.summary import CrawlSummary  # noqa: E402
@@ -58,7 +59,9 @@ INTERRUPTED_STAT = "pingo/interrupted"
 def plan_crawl(
     config: Config, store: Store, classes: list[str] | None = None, limit: int | None = None
 ) -> tuple[list[ClassPlan], dict[str, str]]:
-    """Classes below target and how many each lacks (target - accepted - inbox), capped."""
+    """Classes that lack images and how many each lacks, capped by ``limit``; the others with
+    why they are skipped. A class lacks target - accepted - inbox - min(review,
+    crawl.max_review_backlog) (crawler.backlog)."""
     wanted = list(config.classes) if not classes else list(classes)
     unknown = [c for c in wanted if c not in config.classes]
     if unknown:
@@ -66,23 +69,13 @@ def plan_crawl(
             f"unknown class {unknown[0]!r}; the config declares "
             + (", ".join(config.classes) or "no classes")
         )
-    stats = store.stats(config.targets)
-    inbox = store.inbox_counts()
     plan, skipped = [], {}
-    for name in wanted:
-        cls = config.classes[name]
-        accepted = stats.classes.get(name, {}).get("accepted", 0) or 0
-        lacking = cls.target - accepted - inbox.get(name, 0)
-        if lacking <= 0:
-            skipped[name] = (
-                "at target"
-                if accepted >= cls.target
-                else f"{inbox.get(name, 0)} images already wait in the inbox"
-            )
+    for name, need in class_needs(config, store, wanted).items():
+        if need.skip_reason is not None:
+            skipped[name] = need.skip_reason
             continue
-        if limit is not None:
-            lacking = min(lacking, limit)
-        plan.append(ClassPlan(name, lacking, list(cls.keywords)))
+        lacking = need.lacking if limit is None else min(need.lacking, limit)
+        plan.append(ClassPlan(name, lacking, list(config.classes[name].keywords)))
     return plan, skipped
 
 

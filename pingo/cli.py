@@ -303,6 +303,7 @@ def status_command(ctx: Context, as_json, limit):
     Example:
       pingo status --limit 20
     """
+    from crawler.backlog import backlog_lines
     from scheduler.service import status
 
     with ctx.store() as store:
@@ -322,6 +323,8 @@ def status_command(ctx: Context, as_json, limit):
         click.echo("no runs yet")
     for job, when in result["next"].items():
         click.echo(f"next {job}: {when}")
+    for line in backlog_lines(result["review_backlog"]):
+        click.echo(line)
     for row in result["set_aside"]:
         why = row["last_error"] or "no file at its path"
         click.echo(f"set aside: image {row['id']} ({row['reason']}) {row['path'] or '-'}: {why}")

@@ -1,9 +1,10 @@
 """`pingo report`: one self-contained HTML page a person opens after days away.
 
 data/reports/index.html with its images in data/reports/assets/ (no network, no scripts):
-per-class progress against target, crawl yield and duplicate rate per source and keyword, the
-model history, the latest training curves and confusion matrix, and thumbnail contact sheets
-of every class and of the review queue.
+per-class progress against target (and the classes held back from crawling by their review
+backlog), crawl yield and duplicate rate per source and keyword, the model history, the latest
+training curves and confusion matrix, and thumbnail contact sheets of every class and of the
+review queue.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from core.config import Config
 from core.stats import accuracy_interval, format_interval
+from crawler.backlog import backlog_lines, review_backlog
 from pingo.tables import class_progress
 from storage import Store, atomic_write
 
@@ -149,6 +151,14 @@ def build_report(config: Config, store: Store) -> Path:
         f"<p>inbox: {stats.inbox} &middot; rejected: {sum(stats.rejected.values())} "
         f"({rejected})</p>"
     )
+    held = backlog_lines(review_backlog(config, store))
+    if held:  # the crawler waits for a person: say so where the person looks
+        parts.append(
+            '<p class="held">Not crawled until some review images are decided '
+            "(<code>pingo review</code>):</p><ul>"
+            + "".join(f"<li>{esc(line)}</li>" for line in held)
+            + "</ul>"
+        )
 
     # -- crawl yield per source and keyword
     rows = []

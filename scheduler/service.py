@@ -20,6 +20,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 from core.config import Config
+from crawler.backlog import review_backlog
 from crawler.errors import CrawlInterrupted
 from scheduler.errors import BusyError
 from scheduler.jobs import STAGES, Stage, run_job
@@ -141,9 +142,14 @@ class Service:
 
 
 def status(config: Config, store: Any, limit: int = 10) -> dict[str, Any]:
-    """The last runs and the next fire times (`pingo status --json`)."""
+    """The last runs, the next fire times and the classes held back from crawling by their
+    review backlog (`pingo status --json`)."""
     runs = [
         {k: r[k] for k in ("job", "status", "started", "finished", "counts", "error")}
         for r in store.recent_runs(limit)
     ]
-    return {"runs": runs, "next": next_fire_times(config)}
+    return {
+        "runs": runs,
+        "next": next_fire_times(config),
+        "review_backlog": review_backlog(config, store),
+    }

@@ -783,11 +783,16 @@ class Store:
 
     def inbox_counts(self) -> dict[str, int]:
         """Images waiting in the inbox per keyword class."""
+        return self.counts_by_keyword_class("inbox")
+
+    def counts_by_keyword_class(self, status: str) -> dict[str, int]:
+        """Images with ``status`` per keyword class (the class they were crawled or imported
+        for, whatever their label)."""
         with self.engine.connect() as conn:
             return dict(
                 conn.execute(
                     select(images.c.keyword_class, func.count())
-                    .where(images.c.status == "inbox")
+                    .where(images.c.status == status)
                     .group_by(images.c.keyword_class)
                 ).all()
             )
