@@ -3,7 +3,9 @@
 The model comes from vision.model (the one loader: every check of the registry contract,
 storage.registry) and the pixels from vision.pixels (the way the trainer reads them): a
 parallel tf.data map decodes and resizes each file to the model's input, batches and
-prefetches, so decoding overlaps inference and each batch is one call.
+prefetches, so decoding overlaps inference and each batch is one call. The probabilities are
+calibrated: the model's softmax rescaled by its registry entry's temperature
+(vision.calibration), so a confidence of 0.9 means about 9 in 10 right for every model.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Classifier:
         self.classes = loaded.classes
         self.image_size = loaded.image_size
         self.model = loaded.model
+        self.temperature = loaded.temperature
         self._compiled = None
 
     @classmethod
@@ -72,7 +75,12 @@ class Classifier:
         return model_input(paths, self.image_size, batch_size, self.max_pixels)
 
     def predict_probs(self, paths: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """(len(paths), n_classes) softmax probabilities, in the order of ``paths``."""
+        """(len(paths), n_classes) calibrated probabilities (the model's softmax rescaled by
+        its temperature), in the order of ``paths``."""
+        return self.loaded.calibrated(self.raw_probs(paths, batch_size))
+
+    def raw_probs(self, paths: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(len(paths), n_classes) softmax outputs of the model as it is, uncalibrated."""
         if not paths:
             return np.zeros((0, len(self.classes)), np.float32)
         out = []

@@ -397,19 +397,23 @@ def models(click_ctx, as_json):
     if not rows:
         click.echo("no models yet: run `pingo train`")
         return
-    click.echo("   version  state       test acc [95% interval]  loss    arch       px   note")
+    click.echo(
+        "   version  state       test acc [95% interval]  loss    T      arch       px   note"
+    )
     for r in rows:
         acc = "-"
         if r["test_accuracy"] is not None:
             acc = f"{r['test_accuracy']:.4f} {format_interval(r.get('test_accuracy_ci'))}"
         loss = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
+        temp = f"{r['temperature']:.2f}" if r.get("temperature") is not None else "-"
         click.echo(
             f"{'*' if r['current'] else ' '}  {r['version']:<7}  {r['state']:<10}  "
-            f"{acc:<23}  {loss:<6}  {r['arch'] or '-':<9}  {r['image_size'] or '-':>3}  "
-            f"{r['note'] or ''}"
+            f"{acc:<23}  {loss:<6}  {temp:<5}  {r['arch'] or '-':<9}  "
+            f"{r['image_size'] or '-':>3}  {r['note'] or ''}"
         )
     click.echo(
-        "* = in service (models/CURRENT); the interval: what the test split can tell (Wilson)"
+        "* = in service (models/CURRENT); the interval: what the test split can tell (Wilson);"
+        " T: the calibration temperature applied to the model's probabilities"
     )
 
 

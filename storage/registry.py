@@ -3,9 +3,10 @@
 This module is the registry's one owner. The entry contract (the trainer writes it, the
 factory loads it): model.keras (Keras 3; float32 RGB (N, size, size, 3) in 0..255, rescaling
 inside the model; softmax out), classes.json (class names in output order, each a safe folder
-name), config.json (at least image_size and arch). An entry is complete once metrics.json
-exists; an interrupted run leaves an entry without it (and a failed one leaves FAILED.txt),
-which is never promoted.
+name), config.json (at least image_size and arch), and optionally calibration.json (the
+temperature to apply to the model's probabilities; entries without it use T = 1). An entry
+is complete once metrics.json exists; an interrupted run leaves an entry without it (and a
+failed one leaves FAILED.txt), which is never promoted.
 
 Everything but deserialising Keras is here (storage never imports TensorFlow): reading and
 checking an entry's files, listing versions, promoting (CURRENT and the DB row together) and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 MODEL = "model.keras"
 CLASSES = "classes.json"
 CONFIG = "config.json"
+CALIBRATION = "calibration.json"  # optional: {"temperature": T, ...}; absent: T = 1
 METRICS = "metrics.json"  # written last: its presence marks the entry complete
 HISTORY = "history.csv"
 MANIFEST = "manifest.json"
@@ -55,6 +58,7 @@ class EntryInfo:
     folder: Path
     classes: list[str]
     config: dict[str, Any]
+    temperature: float = 1.0  # calibration.json's; apply to the model's probabilities
 
     @property
     def image_size(self) -> int:
@@ -76,7 +80,8 @@ def read_entry(folder: Path) -> EntryInfo:
     """An entry's classes.json and config.json, checked; raise ModelLoadError if unusable.
 
     Checks: every contract file is there, classes.json is a list of safe class names (they
-    become folders), config.json records an integer image_size (the model's input size).
+    become folders), config.json records an integer image_size (the model's input size), and
+    calibration.json, when there, a finite temperature > 0 (entries without one: T = 1).
     """
     folder = Path(folder)
     version = folder.name
@@ -97,7 +102,35 @@ def read_entry(folder: Path) -> EntryInfo:
     size = config.get("image_size") if isinstance(config, dict) else None
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ModelLoadError(f"{version}: {CONFIG} records no image_size (got {size!r})")
-    return EntryInfo(version, folder, classes, config)
+    return EntryInfo(version, folder, classes, config, read_temperature(folder))
+
+
+def read_calibration(folder: Path) -> dict[str, Any] | None:
+    """The entry's calibration.json, or None when it has none (written before pingo
+    calibrated models); ModelLoadError when it is there but unreadable."""
+    path = Path(folder) / CALIBRATION
+    try:
+        calibration = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise cannot_load(Path(folder).name, exc) from exc
+    if not isinstance(calibration, dict):
+        raise ModelLoadError(f"{Path(folder).name}: {CALIBRATION} is not a JSON object")
+    return calibration
+
+
+def read_temperature(folder: Path) -> float:
+    """The temperature to apply to the entry's probabilities: 1 when it has no calibration."""
+    calibration = read_calibration(folder)
+    if calibration is None:
+        return 1.0
+    t = calibration.get("temperature")
+    if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+        raise ModelLoadError(
+            f"{Path(folder).name}: {CALIBRATION} records no temperature > 0 (got {t!r})"
+        )
+    return float(t)
 
 
 def entry_state(folder: Path) -> str:
@@ -132,6 +165,15 @@ def test_interval(test: dict[str, Any]) -> list[float] | None:
 def passed_gate(folder: Path) -> bool:
     """Whether the entry was promoted when it was trained (it served before)."""
     return bool(((read_metrics(folder) or {}).get("gate") or {}).get("promoted"))
+
+
+def _listed_temperature(folder: Path) -> float | None:
+    """What ``listing`` shows: the entry's temperature (1 without calibration.json), None
+    when calibration.json is unreadable (the entry will not load either)."""
+    try:
+        return read_temperature(folder)
+    except ModelLoadError:
+        return None
 
 
 class ModelRegistry:
@@ -238,6 +280,7 @@ class ModelRegistry:
                     "arch": (row.get("metrics") or {}).get("arch"),
                     "image_size": (row.get("metrics") or {}).get("image_size"),
                     "passed_gate": (metrics.get("gate") or {}).get("promoted"),
+                    "temperature": _listed_temperature(folder),
                     "note": row.get("note") or (metrics.get("gate") or {}).get("reason"),
                     "path": str(folder),
                 }

@@ -75,6 +75,21 @@ def evaluate_outcomes(
 ) -> tuple[dict[str, Any], list[bool]]:
     """``evaluate_on`` plus whether each image was classified right, in ``items`` order
     (unreadable files skipped, as they always are), for a paired comparison of two models."""
+    return outcomes(*predict_items(loaded, items, batch_size, max_pixels), loaded.classes)
+
+
+def outcomes(
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]
+) -> tuple[dict[str, Any], list[bool]]:
+    """``metrics`` and the per-image right/wrong vector of predictions already made."""
+    correct = (probs.argmax(axis=1) == y_true).tolist() if len(y_true) else []
+    return metrics(y_true, probs, classes), [bool(x) for x in correct]
+
+
+def predict_items(
+    loaded: LoadedModel, items: Sequence[data.Item], batch_size: int, max_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels, raw softmax outputs) of a loaded registry model on ``items``."""
     ds = data.make_dataset(
         items,
         loaded.classes,
@@ -84,6 +99,4 @@ def evaluate_outcomes(
         cache=False,
         max_pixels=max_pixels,
     )
-    y_true, probs = predict(loaded.model, ds)
-    correct = (probs.argmax(axis=1) == y_true).tolist() if len(y_true) else []
-    return metrics(y_true, probs, loaded.classes), [bool(x) for x in correct]
+    return predict(loaded.model, ds)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from core.config import TrainConfig
 from storage.files import atomic_write, replace
 from storage.registry import (
+    CALIBRATION,
     CLASSES,
     CONFIG,
     CONFUSION_PLOT,
@@ -30,9 +31,10 @@ from storage.registry import (
     MODEL,
 )
 from trainer import data
-from trainer.evaluate import evaluate_outcomes
+from trainer.evaluate import outcomes, predict_items
 from trainer.fit import CHECKPOINT, FitOutcome
 from trainer.plots import curve_name, plot_confusion, plot_curves
+from vision.calibration import calibrate
 from vision.model import load_model
 from vision.pixels import RESIZE
 
@@ -57,6 +59,8 @@ class Written:
     train_seconds: float
     # per test image (plan.split("test") order): right or wrong; the promotion gate pairs it
     test_correct: list[bool] = field(default_factory=list)
+    # the temperature fitted on val and the test split's ECE/NLL before and after it
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 def _json(obj: Any) -> str:
@@ -90,7 +94,8 @@ def write_entry(
     started: float,
     max_pixels: int | None = None,
 ) -> Written:
-    """Everything but metrics.json: model, classes, config, history, manifest, plots."""
+    """Everything but metrics.json: model, classes, config, history, manifest, calibration,
+    plots."""
     import keras
     import tensorflow as tf
 
@@ -140,7 +145,21 @@ def write_entry(
 
     # Judge the file the factory will load, not the object in memory.
     loaded = load_model(folder)
-    test, test_correct = evaluate_outcomes(loaded, plan.split("test"), tc.batch_size, max_pixels)
+    y_test, p_test = predict_items(loaded, plan.split("test"), tc.batch_size, max_pixels)
+    test, test_correct = outcomes(y_test, p_test, plan.classes)
+    # Calibrate on the validation split: held out from the gradient steps (it only chose the
+    # best epoch), while the test split stays untouched for the promotion gate.
+    y_val, p_val = predict_items(loaded, plan.split("val"), tc.batch_size, max_pixels)
+    calibration = calibrate(y_val, p_val, y_test, p_test)
+    atomic_write(folder / CALIBRATION, _json(calibration))
+    logger.info(
+        "%s: temperature %.3g (%s); test ECE %s -> %s",
+        version,
+        calibration["temperature"],
+        calibration["note"] or f"fitted on {calibration['val_images']} validation images",
+        calibration["test_ece_before"],
+        calibration["test_ece_after"],
+    )
     name = curve_name(tc.arch, tc.image_size, outcome.epochs_run, test["accuracy"], test["loss"])
     plot_curves(
         outcome.history,
@@ -165,6 +184,7 @@ def write_entry(
         outcome.best_epoch,
         outcome.seconds,
         test_correct,
+        calibration,
     )
 
 
@@ -176,6 +196,7 @@ def summary(written: Written, decision: PromotionDecision) -> dict[str, Any]:
         "test_loss": round(written.test["loss"], 6),
         "macro_f1": round(written.test["macro_f1"], 6),
         "test_images": written.test["images"],
+        "temperature": written.calibration.get("temperature"),
         "arch": written.arch,
         "image_size": written.image_size,
         "epochs_run": written.epochs_run,
@@ -197,6 +218,7 @@ def finish_entry(folder: Path, written: Written, decision: PromotionDecision) ->
                 "train_seconds": round(written.train_seconds, 1),
                 "curve_plot": written.curve_plot,
                 "confusion_plot": CONFUSION_PLOT,
+                "calibration": written.calibration,
                 "gate": asdict(decision),
             }
         ),

@@ -3,7 +3,8 @@
 storage.registry reads and checks the entry's files (classes.json, config.json); this adds
 what needs Keras: model.keras deserialised in safe mode without its training state
 (compile=False), and checked against the entry (input (None, size, size, 3), one output per
-class) and, for promotion, against the configured classes.
+class) and, for promotion, against the configured classes. The entry's calibration
+temperature comes with it: ``LoadedModel.calibrated`` is what callers use as probabilities.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from storage.errors import ModelLoadError
 from storage.registry import cannot_load, read_entry
+from vision.calibration import apply_temperature
 
 if TYPE_CHECKING:
     from storage import ModelRegistry
@@ -32,6 +36,11 @@ class LoadedModel:
     classes: list[str]  # in output order
     image_size: int  # input is (None, image_size, image_size, 3)
     config: dict[str, Any]  # the entry's config.json
+    temperature: float = 1.0  # calibration.json's (1: the entry has none)
+
+    def calibrated(self, raw: Any) -> np.ndarray:
+        """The model's raw softmax outputs (N, K) as calibrated probabilities."""
+        return apply_temperature(np.asarray(raw), self.temperature)
 
     @property
     def input_shape(self) -> tuple[None, int, int, int]:
@@ -47,7 +56,9 @@ def load_model(folder: Path) -> LoadedModel:
         model = keras.models.load_model(str(info.model_file), safe_mode=True, compile=False)
     except Exception as exc:  # any reason the archive does not deserialise
         raise cannot_load(info.version, exc) from exc
-    loaded = LoadedModel(model, info.version, info.classes, info.image_size, info.config)
+    loaded = LoadedModel(
+        model, info.version, info.classes, info.image_size, info.config, info.temperature
+    )
     if tuple(model.input_shape) != loaded.input_shape or model.output_shape[-1] != len(
         info.classes
     ):
@@ -57,7 +68,11 @@ def load_model(folder: Path) -> LoadedModel:
             f"-> {len(info.classes)} classes"
         )
     logger.info(
-        "loaded model %s (%d classes, %dpx)", info.version, len(info.classes), info.image_size
+        "loaded model %s (%d classes, %dpx, temperature %.3g)",
+        info.version,
+        len(info.classes),
+        info.image_size,
+        info.temperature,
     )
     return loaded
 
