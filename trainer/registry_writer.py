@@ -57,6 +57,7 @@ class Written:
     train_seconds: float
     # per test image (plan.split("test") order): right or wrong; the promotion gate pairs it
     test_correct: list[bool] = field(default_factory=list)
+    weights: str = "none"  # train.weights: none, imagenet or the weights file used
 
 
 def _json(obj: Any) -> str:
@@ -102,6 +103,7 @@ def write_entry(
             {
                 "version": version,
                 "arch": tc.arch,
+                "weights": tc.weights,  # where the backbone started: none, imagenet or a file
                 "image_size": tc.image_size,
                 "classes": plan.classes,
                 "input": {
@@ -165,6 +167,7 @@ def write_entry(
         outcome.best_epoch,
         outcome.seconds,
         test_correct,
+        tc.weights,
     )
 
 
@@ -177,6 +180,7 @@ def summary(written: Written, decision: PromotionDecision) -> dict[str, Any]:
         "macro_f1": round(written.test["macro_f1"], 6),
         "test_images": written.test["images"],
         "arch": written.arch,
+        "weights": written.weights,
         "image_size": written.image_size,
         "epochs_run": written.epochs_run,
         "train_seconds": round(written.train_seconds, 1),
