@@ -312,12 +312,25 @@ class TrainConfig:
         check=one_of(*ARCHITECTURES),
         doc="model architecture: "
         + ", ".join(ARCHITECTURES)
-        + " (mobilenet_v2 can start from train.weights_path)",
+        + " (the keras.applications ones can start from train.weights)",
+    )
+    weights: str = setting(
+        "none",
+        check=non_empty,
+        doc='backbone weights: "none" (random), "imagenet" (downloaded once by Keras into '
+        "~/.keras/models; needs the internet once) or a local weights file (relative to "
+        "pingo.toml); with weights, the head is trained on a frozen backbone",
+    )
+    fine_tune_epochs: int = setting(
+        0,
+        check=at_least(0),
+        doc="with weights: epochs fine-tuning the top of the backbone at learning_rate / 100 "
+        "after the head is trained (0 = off: the backbone stays frozen)",
     )
     weights_path: str | None = setting(
         None,
         check=non_empty,
-        doc="local weights file for a keras.applications backbone (never downloaded)",
+        doc="deprecated: use train.weights (a local weights file)",
         example="mobilenet_v2_no_top.h5",
     )
     schedule: str = setting(
@@ -357,6 +370,19 @@ class TrainConfig:
         "else in a file under data_dir/cache (48 KB an image "
         "at 128 px)",
     )
+
+    def __post_init__(self) -> None:
+        # train.weights_path (deprecated) is folded into train.weights.
+        if self.weights_path is None:
+            return
+        if self.weights != "none":
+            raise ConfigError(
+                "train.weights_path and train.weights are both set; keep train.weights only "
+                "(train.weights_path is its deprecated old name)"
+            )
+        logger.warning("train.weights_path is deprecated; use train.weights")
+        object.__setattr__(self, "weights", self.weights_path)
+        object.__setattr__(self, "weights_path", None)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,14 @@ adding its name here and its builder to trainer.models.ARCHS.
 
 from __future__ import annotations
 
-ARCHITECTURES: tuple[str, ...] = ("small_cnn", "seed_cnn", "mobilenet_v2")
+ARCHITECTURES: tuple[str, ...] = (
+    "small_cnn",
+    "seed_cnn",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_v2_b0",
+)
 """Model architectures train.arch may name (trainer.models.ARCHS builds each)."""
 
 HASH_METHODS: tuple[str, ...] = ("phash", "dhash", "whash", "ahash")

@@ -340,9 +340,14 @@ def status_command(ctx: Context, as_json, limit):
 @click.option(
     "--arch", metavar="NAME", help=f"One of {', '.join(ARCHITECTURES)} (default: train.arch)."
 )
+@click.option(
+    "--weights",
+    metavar="W",
+    help='Backbone weights: "none", "imagenet" or a local file (default: train.weights).',
+)
 @json_option("Print the result as JSON.")
 @pass_ctx
-def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, as_json):
+def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, weights, as_json):
     """Train a model on dataset/<class>/ and promote it if it beats the current one.
 
     \b
@@ -352,7 +357,13 @@ def train_command(ctx: Context, force, epochs, image_size, batch_size, arch, as_
     """
     from trainer import train
 
-    overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size, "arch": arch}
+    overrides = {
+        "epochs": epochs,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "arch": arch,
+        "weights": weights,
+    }
     result = _as_job(
         ctx,
         "train",

@@ -277,7 +277,7 @@ def test_backbone_weights_come_only_from_a_local_file(trained):
     )
     donor.save_weights(trained.root / "mnv2.weights.h5")
     built = build_model("mobilenet_v2", 32, 3, str(trained.root / "mnv2.weights.h5"))
-    backbone = built.get_layer("mobilenetv2_1.00_32")
+    backbone = built.get_layer("backbone")
     for mine, theirs in zip(backbone.get_weights(), donor.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
     with pytest.raises(TrainerError, match="no weights file"):

@@ -13,11 +13,15 @@ from core.config import TrainConfig
 from trainer import data
 from trainer.cache import CachePlan, cache_key, dataset_cache
 from trainer.devices import Placement
-from trainer.models import build_model
+from trainer.models import BACKBONE_LAYER, NO_WEIGHTS, build_model
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.weights.h5"
+# Fine-tuning (train.fine_tune_epochs > 0) unfreezes this share of the backbone's top layers,
+# at train.learning_rate times this factor (small steps, so the pretrained features survive).
+FINE_TUNE_SHARE = 0.3
+FINE_TUNE_LR_FACTOR = 0.01
 
 
 @dataclass
@@ -46,6 +50,51 @@ def _epoch_logger():
             )
 
     return EpochLog()
+
+
+def _compile(model: Any, learning_rate: float) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _callbacks(checkpoint: Path, patience: int, best_so_far: float | None = None) -> list:
+    """Early stop, best checkpoint (only better than ``best_so_far``), LR plateau, epoch log."""
+    import keras
+
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoint),
+            monitor="val_loss",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(2, patience // 3), min_lr=1e-6
+        ),
+        _epoch_logger(),
+    ]
+
+
+def _unfreeze_top(backbone: Any) -> int:
+    """Make the top FINE_TUNE_SHARE of ``backbone``'s layers trainable; batch norm layers stay
+    frozen, so they keep running in inference mode (the Keras transfer-learning guide's advice).
+    Returns how many layers were unfrozen."""
+    from keras import layers
+
+    backbone.trainable = True
+    start = int(len(backbone.layers) * (1 - FINE_TUNE_SHARE))
+    unfrozen = 0
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start and not isinstance(layer, layers.BatchNormalization)
+        unfrozen += layer.trainable
+    return unfrozen
 
 
 def fit(
@@ -103,31 +152,20 @@ def _fit(
         cache=cache.target("val"),
         max_pixels=max_pixels,
     )
+    pretrained = tc.weights != NO_WEIGHTS
     previous_policy = keras.mixed_precision.global_policy()
     if placement.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         with placement.strategy.scope():
-            model = build_model(tc.arch, tc.image_size, k, tc.weights_path)
-            model.compile(
-                optimizer=keras.optimizers.Adam(tc.learning_rate),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
+            model = build_model(tc.arch, tc.image_size, k, tc.weights)
+            if pretrained:  # the head learns first, on the backbone's ImageNet/file features
+                model.get_layer(BACKBONE_LAYER).trainable = False
+            _compile(model, tc.learning_rate)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
     checkpoint = folder / CHECKPOINT
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience),
-        keras.callbacks.ModelCheckpoint(
-            str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(2, tc.patience // 3), min_lr=1e-6
-        ),
-        _epoch_logger(),
-    ]
     weights = data.class_weights(plan)
     if weights:
         logger.info(
@@ -139,21 +177,42 @@ def _fit(
         # Dropping undecodable files leaves the epoch length unknown; Keras then warns at the
         # end of every epoch that the data "ran out", which is expected here.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=tc.epochs,
-            class_weight=weights,
-            callbacks=callbacks,
-            shuffle=False,
-            verbose=1 if progress else 0,
-        ).history
+
+        def run(epochs: int, best_so_far: float | None = None) -> dict[str, list[float]]:
+            return model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                class_weight=weights,
+                callbacks=_callbacks(checkpoint, tc.patience, best_so_far),
+                shuffle=False,
+                verbose=1 if progress else 0,
+            ).history
+
+        history = run(tc.epochs)
+        if pretrained and tc.fine_tune_epochs > 0:
+            best = min(history.get("val_loss", [float("inf")]), default=float("inf"))
+            if checkpoint.exists():  # fine-tune from the best head, not the last one
+                model.load_weights(str(checkpoint))
+            with placement.strategy.scope():
+                unfrozen = _unfreeze_top(model.get_layer(BACKBONE_LAYER))
+                _compile(model, tc.learning_rate * FINE_TUNE_LR_FACTOR)
+            logger.info(
+                "fine-tuning the top %d backbone layers for up to %d epochs",
+                unfrozen,
+                tc.fine_tune_epochs,
+            )
+            tuned = run(tc.fine_tune_epochs, best)
+            history = {key: history[key] + tuned.get(key, []) for key in history}
     seconds = time.time() - started
     history = {key: [float(v) for v in values] for key, values in history.items()}
     val_loss = history.get("val_loss", [])
     best_epoch = 1 + min(range(len(val_loss)), key=val_loss.__getitem__) if val_loss else 0
     if checkpoint.exists():
-        model.load_weights(str(checkpoint))
+        with warnings.catch_warnings():
+            # A head-phase checkpoint holds the head's optimizer state only; not needed here.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(str(checkpoint))
     else:  # val_loss was never finite: keep the last weights, and say so
         logger.warning(
             "no best checkpoint was written (val_loss not finite); keeping the last epoch's weights"

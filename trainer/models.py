@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from trainer.errors import TrainerError, UnknownArchError
@@ -66,31 +69,85 @@ def small_cnn(image_size: int, num_classes: int):
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
-def mobilenet_v2(image_size: int, num_classes: int, weights_path: str | None = None):
-    """keras.applications MobileNetV2 with a new head; ImageNet weights only from a local
-    file the user supplies (train.weights_path), never downloaded. Needs image_size >= 32."""
+@dataclass(frozen=True)
+class Backbone:
+    """One keras.applications backbone: its constructor and what pixels it expects."""
+
+    constructor: str  # the keras.applications function
+    rescale: tuple[float, float] | None  # (scale, offset) applied before it; None: it rescales
+    min_size: int = 32  # smallest train.image_size the constructor accepts
+
+
+# keras.applications backbones train.arch may name. MobileNetV3 and EfficientNetV2 carry their
+# own rescaling layer (include_preprocessing=True, their default): they take 0..255 as is.
+# MobileNetV2 has none and expects -1..1, so pingo puts a Rescaling layer before it.
+BACKBONES: dict[str, Backbone] = {
+    "mobilenet_v2": Backbone("MobileNetV2", (1.0 / 127.5, -1.0)),
+    "mobilenet_v3_small": Backbone("MobileNetV3Small", None),
+    "mobilenet_v3_large": Backbone("MobileNetV3Large", None),
+    "efficientnet_v2_b0": Backbone("EfficientNetV2B0", None),
+}
+BACKBONE_LAYER = "backbone"  # the nested keras.applications model's name inside pingo's model
+
+NO_WEIGHTS = "none"
+IMAGENET = "imagenet"
+
+
+def imagenet_unavailable(reason: object) -> TrainerError:
+    return TrainerError(
+        f'train.weights = "imagenet": could not download the ImageNet weights ({reason}); '
+        'connect once, or set train.weights to a local file, or "none"'
+    )
+
+
+def backbone_model(arch: str, image_size: int, num_classes: int, weights: str = NO_WEIGHTS):
+    """A keras.applications backbone (``arch`` in BACKBONES) with a new softmax head.
+
+    ``weights``: "none" (random), "imagenet" (Keras downloads them once into ~/.keras/models)
+    or a local weights file. The backbone is the layer named BACKBONE_LAYER, so the trainer
+    can freeze it."""
     import keras
     from keras import layers
 
-    if image_size < 32:
-        raise TrainerError(f"mobilenet_v2 needs train.image_size >= 32, got {image_size}")
-    if weights_path is not None and not Path(weights_path).is_file():
-        raise TrainerError(f"train.weights_path: no weights file at {weights_path}")
-    base = keras.applications.MobileNetV2(
-        input_shape=(image_size, image_size, 3),
-        include_top=False,
-        weights=weights_path,
-        pooling="avg",
-    )
+    spec = BACKBONES[arch]
+    if image_size < spec.min_size:
+        raise TrainerError(f"{arch} needs train.image_size >= {spec.min_size}, got {image_size}")
+    if weights not in (NO_WEIGHTS, IMAGENET) and not Path(weights).is_file():
+        raise TrainerError(f"train.weights: no weights file at {weights}")
+    constructor = getattr(keras.applications, spec.constructor)
+    try:
+        with warnings.catch_warnings():
+            # "weights for input shape (224, 224) will be loaded": convolutions fit any size.
+            warnings.filterwarnings("ignore", message=".*will be loaded as the default")
+            base = constructor(
+                input_shape=(image_size, image_size, 3),
+                include_top=False,
+                weights=None if weights == NO_WEIGHTS else weights,
+                pooling="avg",
+            )
+    except TrainerError:
+        raise
+    except Exception as exc:
+        if weights == IMAGENET:
+            raise imagenet_unavailable(str(exc).splitlines()[0] if str(exc) else exc) from exc
+        if weights != NO_WEIGHTS:
+            raise TrainerError(
+                f"train.weights: {weights} does not fit {arch} at {image_size} px "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
+        raise
+    base.name = BACKBONE_LAYER
     for layer in base.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)  # MobileNetV2 expects -1..1
+    x = inputs
+    if spec.rescale is not None:
+        x = layers.Rescaling(spec.rescale[0], offset=spec.rescale[1])(x)
     x = base(x)
     x = layers.Dropout(0.2)(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name="mobilenet_v2")
+    return keras.Model(inputs, outputs, name=arch)
 
 
 # One builder per name in core.names.ARCHITECTURES (the names train.arch accepts);
@@ -98,24 +155,24 @@ def mobilenet_v2(image_size: int, num_classes: int, weights_path: str | None = N
 ARCHS: dict[str, Callable] = {
     "small_cnn": small_cnn,
     "seed_cnn": seed_cnn,
-    "mobilenet_v2": mobilenet_v2,
+    **{name: partial(backbone_model, name) for name in BACKBONES},
 }
-PRETRAINABLE = {"mobilenet_v2"}
 
 
-def build_model(arch: str, image_size: int, num_classes: int, weights_path: str | None = None):
-    """A fresh model; ``weights_path`` (a local file) seeds a keras.applications backbone."""
+def build_model(arch: str, image_size: int, num_classes: int, weights: str = NO_WEIGHTS):
+    """A fresh model; ``weights`` ("none", "imagenet" or a local file) seeds a
+    keras.applications backbone (see backbone_model)."""
     try:
         factory = ARCHS[arch]
     except KeyError:
         raise UnknownArchError(
             f"unknown architecture {arch!r}; known: " + ", ".join(sorted(ARCHS))
         ) from None
-    if arch in PRETRAINABLE:
-        return factory(image_size, num_classes, weights_path)
-    if weights_path is not None:
+    if arch in BACKBONES:
+        return factory(image_size, num_classes, weights)
+    if weights != NO_WEIGHTS:
         raise TrainerError(
-            f"train.weights_path is set but {arch} has no pretrained backbone; "
-            f"use one of {', '.join(sorted(PRETRAINABLE))}"
+            f"train.weights is set but {arch} has no pretrained backbone; "
+            f"use one of {', '.join(BACKBONES)}"
         )
     return factory(image_size, num_classes)

@@ -61,6 +61,7 @@ class Written:
     test_correct: list[bool] = field(default_factory=list)
     # the temperature fitted on val and the test split's ECE/NLL before and after it
     calibration: dict[str, Any] = field(default_factory=dict)
+    weights: str = "none"  # train.weights: none, imagenet or the weights file used
 
 
 def _json(obj: Any) -> str:
@@ -107,6 +108,7 @@ def write_entry(
             {
                 "version": version,
                 "arch": tc.arch,
+                "weights": tc.weights,  # where the backbone started: none, imagenet or a file
                 "image_size": tc.image_size,
                 "classes": plan.classes,
                 "input": {
@@ -185,6 +187,7 @@ def write_entry(
         outcome.seconds,
         test_correct,
         calibration,
+        tc.weights,
     )
 
 
@@ -198,6 +201,7 @@ def summary(written: Written, decision: PromotionDecision) -> dict[str, Any]:
         "test_images": written.test["images"],
         "temperature": written.calibration.get("temperature"),
         "arch": written.arch,
+        "weights": written.weights,
         "image_size": written.image_size,
         "epochs_run": written.epochs_run,
         "train_seconds": round(written.train_seconds, 1),

@@ -20,6 +20,7 @@ from core.config import Config, TrainConfig, override
 from storage.registry import MODEL
 from trainer import data, promotion_gate, registry_writer, training_gate
 from trainer.errors import TrainerError
+from trainer.models import BACKBONES, IMAGENET, NO_WEIGHTS, build_model
 
 if TYPE_CHECKING:
     from storage import Store
@@ -68,10 +69,7 @@ def train(
 ) -> TrainResult:
     """Train, register and maybe promote one model; ``force`` skips the should_train gate."""
     tc = effective_train_config(config.train, overrides)
-    if tc.weights_path and not Path(tc.weights_path).is_absolute():
-        tc = dataclasses.replace(tc, weights_path=str(config.base_dir / tc.weights_path))
-    if tc.weights_path and not Path(tc.weights_path).is_file():
-        raise TrainerError(f"train.weights_path: no weights file at {tc.weights_path}")
+    tc = _resolve_weights(tc, config.base_dir)
     if not force:
         ok, reason = should_train(config, store)
         if not ok:
@@ -82,6 +80,11 @@ def train(
 
     from trainer.devices import choose_placement
     from trainer.fit import fit
+
+    if tc.weights == IMAGENET:
+        # Download (or find in Keras' cache) before anything is written: offline, the run
+        # fails here with one line and no registry entry.
+        build_model(tc.arch, tc.image_size, len(plan.classes), tc.weights)
 
     placement = choose_placement()
     if not placement.is_chief:
@@ -148,6 +151,24 @@ def train(
         folder,
         registry_writer.summary(written, decision),
     )
+
+
+def _resolve_weights(tc: TrainConfig, base_dir: Path) -> TrainConfig:
+    """train.weights checked before anything is written: a file is read beside pingo.toml
+    and must exist; weights need a keras.applications backbone."""
+    if tc.weights == NO_WEIGHTS:
+        return tc
+    if tc.arch not in BACKBONES:
+        raise TrainerError(
+            f"train.weights is set but {tc.arch} has no pretrained backbone; "
+            f"use one of {', '.join(BACKBONES)}"
+        )
+    if tc.weights == IMAGENET:
+        return tc
+    path = base_dir / tc.weights  # an absolute tc.weights stays as it is
+    if not path.is_file():
+        raise TrainerError(f"train.weights: no weights file at {path}")
+    return dataclasses.replace(tc, weights=str(path))
 
 
 def _train_as_worker(
