@@ -128,9 +128,14 @@ def test_fine_tuning_runs_after_the_head_on_the_top_of_the_backbone(trained):
 
 def test_imagenet_offline_fails_as_one_line_and_keeps_the_model(trained, tmp_path, monkeypatch):
     """No network here; to be sure anywhere, Keras gets an empty cache and a dead proxy."""
+    import urllib.request
+
     import keras.src.backend.config as keras_config
 
     monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))
+    # urlopen builds its global opener (with the proxies of that moment) on first use: one
+    # built under the dead proxy must not outlive this test, or later local requests fail
+    monkeypatch.setattr(urllib.request, "_opener", None)
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
