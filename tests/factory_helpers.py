@@ -111,3 +111,35 @@ def assert_consistent(store) -> None:
 
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(pending_moves)).scalar() == 0
+
+
+def plant_intent(
+    store,
+    image_id: int,
+    *,
+    owner: str,
+    kind: str = "move",
+    src: str = "x",
+    dst: str = "x",
+    changes: dict | None = None,
+    created_at=None,
+) -> None:
+    """A move (or add) intent as a process leaves it mid-way: a row in pending_moves that the
+    test then lets the owner finish, or lets storage find dead and repair."""
+    from sqlalchemy import insert
+
+    from storage.schema import pending_moves
+    from storage.store import utcnow
+
+    with store.engine.begin() as conn:
+        conn.execute(
+            insert(pending_moves).values(
+                image_id=image_id,
+                kind=kind,
+                src=src,
+                dst=dst,
+                changes=changes or {},
+                owner=owner,
+                created_at=created_at or utcnow(),
+            )
+        )

@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import png_bytes, storage_toml
-from sqlalchemy import insert, select, update
+from factory_helpers import plant_intent
+from sqlalchemy import select, update
 
 from storage.files import HOST
-from storage.schema import images, pending_moves
+from storage.schema import images
 
 
 def add(store, color, status="accepted", label="cat", reason=None) -> int:
@@ -173,17 +174,15 @@ def test_two_rows_naming_one_file_is_reported_not_guessed(project, run_cli, fill
 def test_pending_move_of_a_dead_process_is_finished(project, run_cli, filled):
     cat = row(project, filled[0])
     dst = "review/cat/" + cat["path"].rsplit("/", 1)[1]
-    with project.store() as store, store.engine.begin() as conn:
-        conn.execute(
-            insert(pending_moves).values(
-                image_id=filled[0],
-                kind="move",
-                src=cat["path"],
-                dst=dst,
-                changes={"status": "review", "path": dst},
-                owner=f"{HOST}:{dead_pid()}",
-                created_at=datetime.now(UTC).replace(tzinfo=None),
-            )
+    with project.store() as store:
+        plant_intent(
+            store,
+            filled[0],
+            src=cat["path"],
+            dst=dst,
+            changes={"status": "review", "path": dst},
+            owner=f"{HOST}:{dead_pid()}",
+            created_at=datetime.now(UTC).replace(tzinfo=None),
         )
     code, report = check(run_cli)
     assert code == 1 and kinds(report) == {"stale_pending_move": 1}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from factory_helpers import encode, pattern_image
+from factory_helpers import encode, pattern_image, plant_intent
 
 from storage import files
 from storage.files import STATUS_DIRS
@@ -70,27 +70,19 @@ def test_an_inbox_row_whose_add_a_live_process_still_finishes_does_not_loop_the_
     """A crawler (alive: here, this very process) has committed an add but not yet renamed
     the file into the inbox. Storage rightly leaves the row alone; the factory used to take
     it again and again (claims give a worker its own rows first) and never finished."""
-    from sqlalchemy import insert
-
-    from storage.schema import pending_moves
-    from storage.store import utcnow
 
     with project.store() as store:
         good, busy = add(store, [30, 31])
         path = store.get_image(busy)["path"]
         store.abspath(path).unlink()
-        with store.engine.begin() as conn:
-            conn.execute(
-                insert(pending_moves).values(
-                    image_id=busy,
-                    kind="add",
-                    src=f"inbox/.{busy}.part",
-                    dst=path,
-                    changes={},
-                    owner=files.current_owner(),
-                    created_at=utcnow(),
-                )
-            )
+        plant_intent(
+            store,
+            busy,
+            kind="add",
+            src=f"inbox/.{busy}.part",
+            dst=path,
+            owner=files.current_owner(),
+        )
     result = run_cli("factory")
     assert result.exit_code == 0, result.output
     with project.store() as store:
@@ -136,27 +128,15 @@ def test_a_persons_decision_waits_for_a_factory_move_in_flight_and_wins(project)
     person's accept waits for that move instead of failing, then applies on top of it."""
     import threading
 
-    from sqlalchemy import delete, insert
+    from sqlalchemy import delete
 
     from dataset_factory.review import accept
     from storage.schema import pending_moves
-    from storage.store import utcnow
 
     with project.store() as store:
         (image_id,) = add(store, [30])
         store.move(image_id, "review", label="dog", label_source="model", reason="disagrees")
-        with store.engine.begin() as conn:
-            conn.execute(
-                insert(pending_moves).values(
-                    image_id=image_id,
-                    kind="move",
-                    src="x",
-                    dst="x",
-                    changes={},
-                    owner=files.current_owner(),
-                    created_at=utcnow(),
-                )
-            )
+        plant_intent(store, image_id, owner=files.current_owner())
 
         def factory_finishes():
             with store.engine.begin() as conn:

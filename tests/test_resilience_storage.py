@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from child_process import run_script, start_script
 from conftest import png_bytes
-from factory_helpers import assert_consistent
-from sqlalchemy import insert, select, update
+from factory_helpers import assert_consistent, plant_intent
+from sqlalchemy import select, update
 
 from storage import Move, Store, files
-from storage.schema import pending_moves, runs
+from storage.schema import runs
 from storage.store import utcnow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,18 +105,15 @@ def test_a_half_done_move_whose_owner_pid_was_reused_is_repaired(tmp_path, other
         (image_id,) = add(store, 1)
         row = store.get_image(image_id)
         dst = files.image_relpath("accepted", row["sha256"], "png", label="cat")
-        with store.engine.begin() as conn:  # left by a process that died an hour ago
-            conn.execute(
-                insert(pending_moves).values(
-                    image_id=image_id,
-                    kind="move",
-                    src=row["path"],
-                    dst=dst,
-                    changes={"status": "accepted", "label": "cat", "path": dst},
-                    owner=_owner(kind, other_process.pid),
-                    created_at=utcnow() - timedelta(hours=1),
-                )
-            )
+        plant_intent(  # left by a process that died an hour ago
+            store,
+            image_id,
+            src=row["path"],
+            dst=dst,
+            changes={"status": "accepted", "label": "cat", "path": dst},
+            owner=_owner(kind, other_process.pid),
+            created_at=utcnow() - timedelta(hours=1),
+        )
     with Store.open(data_dir) as store:
         assert store.get_image(image_id)["status"] == "accepted"
         assert_consistent(store)
@@ -142,18 +139,14 @@ def test_a_half_done_move_whose_owner_is_an_unreaped_zombie_is_repaired(tmp_path
             (image_id,) = add(store, 1)
             row = store.get_image(image_id)
             dst = files.image_relpath("accepted", row["sha256"], "png", label="cat")
-            with store.engine.begin() as conn:
-                conn.execute(
-                    insert(pending_moves).values(
-                        image_id=image_id,
-                        kind="move",
-                        src=row["path"],
-                        dst=dst,
-                        changes={"status": "accepted", "label": "cat", "path": dst},
-                        owner=owner,
-                        created_at=utcnow(),
-                    )
-                )
+            plant_intent(
+                store,
+                image_id,
+                src=row["path"],
+                dst=dst,
+                changes={"status": "accepted", "label": "cat", "path": dst},
+                owner=owner,
+            )
         with Store.open(data_dir) as store:
             assert store.get_image(image_id)["status"] == "accepted"
             assert_consistent(store)
