@@ -56,12 +56,23 @@ class Classifier:
     def __init__(self, loaded: LoadedModel, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.loaded = loaded
         self.max_pixels = max_pixels  # factory.max_pixels: images are read as validated
-        self.version = loaded.version
-        self.classes = loaded.classes
-        self.image_size = loaded.image_size
-        self.model = loaded.model
-        self.temperature = loaded.temperature
         self._compiled = None
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+    @property
+    def classes(self) -> list[str]:
+        return self.loaded.classes
+
+    @property
+    def image_size(self) -> int:
+        return self.loaded.image_size
+
+    @property
+    def model(self):
+        return self.loaded.model
 
     @classmethod
     def from_registry(
