@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import ConfigError, UnsafeNameError
-from core.names import ARCHITECTURES, DEMO_CLASSES, HASH_METHODS
+from core.names import ARCHITECTURES, DECISIONS, DEMO_CLASSES, HASH_METHODS
 from core.sources import check_profiles
 
 logger = logging.getLogger(__name__)
@@ -265,8 +265,29 @@ class FactoryConfig:
     max_distance: int = setting(
         6, check=between(0, 64), doc="Hamming bits: closer hashes are near duplicates"
     )
+    decision: str = setting(
+        "evidence",
+        check=one_of(*DECISIONS),
+        doc='how crawled images are filed: "evidence" (keyword reliability and the calibrated '
+        'model combined; accept at target_precision), "agree" (the model agrees with the keyword '
+        'and is >= confidence sure) or "keyword" (keyword label only)',
+    )
+    target_precision: float = setting(
+        0.97,
+        check=between(0.5, 1),
+        doc="evidence: share of auto-accepted images that must be right; an image is accepted "
+        "when the probability that its keyword class is right reaches this, else review/",
+    )
+    keyword_prior: float = setting(
+        0.7,
+        check=between(0.01, 0.99),
+        doc="evidence: how often a keyword's results are assumed right before any review "
+        "decision or training has measured it (per class and source)",
+    )
     confidence: float = setting(
-        0.90, check=between(0, 1), doc="top-1 confidence needed to auto-accept; else review/"
+        0.90,
+        check=between(0, 1),
+        doc='decision "agree": top-1 confidence needed to auto-accept; else review/',
     )
     min_size: int = setting(32, check=at_least(1), doc="smallest accepted width/height, pixels")
     batch_size: int = setting(128, check=at_least(1), doc="images per classification batch")
@@ -357,6 +378,12 @@ class TrainConfig:
         0.15, check=between(0.01, 0.5), doc="share of images (by content hash) held out for testing"
     )
     augment: bool = setting(True, doc="random flip/rotation/zoom/contrast on training batches")
+    clean_labels: bool = setting(
+        True,
+        doc="before training, k-fold out-of-fold predictions flag keyword-labelled images that "
+        "are likely wrong (cleanlab); flagged ones go to review/ and are not trained on",
+    )
+    clean_folds: int = setting(4, check=between(2, 20), doc="folds of that label check")
     keep_models: int = setting(
         5,
         check=at_least(1),
@@ -639,9 +666,13 @@ def _setting_lines(f: dataclasses.Field, value: Any) -> list[str]:
     else:
         line = f"{f.name} = {_toml_value(value)}"
     if len(line) >= _COMMENT_COLUMN:  # no room for the comment beside it: above it
-        return textwrap.wrap(doc, _WIDTH, initial_indent="# ", subsequent_indent="# ") + [line]
+        return textwrap.wrap(
+            doc, _WIDTH, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
+        ) + [line]
     indent = " " * _COMMENT_COLUMN + "# "
-    wrapped = textwrap.wrap(doc, _WIDTH, initial_indent=indent, subsequent_indent=indent)
+    wrapped = textwrap.wrap(
+        doc, _WIDTH, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+    )
     return [line.ljust(_COMMENT_COLUMN) + wrapped[0].lstrip(), *wrapped[1:]]
 
 

@@ -22,3 +22,10 @@ HASH_METHODS: tuple[str, ...] = ("phash", "dhash", "whash", "ahash")
 
 DEMO_CLASSES: tuple[str, ...] = ("circle", "square", "triangle")
 """The classes the local demo site draws; the starter config (``pingo init``) names them."""
+
+DECISIONS: tuple[str, ...] = ("evidence", "agree", "keyword")
+"""How the factory files a crawled image (factory.decision; dataset_factory.decide holds each)."""
+
+NONE_CLASS = "none"
+"""The built-in class of images that are none of the configured classes (out of scope): a
+user may seed dataset/none/ with examples; the model then learns it like any class."""
