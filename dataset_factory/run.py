@@ -31,8 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+
 from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
+from dataset_factory.decide import Filing
 from dataset_factory.dedupe import Deduper, Kept
 from dataset_factory.hash_pool import Analyser, Analysis, Job, Settings
 from dataset_factory.index_sync import LOCK, SharedIndex
@@ -40,6 +43,7 @@ from dataset_factory.leases import Claims, worker_id
 from storage import Move, MoveConflictError, MoveResult
 from storage.errors import ModelLoadError
 from vision.decode import Limits
+from vision.evidence import KeywordReliability, reliability_from_store
 
 if TYPE_CHECKING:
     from core.config import Config
@@ -184,6 +188,8 @@ class FactoryRun:
         self.progress = progress
         self.shared = SharedIndex(store, analyser, f.hash, f.hard_duplicates)
         self.model = LazyModel(store.registry, f.max_pixels)
+        self._filing: Filing | None = None
+        self._reliability: KeywordReliability | None = None
         # LRU: a long run must not hold every kept row
         self.kept_cache: BoundedCache[Kept] = BoundedCache(50_000)
         self.deduper = Deduper(
@@ -424,7 +430,10 @@ class FactoryRun:
                     demoted.append((old, a.image_id))
                 self.kept_cache.pop(old, None)
 
-        _label(self.config, rows, survivors, plans, *predicted)
+        classifier, probs = predicted
+        filing = self._filing_for(classifier)
+        for image_id in survivors:
+            plans[image_id] = filing.file(rows[image_id], probs.get(image_id), plans[image_id][1])
         moves = []
         for image_id, (status, changes) in plans.items():
             move = Move(image_id, status, changes, expect={"status": "inbox"})
@@ -435,6 +444,16 @@ class FactoryRun:
             counts.replaced += 1
             logger.info("image %d replaced by its larger copy %d", old, new_id)
         return moves
+
+    def _filing_for(self, classifier: Classifier | None) -> Filing:
+        """The decision rule for this run's model (keyword reliability read once a run)."""
+        if self._filing is None or self._filing.classifier is not classifier:
+            if self._reliability is None:
+                self._reliability = reliability_from_store(
+                    self.store, self.config.factory.keyword_prior
+                )
+            self._filing = Filing(self.config, classifier, self._reliability)
+        return self._filing
 
     def _refresh(self, *, locked: bool) -> None:
         """Sync the index; update what is cached about kept images whose rows changed."""
@@ -497,62 +516,24 @@ def _kept(store: Store, row: dict) -> Kept:
 
 def _predict(
     config: Config, store: Store, chunk: list[dict], analyses: list[Analysis], model: LazyModel
-):
-    """(classifier, {image id: Prediction}) for every valid image the model should label.
+) -> tuple[Classifier | None, dict[int, np.ndarray]]:
+    """(classifier, {image id: calibrated probabilities}) for every valid image the model
+    should look at (crawled, of a class the model knows).
 
     Runs before the factory lock, so workers classify in parallel; images that turn out to be
     duplicates were classified for nothing, which costs less than serialising the model.
     """
     rows = {r["id"]: r for r in chunk}
     need = [a.image_id for a in analyses if a.ok and rows[a.image_id]["label_source"] != "human"]
+    if config.factory.decision == "keyword":
+        need = []
     classifier = model.get() if need and model.registry.current() else None
-    by_model = [
-        i for i in need if classifier is not None and rows[i]["keyword_class"] in classifier.classes
-    ]
-    predictions = (
-        dict(
-            zip(
-                by_model,
-                cast(Classifier, classifier).predict(  # by_model is empty without one
-                    [str(store.abspath(rows[i]["path"])) for i in by_model],
-                    config.factory.batch_size,
-                ),
-            )
-        )
-        if by_model
-        else {}
+    if classifier is None:
+        return None, {}
+    by_model = [i for i in need if rows[i]["keyword_class"] in classifier.classes]
+    if not by_model:
+        return classifier, {}
+    probs = classifier.predict_probs(
+        [str(store.abspath(rows[i]["path"])) for i in by_model], config.factory.batch_size
     )
-    return classifier, predictions
-
-
-def _label(
-    config: Config, rows: dict[int, dict], survivors: list[int], plans, classifier, predictions
-) -> None:
-    """Turn each survivor's "keep" plan into accepted or review, with its label source."""
-    for image_id in survivors:
-        row, base = rows[image_id], plans[image_id][1]
-        if row["label_source"] == "human":
-            plans[image_id] = (
-                "accepted",
-                {**base, "label": row["label"] or row["keyword_class"], "label_source": "human"},
-            )
-            continue
-        pred = predictions.get(image_id)
-        if pred is None:  # no model yet, or a class the model has never seen
-            plans[image_id] = (
-                "accepted",
-                {**base, "label": row["keyword_class"], "label_source": "keyword"},
-            )
-            continue
-        keyword = row["keyword_class"]
-        model = {
-            "label": pred.label,
-            "label_source": "model",
-            "confidence": pred.confidence,
-            "model_version": classifier.version,
-        }
-        if pred.label == keyword and pred.confidence >= config.confidence_for(keyword):
-            plans[image_id] = ("accepted", {**base, **model})
-        else:
-            why = "disagrees" if pred.label != keyword else "low_confidence"
-            plans[image_id] = ("review", {**base, **model, "reason": why})
+    return classifier, dict(zip(by_model, probs, strict=True))

@@ -21,7 +21,7 @@ from core.errors import PingoError
 from core.names import ARCHITECTURES
 from core.stats import format_interval
 from pingo import __version__
-from pingo.tables import progress_lines, totals_line
+from pingo.tables import auto_accept, auto_accept_lines, progress_lines, totals_line
 
 if TYPE_CHECKING:
     from storage import Store
@@ -152,15 +152,17 @@ def stats(ctx: Context, as_json, history):
     with ctx.store() as store:
         result = store.stats(ctx.config.targets)
         grown = store.count_history() if history else None
+        accepting = auto_accept(ctx.config, store)
     disk = disk_usage(ctx.config.data_dir)
     if as_json:
         out = result.as_json()
         out["disk"] = disk
+        out["auto_accept"] = accepting
         if history:
             out["history"] = grown
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
-    for line in [*progress_lines(result), totals_line(result)]:
+    for line in [*progress_lines(result), totals_line(result), *auto_accept_lines(accepting)]:
         click.echo(line)
     if result.set_aside:
         aside = ", ".join(f"{r} {n}" for r, n in result.set_aside.items())
@@ -426,6 +428,10 @@ def models(click_ctx, as_json):
         "* = in service (models/CURRENT); the interval: what the test split can tell (Wilson);"
         " T: the calibration temperature applied to the model's probabilities"
     )
+    if any(r["current"] for r in rows):
+        with ctx.store() as store:
+            for line in auto_accept_lines(auto_accept(ctx.config, store)):
+                click.echo(line)
 
 
 @models.command("promote")

@@ -20,7 +20,7 @@ from typing import Any
 from core.config import Config
 from core.stats import accuracy_interval, format_interval
 from crawler.backlog import backlog_lines, review_backlog
-from pingo.tables import class_progress
+from pingo.tables import auto_accept, class_progress
 from storage import Store, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -159,6 +159,29 @@ def build_report(config: Config, store: Store) -> Path:
             + "".join(f"<li>{esc(line)}</li>" for line in held)
             + "</ul>"
         )
+
+    # -- what auto-accepting promises per class
+    info = auto_accept(config, store)
+    rows = []
+    for name, c in info["classes"].items():
+        precision = f"{c['precision']:.2f}" if c["precision"] is not None else "-"
+        coverage = f"{c['coverage']:.2f}" if c["coverage"] is not None else "-"
+        rows.append(
+            f"<tr><td>{esc(name)}</td><td>{precision}</td><td>{coverage}</td>"
+            f"<td>{c['test_images'] or '-'}</td><td>{c['keyword_reliability']:.2f}</td>"
+            f"<td>{c['keyword_judged']}</td></tr>"
+        )
+    parts.append(
+        f"<h2>Auto-accept</h2><p>decision: {esc(info['decision'])}, target precision "
+        f"{info['target_precision']:.2f}, model {esc(info['model'] or 'none yet')}. Precision "
+        "and coverage: what the model's rule gave on its held-out test split (validated); "
+        "keyword right: how often each keyword's results are right, from people's review "
+        "decisions and the label check before training.</p>"
+        "<table><tr><th>class</th><th>auto-accept precision</th><th>coverage</th>"
+        "<th>test images</th><th>keyword right</th><th>judged images</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
     # -- crawl yield per source and keyword
     rows = []

@@ -1,4 +1,4 @@
-"""The per-class progress table, computed once for every place that shows it.
+"""The per-class tables, computed once for every place that shows them.
 
 `pingo stats`, the demo's last step and the HTML report all show accepted / review / target per
 class; they render the rows built here, so a change to what "of target" means happens once.
@@ -7,9 +7,11 @@ class; they render the rows built here, so a change to what "of target" means ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from core.config import Config
+    from storage import Store
     from storage.store import Stats
 
 
@@ -54,3 +56,57 @@ def totals_line(stats: Stats) -> str:
     """Inbox and rejected totals, with the rejected reasons."""
     rejected = ", ".join(f"{r} {n}" for r, n in stats.rejected.items()) or "none"
     return f"inbox: {stats.inbox}\nrejected: {sum(stats.rejected.values())} ({rejected})"
+
+
+def auto_accept(config: Config, store: Store) -> dict[str, Any]:
+    """What the factory's decisions can promise per class, for `stats`, `models` and the
+    report: the promoted model's auto-accept precision and coverage at factory.target_precision
+    (validated on its held-out test split when it was trained) and how often each keyword is
+    right as measured now (people's review decisions, the label check before training)."""
+    from vision.evidence import reliability_from_store
+
+    current = next((m for m in store.registry.listing() if m["current"]), None)
+    validated = (current or {}).get("auto_accept") or {}
+    reliability = reliability_from_store(store, config.factory.keyword_prior)
+    classes = {}
+    for name in sorted(config.classes):
+        v = validated.get(name) or {}
+        judged = reliability.by_class.get(name)
+        classes[name] = {
+            "precision": v.get("precision"),
+            "coverage": v.get("coverage"),
+            "test_images": v.get("test_images"),
+            "keyword_reliability": round(reliability.of_class(name), 4),
+            "keyword_judged": int(judged.judged) if judged else 0,
+        }
+    return {
+        "decision": config.factory.decision,
+        "target_precision": config.factory.target_precision,
+        "model": current["version"] if current else None,
+        "classes": classes,
+    }
+
+
+def auto_accept_lines(info: dict[str, Any]) -> list[str]:
+    """The plain-text form of ``auto_accept``: one line per class."""
+    head = (
+        f"auto-accept ({info['decision']}, target precision {info['target_precision']:.2f}, "
+        f"model {info['model'] or 'none yet: keyword labels, checked before training'}):"
+    )
+    lines = [head]
+    width = max([5, *(len(c) for c in info["classes"])])
+    for name, c in info["classes"].items():
+        if c["precision"] is not None:
+            model = (
+                f"precision {c['precision']:.2f} (validated on {c['test_images']} test images), "
+                f"coverage {c['coverage']:.2f}"
+            )
+        elif c["coverage"] is not None:
+            model = "nothing reaches the target on the test split (coverage 0): all to review"
+        else:
+            model = "not measured"
+        lines.append(
+            f"  {name:<{width}}  {model}; keyword right {c['keyword_reliability']:.2f} "
+            f"({c['keyword_judged']} judged)"
+        )
+    return lines

@@ -281,6 +281,8 @@ class ModelRegistry:
                     "image_size": (row.get("metrics") or {}).get("image_size"),
                     "passed_gate": (metrics.get("gate") or {}).get("promoted"),
                     "temperature": _listed_temperature(folder),
+                    # per class: the precision and coverage of auto-accepting, on its test split
+                    "auto_accept": metrics.get("auto_accept") or None,
                     "note": row.get("note") or (metrics.get("gate") or {}).get("reason"),
                     "path": str(folder),
                 }

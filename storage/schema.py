@@ -35,7 +35,7 @@ from storage.errors import SchemaVersionError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -78,6 +78,10 @@ images = Table(
     # reason processing_error) so that one row never stops a run.
     Column("failures", Integer),  # NULL: none
     Column("last_error", Text),
+    # v4: the factory's decision: the probability that the filed label is right (for an
+    # out-of-scope rejection: that it is none of the classes) and what it was computed from.
+    Column("decision_p", Float),
+    Column("evidence", JSON),
     Index("ix_images_status_label", "status", "label"),
     Index("ix_images_status_keyword", "status", "keyword_class"),
     Index("ix_images_phash", "phash"),
@@ -202,6 +206,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
         add_column("runs", "owner"),
         add_column("runs", "heartbeat"),
     ),
+    4: all_of(add_column("images", "decision_p"), add_column("images", "evidence")),
 }
 
 

@@ -66,6 +66,8 @@ MOVABLE = {
     "hash_method",
     "width",
     "height",
+    "decision_p",
+    "evidence",
 }
 IMAGE_FIELDS = (
     "id",
@@ -92,6 +94,8 @@ IMAGE_FIELDS = (
     "updated_at",
     "failures",
     "last_error",
+    "decision_p",
+    "evidence",
 )
 # Reasons of rows set aside rather than filed: `pingo stats` and `pingo status` show them.
 FILE_MISSING = "file_missing"
@@ -780,6 +784,34 @@ class Store:
         )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    def keyword_judgements(self) -> dict[tuple[str, str | None], tuple[int, int]]:
+        """People's decisions on crawled images, per keyword class and search source:
+        (right, wrong) for the keyword label. Accepted under the keyword class is right;
+        accepted under another class, or rejected, is wrong. Imported images are not
+        crawled and are left out."""
+        from sqlalchemy import case
+
+        right = (images.c.status == "accepted") & (images.c.label == images.c.keyword_class)
+        query = (
+            select(
+                images.c.keyword_class,
+                images.c.source,
+                func.sum(case((right, 1), else_=0)),
+                func.count(),
+            )
+            .where(
+                images.c.label_source == "human",
+                images.c.status.in_(["accepted", "rejected"]),
+                images.c.source.is_distinct_from("import"),
+            )
+            .group_by(images.c.keyword_class, images.c.source)
+        )
+        with self.engine.connect() as conn:
+            return {
+                (cls, source): (int(ok or 0), int(n) - int(ok or 0))
+                for cls, source, ok, n in conn.execute(query)
+            }
 
     def inbox_counts(self) -> dict[str, int]:
         """Images waiting in the inbox per keyword class."""

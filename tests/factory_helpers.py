@@ -59,10 +59,13 @@ def hostile_files(real_photo: Path) -> dict[str, tuple[bytes, str, str | None]]:
     }
 
 
-def save_color_model(store, classes=("cat", "dog", "bird"), image_size=16) -> str:
+def save_color_model(
+    store, classes=("cat", "dog", "bird"), image_size=16, calibration: dict | None = None
+) -> str:
     """Promote a tiny Keras model that predicts from mean colour: red->0, green->1, blue->2.
 
     Built by hand (no training) so the expected routing is exact: logits = 10 * mean(RGB)/255.
+    ``calibration`` is written as the entry's calibration.json when given.
     """
     import keras
 
@@ -80,6 +83,8 @@ def save_color_model(store, classes=("cat", "dog", "bird"), image_size=16) -> st
     model.save(path / "model.keras")
     (path / "classes.json").write_text(json.dumps(list(classes)))
     (path / "config.json").write_text(json.dumps({"image_size": image_size, "arch": "test"}))
+    if calibration is not None:
+        (path / "calibration.json").write_text(json.dumps(calibration))
     store.registry.promote(version)
     return version
 

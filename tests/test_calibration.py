@@ -182,9 +182,21 @@ def test_training_calibrates_on_val_and_the_factory_applies_it(tmp_path):
         assert isinstance(cal[key], float) and cal[key] >= 0
     assert cal["test_nll_before"] == pytest.approx(metrics["test"]["loss"], abs=1e-4)
 
+    # how sure the model is of in-scope val images, for out-of-scope evidence in the factory
+    assert len(cal["scope"]["counts"]) == len(cal["scope"]["edges"]) - 1
+    assert sum(cal["scope"]["counts"]) == cal["val_images"]
+    # what auto-accepting at the target gives per class, measured on the test split
+    accepting = metrics["auto_accept"]
+    assert set(accepting) == set(CLASSES)
+    for c in accepting.values():
+        assert 0 <= c["coverage"] <= 1 and 0 < c["keyword_reliability"] < 1
+        assert c["precision"] is None or 0 <= c["precision"] <= 1
+        assert c["test_images"] > 0
     listed = json.loads(t.cli("models", "--json").stdout)
     assert listed[0]["temperature"] == cal["temperature"]
-    assert f"{cal['temperature']:.2f}" in t.cli("models").output
+    assert listed[0]["auto_accept"] == accepting
+    shown = t.cli("models").output
+    assert f"{cal['temperature']:.2f}" in shown and "auto-accept (evidence" in shown
     assert result.metrics["temperature"] == cal["temperature"]
 
     with t.store() as store:

@@ -24,6 +24,16 @@ def test_init_then_stats_lists_starter_classes_with_zero_counts(tmp_path, monkey
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)
     assert stats.pop("disk")["dataset"] == {"files": 0, "bytes": 0}
+    # no model and no judged image yet: the keyword prior, nothing validated
+    accepting = stats.pop("auto_accept")
+    assert (accepting["model"], accepting["target_precision"]) == (None, 0.97)
+    assert accepting["classes"]["circle"] == {
+        "precision": None,
+        "coverage": None,
+        "test_images": None,
+        "keyword_reliability": 0.7,
+        "keyword_judged": 0,
+    }
     assert stats == {
         "classes": {
             name: {"accepted": 0, "review": 0, "target": 100}

@@ -346,6 +346,8 @@ def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_r
                 "ALTER TABLE images DROP COLUMN last_error",
                 "ALTER TABLE runs DROP COLUMN owner",
                 "ALTER TABLE runs DROP COLUMN heartbeat",
+                "ALTER TABLE images DROP COLUMN decision_p",
+                "ALTER TABLE images DROP COLUMN evidence",
                 "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
             ):
                 conn.exec_driver_sql(ddl)
@@ -360,7 +362,7 @@ def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_r
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("images")}
             version = conn.execute(select(schema.meta.c.value)).scalar()
     assert {"ix_images_duplicate_of", "ix_images_updated_at"} <= indexes
-    assert version == str(schema.SCHEMA_VERSION) == "3"
+    assert version == str(schema.SCHEMA_VERSION) == "4"
 
 
 MIGRATION_SCRIPT = """

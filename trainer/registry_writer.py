@@ -13,6 +13,7 @@ import logging
 import platform
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,8 @@ from trainer import data
 from trainer.evaluate import outcomes, predict_items
 from trainer.fit import CHECKPOINT, FitOutcome
 from trainer.plots import curve_name, plot_confusion, plot_curves
-from vision.calibration import calibrate
+from vision.calibration import apply_temperature, calibrate
+from vision.evidence import scope_profile, validate
 from vision.model import load_model
 from vision.pixels import RESIZE
 
@@ -62,6 +64,8 @@ class Written:
     # the temperature fitted on val and the test split's ECE/NLL before and after it
     calibration: dict[str, Any] = field(default_factory=dict)
     weights: str = "none"  # train.weights: none, imagenet or the weights file used
+    # per class: the precision and coverage factory.decision "evidence" gives on the test split
+    auto_accept: dict[str, Any] = field(default_factory=dict)
 
 
 def _json(obj: Any) -> str:
@@ -94,6 +98,8 @@ def write_entry(
     outcome: FitOutcome,
     started: float,
     max_pixels: int | None = None,
+    reliability: Mapping[str, float] | None = None,
+    target_precision: float | None = None,
 ) -> Written:
     """Everything but metrics.json: model, classes, config, history, manifest, calibration,
     plots."""
@@ -119,6 +125,7 @@ def write_entry(
                     "rescaling": "inside the model",
                 },
                 "train": asdict(tc),
+                "train_share": train_share(plan, outcome.class_weights),
                 "class_weights": (
                     {plan.classes[i]: w for i, w in outcome.class_weights.items()}
                     if outcome.class_weights
@@ -153,6 +160,7 @@ def write_entry(
     # best epoch), while the test split stays untouched for the promotion gate.
     y_val, p_val = predict_items(loaded, plan.split("val"), tc.batch_size, max_pixels)
     calibration = calibrate(y_val, p_val, y_test, p_test)
+    calibration["scope"] = scope_profile(apply_temperature(p_val, calibration["temperature"]))
     atomic_write(folder / CALIBRATION, _json(calibration))
     logger.info(
         "%s: temperature %.3g (%s); test ECE %s -> %s",
@@ -161,6 +169,19 @@ def write_entry(
         calibration["note"] or f"fitted on {calibration['val_images']} validation images",
         calibration["test_ece_before"],
         calibration["test_ece_after"],
+    )
+    auto_accept = (
+        validate(
+            apply_temperature(p_test, calibration["temperature"]),
+            y_test,
+            plan.classes,
+            reliability,
+            list(train_share(plan, outcome.class_weights).values()),
+            target_precision,
+            calibration["scope"],
+        )
+        if reliability is not None and target_precision is not None and len(y_test)
+        else {}
     )
     name = curve_name(tc.arch, tc.image_size, outcome.epochs_run, test["accuracy"], test["loss"])
     plot_curves(
@@ -188,7 +209,19 @@ def write_entry(
         test_correct,
         calibration,
         tc.weights,
+        auto_accept,
     )
+
+
+def train_share(plan: data.DatasetPlan, class_weights: dict[int, float] | None) -> dict[str, float]:
+    """The class shares the model learned under: equal with balancing class weights (or a
+    balanced split), else the training split's. The factory's evidence rule divides the
+    model's probabilities by them."""
+    counts = plan.counts()["train"]
+    total = sum(counts.values())
+    if class_weights or not total:
+        return {c: round(1.0 / len(plan.classes), 6) for c in plan.classes}
+    return {c: round(counts[c] / total, 6) for c in plan.classes}
 
 
 def summary(written: Written, decision: PromotionDecision) -> dict[str, Any]:
@@ -200,6 +233,7 @@ def summary(written: Written, decision: PromotionDecision) -> dict[str, Any]:
         "macro_f1": round(written.test["macro_f1"], 6),
         "test_images": written.test["images"],
         "temperature": written.calibration.get("temperature"),
+        "auto_accept": written.auto_accept,
         "arch": written.arch,
         "weights": written.weights,
         "image_size": written.image_size,
@@ -223,6 +257,7 @@ def finish_entry(folder: Path, written: Written, decision: PromotionDecision) ->
                 "curve_plot": written.curve_plot,
                 "confusion_plot": CONFUSION_PLOT,
                 "calibration": written.calibration,
+                "auto_accept": written.auto_accept,
                 "gate": asdict(decision),
             }
         ),

@@ -120,6 +120,8 @@ def train(
             outcome,
             started=started,
             max_pixels=config.factory.max_pixels,
+            reliability=keyword_reliability(config, store, plan.classes),
+            target_precision=config.factory.target_precision,
         )
         decision = promotion_gate.promotion_decision(store, config, tc, plan, written)
         registry_writer.finish_entry(folder, written, decision)
@@ -151,6 +153,16 @@ def train(
         folder,
         registry_writer.summary(written, decision),
     )
+
+
+def keyword_reliability(config: Config, store: Store, classes: list[str]) -> dict[str, float]:
+    """How often each class's keyword is right, as the factory will estimate it (people's
+    review decisions and the label check before training): the auto-accept precision and
+    coverage recorded with the model are measured at these."""
+    from vision.evidence import reliability_from_store
+
+    estimate = reliability_from_store(store, config.factory.keyword_prior)
+    return {c: estimate.of_class(c) for c in classes}
 
 
 def _resolve_weights(tc: TrainConfig, base_dir: Path) -> TrainConfig:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from storage.errors import ModelLoadError
-from storage.registry import cannot_load, read_entry
+from storage.registry import cannot_load, read_calibration, read_entry
 from vision.calibration import apply_temperature
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ class LoadedModel:
     image_size: int  # input is (None, image_size, image_size, 3)
     config: dict[str, Any]  # the entry's config.json
     temperature: float = 1.0  # calibration.json's (1: the entry has none)
+    # calibration.json's "scope": how sure the model is of held-out in-scope images
+    # (vision.evidence.scope_profile); None for entries written before it
+    scope: dict[str, Any] | None = None
 
     def calibrated(self, raw: Any) -> np.ndarray:
         """The model's raw softmax outputs (N, K) as calibrated probabilities."""
@@ -56,8 +59,15 @@ def load_model(folder: Path) -> LoadedModel:
         model = keras.models.load_model(str(info.model_file), safe_mode=True, compile=False)
     except Exception as exc:  # any reason the archive does not deserialise
         raise cannot_load(info.version, exc) from exc
+    scope = (read_calibration(info.folder) or {}).get("scope")
     loaded = LoadedModel(
-        model, info.version, info.classes, info.image_size, info.config, info.temperature
+        model,
+        info.version,
+        info.classes,
+        info.image_size,
+        info.config,
+        info.temperature,
+        scope if isinstance(scope, dict) else None,
     )
     if tuple(model.input_shape) != loaded.input_shape or model.output_shape[-1] != len(
         info.classes
