@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import ConfigError, UnsafeNameError
-from core.names import ARCHITECTURES, DECISIONS, DEMO_CLASSES, HASH_METHODS
+from core.names import ARCHITECTURES, DECISIONS, DEMO_CLASSES, HASH_METHODS, NONE_CLASS
 from core.sources import check_profiles
 
 logger = logging.getLogger(__name__)
@@ -515,6 +515,12 @@ def _build_classes(raw: Any) -> dict[str, ClassConfig]:
             raise UnsafeNameError(f"classes.{name}: {exc}") from None
         if not isinstance(table, dict):
             raise ConfigError(f"classes.{name}: must be a table like [classes.{name}]")
+        if name == NONE_CLASS:
+            raise ConfigError(
+                f"classes.{name}: {NONE_CLASS!r} is the built-in class of images that are none "
+                "of the classes; seed it with `pingo import` (a folder named none/), do not "
+                "configure it"
+            )
         built = _build(ClassConfig, table, f"classes.{name}", fixed={"name": name})
         if not built.keywords:
             built = dataclasses.replace(built, keywords=[name])

@@ -28,4 +28,7 @@ DECISIONS: tuple[str, ...] = ("evidence", "agree", "keyword")
 
 NONE_CLASS = "none"
 """The built-in class of images that are none of the configured classes (out of scope): a
-user may seed dataset/none/ with examples; the model then learns it like any class."""
+user may seed it with examples (`pingo import` of a folder none/); from MIN_NONE_EXAMPLES
+accepted examples on, the trainer learns it like any class."""
+
+MIN_NONE_EXAMPLES = 10

@@ -1,4 +1,8 @@
-"""`pingo import DIR`: copy a folder of class subfolders into the inbox, labelled by a person."""
+"""`pingo import DIR`: copy a folder of class subfolders into the inbox, labelled by a person.
+
+Besides the configured classes, DIR/none/ holds examples of images that are none of them (out
+of scope); once there are MIN_NONE_EXAMPLES, the trainer learns "none" as a class.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.names import NONE_CLASS
 from storage.errors import DuplicateImageError, StorageError, UnknownClassError
 from storage.store import Store
 
@@ -33,7 +38,7 @@ def plan_import(root: Path, classes: Iterable[str]) -> list[tuple[str, Path]]:
     root = Path(root)
     if not root.is_dir():
         raise StorageError(f"{root} is not a folder")
-    known = set(classes)
+    known = {*classes, NONE_CLASS}  # none/: examples of what is none of the classes
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [p.name for p in folders if p.name not in known]
     if unknown:

@@ -8,6 +8,8 @@ decisions change how far a keyword is trusted.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from factory_helpers import assert_consistent, encode, pattern_image, save_color_model
@@ -138,3 +140,54 @@ def test_people_rejecting_a_keywords_results_make_the_factory_trust_it_less(proj
         process_inbox(project.config, store)
         # (7 + 0) / (10 + 4)
         assert store.get_image(later)["decision_p"] == pytest.approx(0.5)
+
+
+def grey_png(i: int) -> bytes:
+    """A noisy grey image: none of red, green or blue (out of scope)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng([i, 99])
+    level = 110 + int(rng.integers(-20, 21))
+    pixels = np.clip(level + rng.integers(-25, 26, (40, 40, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_examples_of_none_teach_the_model_what_is_out_of_scope(tmp_path):
+    from train_helpers import CONFIG, Trained, fill
+
+    from dataset_factory import process_inbox
+    from trainer.run import train
+
+    root = tmp_path / "project"
+    (root / "seeds" / "none").mkdir(parents=True)
+    (root / "pingo.toml").write_text(CONFIG, encoding="utf-8")
+    for i in range(24):
+        (root / "seeds" / "none" / f"{i}.png").write_bytes(grey_png(i))
+    t = Trained(root)
+    assert "none: 24 added" in t.cli("import", str(root / "seeds")).output
+    with t.store() as store:
+        fill(store, 24)
+        process_inbox(t.config, store)  # the person-labelled examples go to dataset/none/
+        assert store.stats({}).classes["none"]["accepted"] == 24
+        result = train(t.config, store, overrides={"epochs": 6})
+        assert result.promoted
+        assert json.loads((t.entry() / "classes.json").read_text()) == [
+            "blue",
+            "green",
+            "none",
+            "red",
+        ]
+        crawled = [
+            store.add_image(grey_png(100 + i), keyword_class="red", source="demo", ext="png")
+            for i in range(4)
+        ]
+        process_inbox(t.config, store)
+        rows = [store.get_image(i) for i in crawled]
+    assert all(r["status"] != "accepted" for r in rows)
+    assert all(r["evidence"]["model_guess"] == "none" for r in rows)
+    assert all(r["evidence"]["out_of_scope_p"] > 0.5 for r in rows)

@@ -75,7 +75,9 @@ def train(
         if not ok:
             logger.info("not training: %s", reason)
             return TrainResult(False, reason)
-    plan = data.plan_from_store(store, list(config.classes), tc.val_fraction, tc.test_fraction)
+    plan = data.plan_from_store(
+        store, training_gate.training_classes(config, store), tc.val_fraction, tc.test_fraction
+    )
     data.check_enough(plan)
 
     from trainer.devices import choose_placement

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from core.names import MIN_NONE_EXAMPLES, NONE_CLASS
 from trainer import data
 
 if TYPE_CHECKING:
@@ -14,10 +15,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def training_classes(config: Config, store: Store) -> list[str]:
+    """The configured classes, plus the built-in "none" (out of scope) once people gave
+    MIN_NONE_EXAMPLES examples of it: the model then says when an image is none of them."""
+    classes = list(config.classes)
+    if store.stats({}).classes.get(NONE_CLASS, {}).get("accepted", 0) >= MIN_NONE_EXAMPLES:
+        classes.append(NONE_CLASS)
+    return classes
+
+
 def dataset_hash(config: Config, store: Store) -> str:
     """The manifest hash the next run would have (from the DB; no image is read)."""
     tc = config.train
-    plan = data.plan_from_store(store, list(config.classes), tc.val_fraction, tc.test_fraction)
+    plan = data.plan_from_store(
+        store, training_classes(config, store), tc.val_fraction, tc.test_fraction
+    )
     return plan.manifest_hash()
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.names import NONE_CLASS
 from storage.errors import ModelLoadError
 from storage.registry import cannot_load, read_calibration, read_entry
 from vision.calibration import apply_temperature
@@ -99,7 +100,8 @@ def check_promotable(registry: ModelRegistry, version: str, classes: Iterable[st
     registry.promotable(version)
     loaded = load_model(registry.path(version))
     wanted = sorted(classes)
-    if loaded.classes != wanted:
+    # the built-in out-of-scope class, learned when people gave examples of it
+    if loaded.classes != wanted and loaded.classes != sorted([*wanted, NONE_CLASS]):
         raise ModelLoadError(
             f"model {version} predicts {loaded.classes} but the config has classes {wanted}"
         )
