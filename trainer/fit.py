@@ -262,6 +262,7 @@ def _fit_head_on_embeddings(
     path's best checkpoint would hold them. Images are not augmented here: each image has one
     vector. Returns the history and the EmbedStats."""
     import numpy as np
+    import tensorflow as tf
 
     from trainer import embeddings
 
@@ -284,15 +285,22 @@ def _fit_head_on_embeddings(
     head = head_model(vectors.shape[1], len(plan.classes))
     _compile(head, tc.learning_rate)
     head_checkpoint = checkpoint.with_name(HEAD_CHECKPOINT)
+    # tf.data built once: Keras wraps numpy arrays in a new pipeline every epoch (~4x slower
+    # here, where the epochs themselves take milliseconds).
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(max(len(x_train), 1), seed=tc.seed, reshuffle_each_iteration=True)
+        .batch(tc.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(tc.batch_size).cache()
     history = head.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
+        train_ds,
+        validation_data=val_ds,
         epochs=tc.epochs,
-        batch_size=tc.batch_size,
         class_weight=class_weight,
         callbacks=_callbacks(head_checkpoint, tc.patience),
-        shuffle=True,
+        shuffle=False,
         verbose=1 if progress else 0,
     ).history
     if head_checkpoint.exists():
