@@ -86,9 +86,11 @@ def main(argv=None) -> int:
 
     # 1. the head through the frozen backbone, on images (the path before the cache)
     keras.utils.set_random_seed(tc.seed)
-    kw = dict(classes=plan.classes, image_size=tc.image_size, batch_size=tc.batch_size)
-    train_ds = data.make_dataset(plan.split("train"), training=True, seed=tc.seed, **kw)
-    val_ds = data.make_dataset(plan.split("val"), training=False, **kw)
+    size, batch = tc.image_size, tc.batch_size
+    train_ds = data.make_dataset(
+        plan.split("train"), plan.classes, size, batch, training=True, seed=tc.seed
+    )
+    val_ds = data.make_dataset(plan.split("val"), plan.classes, size, batch, training=False)
     model = build_model(tc.arch, tc.image_size, len(plan.classes), tc.weights)
     model.get_layer(BACKBONE_LAYER).trainable = False
     _compile(model, tc.learning_rate)

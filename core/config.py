@@ -638,7 +638,7 @@ STARTER_HEADER = f"""\
 
 # A real project starts from a pretrained backbone; TrainConfig's own defaults (small_cnn, no
 # weights) stay offline for the demo and the tests.
-STARTER_TRAIN = {"arch": "mobilenet_v3_small", "weights": "imagenet"}
+STARTER_TRAIN: dict[str, Any] = {"arch": "mobilenet_v3_small", "weights": "imagenet"}
 STARTER_TRAIN_NOTE = """\
 # This file starts from an ImageNet-pretrained MobileNetV3 (arch and weights below, not the
 # defaults): a CNN trained from scratch on a few dozen photos a class reaches about 0.5

@@ -162,3 +162,16 @@ def test_training_twice_reuses_the_cache_and_the_model_is_the_full_model(trained
     head.get_layer("probs").set_weights(saved.get_layer("probs").get_weights())
     vectors = embedding_model(saved).predict(pixels, verbose=0)
     np.testing.assert_allclose(head.predict(vectors, verbose=0), probs, atol=1e-5)
+
+
+def test_concurrent_writers_of_one_vector_leave_one_whole_file(tmp_path):
+    """Two trainings embedding the same image: each writes its own temp file and renames it,
+    so the file is always a whole vector and no temp file is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "ab" / f"{'ab' * 32}.npy"
+    vec = np.arange(576, dtype=np.float32)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: embeddings._save(path, vec), range(40)))
+    np.testing.assert_array_equal(embeddings._read(path, 576), vec)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
