@@ -637,8 +637,21 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
 
 STARTER_HEADER = f"""\
 # pingo configuration. Every key is optional; the values shown are the defaults (a class's
-# target: {ClassConfig.target}). Written by `pingo init` from the settings in core/config.py;
+# target: {ClassConfig.target}), except the example classes and [train]'s arch and weights (see
+# the note above [train]). Written by `pingo init` from the settings in core/config.py;
 # reference: README.md, section "Configuration".
+"""
+
+# A real project starts from a pretrained backbone; TrainConfig's own defaults (small_cnn, no
+# weights) stay offline for the demo and the tests.
+STARTER_TRAIN: dict[str, Any] = {"arch": "mobilenet_v3_small", "weights": "imagenet"}
+STARTER_TRAIN_NOTE = """\
+# This file starts from an ImageNet-pretrained MobileNetV3 (arch and weights below, not the
+# defaults): a CNN trained from scratch on a few dozen photos a class reaches about 0.5
+# accuracy, a pretrained backbone far more (docs/trainer.md, "Pretrained backbones"). Keras
+# downloads the weights once (a few MB, into ~/.keras/models); later runs need no network.
+# Offline: set weights to a local weights file (relative to this file), or weights = "none"
+# with arch = "small_cnn" (from scratch, the default).
 """
 
 STARTER_CLASSES_NOTE = """\
@@ -693,7 +706,8 @@ def _section_lines(instance: Any, skip: tuple[str, ...] = ()) -> list[str]:
 
 def starter_config() -> str:
     """The commented starter pingo.toml, generated from the section dataclasses: every
-    setting with its default and its doc, and the demo classes as the example classes."""
+    setting with its default and its doc, the demo classes as the example classes, and
+    [train] on a pretrained backbone (STARTER_TRAIN)."""
     lines = STARTER_HEADER.splitlines()
     lines += ["", "[project]", *_section_lines(ProjectConfig()), ""]
     lines += STARTER_CLASSES_NOTE.splitlines()
@@ -706,7 +720,11 @@ def starter_config() -> str:
         )
         lines += [f"[classes.{name}]", *_section_lines(example, skip), ""]
     for section, section_cls in _SECTIONS.items():
-        if section != "project":
+        if section == "train":
+            lines += STARTER_TRAIN_NOTE.splitlines()
+            train = dataclasses.replace(section_cls(), **STARTER_TRAIN)
+            lines += ["[train]", *_section_lines(train), ""]
+        elif section != "project":
             lines += [f"[{section}]", *_section_lines(section_cls()), ""]
     return "\n".join(lines[:-1]) + "\n"
 

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import TrainConfig
 from trainer import data
 from trainer.cache import CachePlan, cache_key, dataset_cache
 from trainer.devices import Placement
-from trainer.models import BACKBONE_LAYER, NO_WEIGHTS, build_model
+from trainer.models import BACKBONE_LAYER, NO_WEIGHTS, build_model, head_model
+
+if TYPE_CHECKING:
+    from trainer.embeddings import EmbedStats
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.weights.h5"
+HEAD_CHECKPOINT = "head.weights.h5"  # the best head trained on cached embeddings
 # Fine-tuning (train.fine_tune_epochs > 0) unfreezes this share of the backbone's top layers,
 # at train.learning_rate times this factor (small steps, so the pretrained features survive).
 FINE_TUNE_SHARE = 0.3
@@ -33,6 +38,7 @@ class FitOutcome:
     seconds: float
     class_weights: dict[int, float] | None
     cache: CachePlan | None = None  # where decoded images were cached between epochs
+    embeddings: dict | None = None  # the head trained on cached embeddings: EmbedStats.as_json
 
 
 def _epoch_logger():
@@ -113,7 +119,7 @@ def fit(
     cached = [i for i in plan.items if i.split in ("train", "val")]
     key = cache_key([i.path for i in cached], tc.image_size, max_pixels or 0)
     with dataset_cache(len(cached), tc.image_size, tc.cache_memory_mb, cache_dir, key) as cache:
-        outcome = _fit(plan, tc, placement, folder, progress, cache, max_pixels)
+        outcome = _fit(plan, tc, placement, folder, progress, cache, max_pixels, cache_dir)
     outcome.cache = cache
     return outcome
 
@@ -126,6 +132,7 @@ def _fit(
     progress: bool,
     cache: CachePlan,
     max_pixels: int | None,
+    cache_dir: Path | None = None,
 ) -> FitOutcome:
     import keras
 
@@ -189,7 +196,16 @@ def _fit(
                 verbose=1 if progress else 0,
             ).history
 
-        history = run(tc.epochs)
+        embedded = None
+        if pretrained and not os.environ.get("TF_CONFIG"):
+            # The frozen backbone's output never changes: the head learns from cached vectors
+            # (trainer.embeddings). Not in a multi-worker run, whose workers must all run the
+            # same steps in step: there the head trains on images as before.
+            history, embedded = _fit_head_on_embeddings(
+                model, plan, tc, checkpoint, weights, cache_dir, max_pixels, progress
+            )
+        else:
+            history = run(tc.epochs)
         if pretrained and tc.fine_tune_epochs > 0:
             best = min(history.get("val_loss", [float("inf")]), default=float("inf"))
             if checkpoint.exists():  # fine-tune from the best head, not the last one
@@ -222,4 +238,90 @@ def _fit(
     # The registry model is always float32, whatever policy trained it, so it runs anywhere.
     export = build_model(tc.arch, tc.image_size, k)
     export.set_weights(model.get_weights())
-    return FitOutcome(export, history, len(history.get("loss", [])), best_epoch, seconds, weights)
+    return FitOutcome(
+        export,
+        history,
+        len(history.get("loss", [])),
+        best_epoch,
+        seconds,
+        weights,
+        embeddings=embedded.as_json() if embedded else None,
+    )
+
+
+def _fit_head_on_embeddings(
+    model: Any,
+    plan: data.DatasetPlan,
+    tc: TrainConfig,
+    checkpoint: Path,
+    class_weight: dict[int, float] | None,
+    cache_dir: Path | None,
+    max_pixels: int | None,
+    progress: bool,
+) -> tuple[dict[str, list[float]], EmbedStats]:
+    """The head phase on cached embeddings: the same head layers (models.head_model) train on
+    the train/val vectors with the same callbacks, then the best head's weights go into
+    ``model``'s "probs" layer, and ``model``'s weights into ``checkpoint`` as the image
+    path's best checkpoint would hold them. Images are not augmented here: each image has one
+    vector. Returns the history and the EmbedStats."""
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer import embeddings
+
+    index = {c: i for i, c in enumerate(plan.classes)}
+    train, val = plan.split("train"), plan.split("val")
+    stats = embeddings.EmbedStats("")
+    vectors = embeddings.embed(
+        train + val,
+        tc,
+        cache_dir,
+        max_pixels=max_pixels,
+        stats=stats,
+    )
+    labels = np.array([index[i.label] for i in train + val], np.int64)
+    ok = np.isfinite(vectors).all(axis=1)  # an undecodable image has a NaN row: dropped
+    n = len(train)
+    x_train, y_train = vectors[:n][ok[:n]], labels[:n][ok[:n]]
+    x_val, y_val = vectors[n:][ok[n:]], labels[n:][ok[n:]]
+
+    head = head_model(vectors.shape[1], len(plan.classes))
+    _compile(head, tc.learning_rate)
+    head_checkpoint = checkpoint.with_name(HEAD_CHECKPOINT)
+    # tf.data built once: Keras wraps numpy arrays in a new pipeline every epoch (about 2x
+    # slower here, where an epoch's own work takes milliseconds).
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(max(len(x_train), 1), seed=tc.seed, reshuffle_each_iteration=True)
+        .batch(tc.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(tc.batch_size).cache()
+    started = time.time()
+    try:
+        history = head.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=tc.epochs,
+            class_weight=class_weight,
+            callbacks=_callbacks(head_checkpoint, tc.patience),
+            shuffle=False,
+            verbose=1 if progress else 0,
+        ).history
+        if head_checkpoint.exists():
+            head.load_weights(str(head_checkpoint))
+            model.get_layer("probs").set_weights(head.get_layer("probs").get_weights())
+            model.save_weights(str(checkpoint))
+        else:  # val_loss never finite: the last head, and no checkpoint (fit's warning says so)
+            model.get_layer("probs").set_weights(head.get_layer("probs").get_weights())
+    finally:
+        head_checkpoint.unlink(missing_ok=True)
+    logger.info(
+        "head trained on %d cached embeddings in %.1f s (embeddings: %d computed, %d read, %.1f s)",
+        len(x_train) + len(x_val),
+        time.time() - started,
+        stats.computed,
+        stats.cached,
+        stats.seconds,
+    )
+    return history, stats

@@ -145,9 +145,35 @@ def backbone_model(arch: str, image_size: int, num_classes: int, weights: str = 
     if spec.rescale is not None:
         x = layers.Rescaling(spec.rescale[0], offset=spec.rescale[1])(x)
     x = base(x)
-    x = layers.Dropout(0.2)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name=arch)
+    return keras.Model(inputs, _head(x, num_classes), name=arch)
+
+
+HEAD_DROPOUT = "head_dropout"  # the first head layer: its input is the pooled embedding
+
+
+def _head(x, num_classes: int):
+    """The head on a backbone's pooled embedding: dropout, then the softmax layer "probs"."""
+    from keras import layers
+
+    x = layers.Dropout(0.2, name=HEAD_DROPOUT)(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
+
+
+def head_model(dim: int, num_classes: int):
+    """The same head as backbone_model's, alone: it trains on cached (N, dim) embeddings, then
+    its "probs" weights go into the full model (trainer.embeddings)."""
+    import keras
+
+    inputs = keras.Input((dim,), name="embedding")
+    return keras.Model(inputs, _head(inputs, num_classes), name="head")
+
+
+def embedding_model(model):
+    """The images -> pooled embedding part of a backbone_model (rescaling and backbone): the
+    same inputs, and the tensor the head starts from as output."""
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer(HEAD_DROPOUT).input, name="embedding")
 
 
 # One builder per name in core.names.ARCHITECTURES (the names train.arch accepts);
