@@ -29,6 +29,7 @@ DEMO_TRAIN = {
     "batch_size": 8,
     "patience": 25,
     "arch": "small_cnn",
+    "weights": "none",  # offline, whatever the starter config says
     "augment": True,
 }
 

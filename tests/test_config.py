@@ -69,12 +69,6 @@ def test_the_starter_config_shows_every_setting_with_its_default_and_doc(tmp_pat
     assert all(len(line) <= 100 for line in text.splitlines())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pingo/demo.py's DEMO_TRAIN overrides arch = small_cnn but not weights = none, so on "
-    "the starter config (imagenet weights) `make demo` stops at its training step; strict: "
-    "this fails once DEMO_TRAIN sets weights = none, then drop the marker",
-)
 def test_the_demo_trains_offline_on_the_starter_config(tmp_path):
     """`make demo` runs `pingo init` then `pingo demo`: the demo's training overrides must
     give an offline model on the starter config (no ImageNet weights, no refusal)."""
