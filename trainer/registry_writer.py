@@ -133,6 +133,8 @@ def write_entry(
                 ),
                 "epochs_run": outcome.epochs_run,
                 "data_cache": outcome.cache.as_json() if outcome.cache else None,
+                # the frozen-backbone head on cached embeddings: vectors read and computed
+                "embeddings": outcome.embeddings,
                 "best_epoch": outcome.best_epoch,
                 "device": placement.description,
                 "replicas": placement.replicas,
