@@ -469,6 +469,14 @@ def clean(
     return plan, cleaning
 
 
+def skip(plan: data.DatasetPlan, tc: TrainConfig, folder: Path, why: str) -> Cleaning:
+    """No check in this run (the reason is logged and written to cleaning.json)."""
+    logger.warning("label check skipped: %s", why)
+    cleaning = Cleaning(tc.clean_folds, list(plan.classes), skipped=why)
+    write_report(folder / CLEANING, cleaning, {})
+    return cleaning
+
+
 def write_report(path: Path, cleaning: Cleaning, moved: dict[int, str]) -> None:
     """cleaning.json: folds, seconds, per class and source counts, the flagged images."""
     body = {

@@ -104,7 +104,11 @@ def train(
     started = time.time()
     checked: cleaning.Cleaning | None = None
     try:
-        if tc.clean_labels:
+        if tc.clean_labels and _multi_worker(placement):
+            # Workers read the accepted images themselves and must not move any: a chief
+            # that trained on fewer images would leave them out of step.
+            checked = cleaning.skip(plan, tc, folder, "multi-worker run (TF_CONFIG)")
+        elif tc.clean_labels:
             # Before fit, inside the try: a failed or killed check marks the entry failed;
             # the images it moved stay in review/ (storage's moves are crash-safe).
             plan, checked = cleaning.clean(
@@ -155,6 +159,12 @@ def train(
     if checked is not None:
         metrics["cleaning"] = checked.summary()
     return TrainResult(True, decision.reason, version, decision.promoted, folder, metrics)
+
+
+def _multi_worker(placement) -> bool:
+    import tensorflow as tf
+
+    return isinstance(placement.strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 def _resolve_weights(tc: TrainConfig, base_dir: Path) -> TrainConfig:
