@@ -10,7 +10,12 @@ person gave, however wrong it looks.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +202,49 @@ def test_too_few_images_skips_the_check_with_a_reason(tmp_path):
     assert "fewer than 20" in report["skipped"] and report["flagged_images"] == []
     assert cleaning.summary() == {"checked": 0, "flagged": 0, "skipped": report["skipped"]}
     assert after is plan and statuses == {"accepted"}
+
+
+def test_sigkill_during_the_check_loses_nothing(tmp_path):
+    from conftest import wait_for
+
+    from storage.registry import entry_state
+    from trainer.run import train
+
+    # cache_memory_mb = 0: the check decodes into a file, which shows it is under way.
+    path = tmp_path / "pingo.toml"
+    path.write_text(CONFIG + "cache_memory_mb = 0\n", encoding="utf-8")
+    config = load_config(path)
+    with Store.from_config(config) as store:
+        fill(store, per_class=20, planted=4)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from pingo.cli import main; main()", "--config", str(path)]
+        + ["train", "--force"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    cache = config.data_dir / "cache"
+
+    def under_way() -> bool:
+        if any(cache.glob("train-clean-*/pixels.npy")):
+            return True
+        assert proc.poll() is None, "training ended before the check could be interrupted"
+        return False
+
+    try:
+        wait_for(under_way, "the label check decodes the images", 120)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    entry = config.data_dir / "models" / "v0001"
+    assert entry_state(entry) == "incomplete" and not (entry / "cleaning.json").exists()
+    with Store.from_config(config) as store:
+        rows = list(store.iter_images())
+        assert {r["status"] for r in rows} == {"accepted"}  # nothing moved, nothing lost
+        assert all(store.abspath(r["path"]).is_file() for r in rows)
+        result = train(config, store, force=True, overrides={"epochs": 1, "clean_labels": False})
+    assert result.trained and result.version == "v0002"
+    assert not list(cache.glob("train-clean-*"))  # the killed run's cache file is gone
