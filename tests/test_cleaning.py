@@ -9,6 +9,7 @@ person gave, however wrong it looks.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -248,3 +249,30 @@ def test_sigkill_during_the_check_loses_nothing(tmp_path):
         result = train(config, store, force=True, overrides={"epochs": 1, "clean_labels": False})
     assert result.trained and result.version == "v0002"
     assert not list(cache.glob("train-clean-*"))  # the killed run's cache file is gone
+
+
+def test_fold_models_at_chance_flag_nothing(tmp_path):
+    """Identical pixels under two labels: no model can tell them apart, so any flag would be
+    a coin toss; the check says so and flags nothing."""
+    from PIL import Image, PngImagePlugin
+
+    from trainer import data
+    from trainer.cleaning import find_label_issues
+    from trainer.run import effective_train_config
+
+    (tmp_path / "pingo.toml").write_text(CONFIG, encoding="utf-8")
+    config = load_config(tmp_path / "pingo.toml")
+    grey = Image.new("RGB", (16, 16), (120, 120, 120))
+    with Store.from_config(config) as store:
+        for i in range(24):
+            meta = PngImagePlugin.PngInfo()
+            meta.add_text("n", str(i))  # distinct files, the same pixels
+            buf = io.BytesIO()
+            grey.save(buf, "PNG", pnginfo=meta)
+            add(store, buf.getvalue(), ("red", "blue")[i % 2], "keyword", i)
+        plan = data.plan_from_store(store, ["blue", "red"], 0.15, 0.15)
+        tc = effective_train_config(config.train, {"clean_folds": 2, "epochs": 1})
+        cleaning = find_label_issues(plan, tc)
+    assert cleaning.flagged == [] and cleaning.checked > 0
+    assert cleaning.balanced_accuracy == pytest.approx(0.5)
+    assert cleaning.skipped is not None and "too weak" in cleaning.skipped
