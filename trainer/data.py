@@ -36,6 +36,12 @@ class Item:
     sha256: str  # of the file's bytes
     group: str  # split key (perceptual hash or content hash)
     split: str  # train / val / test
+    # From the store (None for a folder plan): which row it is, who gave its label (keyword,
+    # model or human) and which search source it came from; the label check needs them.
+    # None of them is part of the manifest.
+    image_id: int | None = None
+    label_source: str | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,9 @@ def plan_from_store(
                 row["sha256"],
                 key,
                 assign_split(key, val_fraction, test_fraction),
+                image_id=row["id"],
+                label_source=row["label_source"],
+                source=row["source"],
             )
         )
     if skipped:

@@ -1,10 +1,11 @@
 """The library entry points: ``should_train`` (the gate) and ``train`` (one full run).
 
-A run reads the accepted images, splits them by content hash, trains with early stopping, a
-best checkpoint and a plateau schedule, writes a complete registry entry, evaluates the saved
-model.keras as Keras will load it, and promotes it only if it is at least as good as the
-current model on the same test split. models/CURRENT is written last and only on success, so
-a failed or interrupted run never changes the model in service.
+A run reads the accepted images, splits them by content hash, moves keyword-labelled images
+that out-of-fold predictions contradict to review/ (trainer.cleaning, train.clean_labels),
+trains with early stopping, a best checkpoint and a plateau schedule, writes a complete
+registry entry, evaluates the saved model.keras as Keras will load it, and promotes it only if
+it is at least as good as the current model on the same test split. models/CURRENT is written
+last and only on success, so a failed or interrupted run never changes the model in service.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import Config, TrainConfig, override
 from storage.registry import MODEL
-from trainer import data, promotion_gate, registry_writer, training_gate
+from trainer import cleaning, data, promotion_gate, registry_writer, training_gate
 from trainer.errors import TrainerError
 from trainer.models import BACKBONES, IMAGENET, NO_WEIGHTS, build_model
 
@@ -103,7 +104,18 @@ def train(
         {s: sum(c.values()) for s, c in plan.counts().items()},
     )
     started = time.time()
+    checked: cleaning.Cleaning | None = None
     try:
+        if tc.clean_labels and _multi_worker(placement):
+            # Workers read the accepted images themselves and must not move any: a chief
+            # that trained on fewer images would leave them out of step.
+            checked = cleaning.skip(plan, tc, folder, "multi-worker run (TF_CONFIG)")
+        elif tc.clean_labels:
+            # Before fit, inside the try: a failed or killed check marks the entry failed;
+            # the images it moved stay in review/ (storage's moves are crash-safe).
+            plan, checked = cleaning.clean(
+                store, config, tc, plan, folder, version, progress=progress
+            )
         outcome = fit(
             plan,
             tc,
@@ -147,14 +159,16 @@ def train(
         written.test["loss"],
         decision.reason,
     )
-    return TrainResult(
-        True,
-        decision.reason,
-        version,
-        decision.promoted,
-        folder,
-        registry_writer.summary(written, decision),
-    )
+    metrics = registry_writer.summary(written, decision)
+    if checked is not None:
+        metrics["cleaning"] = checked.summary()
+    return TrainResult(True, decision.reason, version, decision.promoted, folder, metrics)
+
+
+def _multi_worker(placement) -> bool:
+    import tensorflow as tf
+
+    return isinstance(placement.strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 def keyword_reliability(config: Config, store: Store, classes: list[str]) -> dict[str, float]:
