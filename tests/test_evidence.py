@@ -191,3 +191,12 @@ def test_examples_of_none_teach_the_model_what_is_out_of_scope(tmp_path):
     assert all(r["status"] != "accepted" for r in rows)
     assert all(r["evidence"]["model_guess"] == "none" for r in rows)
     assert all(r["evidence"]["out_of_scope_p"] > 0.5 for r in rows)
+
+
+def test_the_label_check_counts_as_evidence_only_when_it_could_judge():
+    from vision.evidence import cleaning_tallies
+
+    counts = {"cat": {"demo": {"checked": 40, "flagged": 10}}}
+    assert cleaning_tallies({"counts": counts}) == {("cat", "demo"): Tally(30, 10)}
+    too_weak = {"counts": counts, "skipped": "the fold models are too weak to judge labels"}
+    assert cleaning_tallies(too_weak) == {} and cleaning_tallies(None) == {}

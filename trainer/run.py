@@ -134,7 +134,7 @@ def train(
             outcome,
             started=started,
             max_pixels=config.factory.max_pixels,
-            reliability=keyword_reliability(config, store, plan.classes),
+            reliability=keyword_reliability(config, store, plan.classes, checked),
             target_precision=config.factory.target_precision,
         )
         decision = promotion_gate.promotion_decision(store, config, tc, plan, written)
@@ -171,13 +171,16 @@ def _multi_worker(placement) -> bool:
     return isinstance(placement.strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def keyword_reliability(config: Config, store: Store, classes: list[str]) -> dict[str, float]:
-    """How often each class's keyword is right, as the factory will estimate it (people's
-    review decisions and the label check before training): the auto-accept precision and
-    coverage recorded with the model are measured at these."""
+def keyword_reliability(
+    config: Config, store: Store, classes: list[str], checked: cleaning.Cleaning | None
+) -> dict[str, float]:
+    """How often each class's keyword is right, as the factory will estimate it once this
+    model is promoted (people's review decisions and this run's label check): the auto-accept
+    precision and coverage recorded with the model are measured at these."""
     from vision.evidence import reliability_from_store
 
-    estimate = reliability_from_store(store, config.factory.keyword_prior)
+    report = {"skipped": checked.skipped, "counts": checked.counts} if checked else {}
+    estimate = reliability_from_store(store, config.factory.keyword_prior, report)
     return {c: estimate.of_class(c) for c in classes}
 
 

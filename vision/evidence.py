@@ -118,10 +118,13 @@ class KeywordReliability:
 
 
 def cleaning_tallies(report: Mapping[str, Any] | None) -> dict[tuple[str, str | None], Tally]:
-    """What a label check before training showed, per class and source: keyword-labelled
-    images it kept count as right, flagged ones as wrong."""
+    """What a label check before training showed, per class and source (its cleaning.json
+    "counts"): keyword-labelled images it kept count as right, flagged ones as wrong. A check
+    that was skipped, or whose fold models were too weak to flag anything, shows nothing."""
     out: dict[tuple[str, str | None], Tally] = {}
-    for cls, sources in ((report or {}).get("keyword_checks") or {}).items():
+    if not report or report.get("skipped"):  # no check, or too weak a check to judge labels
+        return out
+    for cls, sources in (report.get("counts") or {}).items():
         for source, n in sources.items():
             flagged = float(n.get("flagged", 0))
             out[(cls, source)] = Tally(float(n.get("checked", 0)) - flagged, flagged)
