@@ -23,9 +23,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+LABEL_ISSUE = "label_issue"  # sent to review by the label check before training
+
+
 def list_review(store: Store, class_name: str | None = None) -> list[dict]:
-    """Review images (optionally of one best-guess class), oldest first."""
-    return list(store.iter_images(status="review", class_name=class_name))
+    """Review images (optionally of one best-guess class): first those the label check
+    flagged, most suspicious first (the surest other-class guess), then the rest oldest first."""
+    rows = list(store.iter_images(status="review", class_name=class_name))
+    flagged = sorted(
+        (r for r in rows if r["reason"] == LABEL_ISSUE), key=lambda r: -(r["confidence"] or 0)
+    )
+    return flagged + [r for r in rows if r["reason"] != LABEL_ISSUE]
 
 
 def _review_row(store: Store, image_id: int) -> dict:

@@ -153,17 +153,26 @@ def stats(ctx: Context, as_json, history):
         result = store.stats(ctx.config.targets)
         grown = store.count_history() if history else None
         accepting = auto_accept(ctx.config, store)
+        reasons = store.review_reasons()
     disk = disk_usage(ctx.config.data_dir)
     if as_json:
         out = result.as_json()
         out["disk"] = disk
         out["auto_accept"] = accepting
+        out["review_reasons"] = reasons
         if history:
             out["history"] = grown
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
     for line in [*progress_lines(result), totals_line(result), *auto_accept_lines(accepting)]:
         click.echo(line)
+    flagged = {c: r["label_issue"] for c, r in sorted(reasons.items()) if r.get("label_issue")}
+    if flagged:
+        click.echo(
+            "flagged by the label check: "
+            + ", ".join(f"{c} {n}" for c, n in flagged.items())
+            + " (in review, most suspicious first in `pingo review`)"
+        )
     if result.set_aside:
         aside = ", ".join(f"{r} {n}" for r, n in result.set_aside.items())
         click.echo(f"set aside: {sum(result.set_aside.values())} ({aside}); see `pingo status`")

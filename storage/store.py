@@ -785,6 +785,20 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def review_reasons(self) -> dict[str, dict[str, int]]:
+        """Review images per best-guess class and reason (e.g. label_issue: flagged by the
+        label check before training)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(images.c.label, images.c.reason, func.count())
+                .where(images.c.status == "review")
+                .group_by(images.c.label, images.c.reason)
+            ).all()
+        out: dict[str, dict[str, int]] = {}
+        for label, reason, n in rows:
+            out.setdefault(str(label), {})[str(reason or "unknown")] = int(n)
+        return out
+
     def keyword_judgements(self) -> dict[tuple[str, str | None], tuple[int, int]]:
         """People's decisions on crawled images, per keyword class and search source:
         (right, wrong) for the keyword label. Accepted under the keyword class is right;

@@ -26,6 +26,7 @@ def test_init_then_stats_lists_starter_classes_with_zero_counts(tmp_path, monkey
     assert stats.pop("disk")["dataset"] == {"files": 0, "bytes": 0}
     # no model and no judged image yet: the keyword prior, nothing validated
     accepting = stats.pop("auto_accept")
+    assert stats.pop("review_reasons") == {}
     assert (accepting["model"], accepting["target_precision"]) == (None, 0.97)
     assert accepting["classes"]["circle"] == {
         "precision": None,

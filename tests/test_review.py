@@ -12,7 +12,9 @@ from dataset_factory.errors import ReviewError
 from dataset_factory.review import accept, reject
 
 
-def in_review(store, seed, keyword_class="cat", guess="dog") -> int:
+def in_review(
+    store, seed, keyword_class="cat", guess="dog", reason="disagrees", confidence=0.55
+) -> int:
     data = encode(pattern_image(seed, (48, 48)), "PNG")
     image_id = store.add_image(data, keyword_class=keyword_class, source="t", ext="png")
     store.move(
@@ -20,11 +22,24 @@ def in_review(store, seed, keyword_class="cat", guess="dog") -> int:
         "review",
         label=guess,
         label_source="model",
-        confidence=0.55,
+        confidence=confidence,
         model_version="v0001",
-        reason="disagrees",
+        reason=reason,
     )
     return image_id
+
+
+def test_the_label_checks_most_suspicious_flags_are_listed_first(project, run_cli):
+    with project.store() as store:
+        old = in_review(store, 1)
+        mild = in_review(store, 2, reason="label_issue", confidence=0.6)
+        sure = in_review(store, 3, reason="label_issue", confidence=0.95)
+        newer = in_review(store, 4, reason="unsure")
+    listed = [json.loads(line)["id"] for line in run_cli("review", "--json").stdout.splitlines()]
+    assert listed == [sure, mild, old, newer]
+    stats = json.loads(run_cli("stats", "--json").stdout)
+    assert stats["review_reasons"]["dog"] == {"disagrees": 1, "label_issue": 2, "unsure": 1}
+    assert "flagged by the label check: dog 2" in run_cli("stats").stdout
 
 
 def test_list_accept_relabel_reject_from_the_cli(project, run_cli):
