@@ -181,6 +181,9 @@ def make_config(data_dir: Path, classes: list[str], target: int, url: str, polic
         factory["decision"] = policy.decision
         if policy.target_precision is not None:
             factory["target_precision"] = policy.target_precision
+            # strict: what only the keyword vouches for waits in review (the trainer still
+            # learns from it), so everything accepted met the target
+            factory["keyword_only"] = args.keyword_only
     return Config.from_mapping(
         {
             "project": {"data_dir": str(data_dir), "log_level": "WARNING"},
@@ -551,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help='hand-labelled photos of the unserved classes given as the built-in "none" class',
+    )
+    ap.add_argument(
+        "--keyword-only",
+        choices=("review", "accept"),
+        default="review",
+        help="evidence policies: factory.keyword_only (the first, model-less batch)",
     )
     ap.add_argument("--served", type=int, default=200, help="results the site has per class")
     ap.add_argument("--noise", type=float, default=0.2, help="share of planted results")

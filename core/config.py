@@ -284,6 +284,14 @@ class FactoryConfig:
         doc="evidence: how often a keyword's results are assumed right before any review "
         "decision or training has measured it (per class and source)",
     )
+    keyword_only: str = setting(
+        "accept",
+        check=one_of("accept", "review"),
+        doc="evidence: an image only its keyword vouches for (no model yet, or a class the "
+        'model does not know) below target_precision: "accept" it under the keyword (the label '
+        'check before training sends the likely wrong ones to review) or hold it in "review" '
+        "(train.learn_from_review still learns from it)",
+    )
     confidence: float = setting(
         0.90,
         check=between(0, 1),
@@ -384,6 +392,12 @@ class TrainConfig:
         "are likely wrong (cleanlab); flagged ones go to review/ and are not trained on",
     )
     clean_folds: int = setting(4, check=between(2, 20), doc="folds of that label check")
+    learn_from_review: bool = setting(
+        True,
+        doc="also learn from review images filed under their keyword's class because nothing "
+        "contradicted it (reasons keyword_only, unsure): training split only, checked by the "
+        "label check, and counted toward the classes' targets for starting a training",
+    )
     keep_models: int = setting(
         5,
         check=at_least(1),

@@ -32,3 +32,8 @@ user may seed it with examples (`pingo import` of a folder none/); from MIN_NONE
 accepted examples on, the trainer learns it like any class."""
 
 MIN_NONE_EXAMPLES = 10
+
+LEARNABLE_REVIEW_REASONS: tuple[str, ...] = ("keyword_only", "unsure")
+"""Review reasons of images filed under their keyword's class because nothing contradicted it
+(only the keyword vouches for it; the model was unsure but did not disagree): the trainer may
+learn from them (train.learn_from_review). The factory's decide module writes them."""

@@ -6,9 +6,11 @@
   keyword's measured reliability and the calibrated model combined (vision.evidence); accepted
   at ``factory.target_precision``, rejected as out of scope at the same certainty, a confident
   other-class guess to review with that guess, the rest to review. Without a model (the first
-  batch) the keyword label is all there is: images are accepted under it, with the keyword's
-  reliability recorded as their probability, and the label check before training
-  (trainer.cleaning) sends the likely wrong ones to review.
+  batch) the keyword label is all there is, with the keyword's reliability recorded as the
+  probability: with ``factory.keyword_only = "accept"`` the image is accepted under it and the
+  label check before training (trainer.cleaning) sends the likely wrong ones to review; with
+  "review" it waits in review/ (reason keyword_only) unless the keyword alone reaches the
+  target, and the trainer still learns from it (train.learn_from_review).
 - ``agree``: the model agrees with the keyword and is at least ``factory.confidence`` sure.
 - ``keyword``: the keyword label, always.
 
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.names import LEARNABLE_REVIEW_REASONS
 from vision.evidence import KeywordReliability, decide, posterior
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Plan = tuple[str, dict[str, Any]]  # (status, column changes)
+KEYWORD_ONLY, UNSURE = LEARNABLE_REVIEW_REASONS  # review reasons the trainer may learn from
 
 
 class Filing:
@@ -61,13 +65,17 @@ class Filing:
             }
         if self.rule == "keyword" or probs is None or self.classifier is None:
             pi = self.reliability.of(keyword, row["source"])
-            return "accepted", {
+            changes = {
                 **base,
                 "label": keyword,
                 "label_source": "keyword",
                 "decision_p": round(pi, 4),
                 "evidence": {"keyword_reliability": round(pi, 4), "model": None},
             }
+            f = self.config.factory
+            if self.rule == "evidence" and f.keyword_only == "review" and pi < f.target_precision:
+                return "review", {**changes, "reason": KEYWORD_ONLY}
+            return "accepted", changes
         classes = self.classifier.classes
         best = int(np.argmax(probs))
         model = {

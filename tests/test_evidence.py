@@ -200,3 +200,24 @@ def test_the_label_check_counts_as_evidence_only_when_it_could_judge():
     assert cleaning_tallies({"counts": counts}) == {("cat", "demo"): Tally(30, 10)}
     too_weak = {"counts": counts, "skipped": "the fold models are too weak to judge labels"}
     assert cleaning_tallies(too_weak) == {} and cleaning_tallies(None) == {}
+
+
+@pytest.mark.slow
+def test_without_a_model_the_strict_setting_holds_keyword_only_images_in_review(project):
+    from dataset_factory import process_inbox
+
+    project.write(project.DEFAULT + '\n[factory]\nkeyword_only = "review"\n')
+    with project.store() as store:
+        held = colored(store, 1, (255, 0, 0), "cat")
+        person = colored(store, 2, (0, 0, 255), "bird", label="bird", label_source="human")
+        process_inbox(project.config, store)
+        row = store.get_image(held)
+        assert (row["status"], row["label"], row["reason"]) == ("review", "cat", "keyword_only")
+        assert row["decision_p"] == pytest.approx(0.7)
+        assert store.get_image(person)["status"] == "accepted"
+    # a keyword trusted beyond the target is accepted on its own word
+    project.write(project.DEFAULT + '\n[factory]\nkeyword_only = "review"\nkeyword_prior = 0.99\n')
+    with project.store() as store:
+        trusted = colored(store, 3, (250, 0, 0), "cat")
+        process_inbox(project.config, store)
+        assert store.get_image(trusted)["status"] == "accepted"

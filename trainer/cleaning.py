@@ -392,6 +392,7 @@ def apply(store: Store, cleaning: Cleaning, version: str) -> dict[int, str]:
     row that changed since the plan was read (a person decided it, the factory replaced it)
     is left alone: each move expects the row still accepted with its keyword label.
     """
+    in_review = {i.image_id for i in cleaning.items if i.status == "review"}
     moves = [
         Move(
             f.image_id,
@@ -403,7 +404,13 @@ def apply(store: Store, cleaning: Cleaning, version: str) -> dict[int, str]:
                 "reason": REASON,
                 "model_version": version,
             },
-            expect={"status": "accepted", "label": f.given, "label_source": KEYWORD},
+            # a review image learned from (train.learn_from_review) is filed under its
+            # keyword's class by the keyword or an unsure model: any label source
+            expect=(
+                {"status": "review", "label": f.given}
+                if f.image_id in in_review
+                else {"status": "accepted", "label": f.given, "label_source": KEYWORD}
+            ),
         )
         for f in cleaning.flagged
     ]
@@ -464,7 +471,9 @@ def clean(
         cleaning.seconds,
     )
     if n_moved:
-        plan = data.plan_from_store(store, plan.classes, tc.val_fraction, tc.test_fraction)
+        plan = data.plan_from_store(
+            store, plan.classes, tc.val_fraction, tc.test_fraction, tc.learn_from_review
+        )
         data.check_enough(plan)
     return plan, cleaning
 

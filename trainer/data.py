@@ -12,14 +12,16 @@ AUTOTUNE parallelism.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.names import LEARNABLE_REVIEW_REASONS
 from trainer.errors import NotEnoughDataError
 from trainer.split import SPLITS, assign_split, group_key
 
@@ -42,6 +44,9 @@ class Item:
     image_id: int | None = None
     label_source: str | None = None
     source: str | None = None
+    # "review": a review image learned from under its keyword's class (train.learn_from_review;
+    # training split only). It is part of the manifest like any image.
+    status: str = "accepted"
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,24 @@ def manifest_hash(classes: Sequence[str], rows: Iterable[tuple[str, str, str]]) 
 
 
 def plan_from_store(
-    store: Store, classes: Sequence[str], val_fraction: float, test_fraction: float
+    store: Store,
+    classes: Sequence[str],
+    val_fraction: float,
+    test_fraction: float,
+    learn_from_review: bool = False,
 ) -> DatasetPlan:
-    """Accepted images whose label is one of ``classes`` (files under dataset/<class>/)."""
+    """Accepted images whose label is one of ``classes`` (files under dataset/<class>/); with
+    ``learn_from_review``, also review images filed under their keyword's class because nothing
+    contradicted it (core.names.LEARNABLE_REVIEW_REASONS), in the training split only: val and
+    test judge the model, so they hold only accepted labels."""
     wanted = set(classes)
     items: list = []
     skipped: Counter[str] = Counter()
     missing = 0
-    for row in store.iter_images(status="accepted"):
+    rows = store.iter_images(status="accepted")
+    if learn_from_review:
+        rows = itertools.chain(rows, learnable_review_rows(store))
+    for row in rows:
         if row["label"] not in wanted:
             skipped[row["label"]] += 1
             continue
@@ -97,16 +112,22 @@ def plan_from_store(
             missing += 1
             continue
         key = group_key(row["sha256"], row["phash"], row["hash_method"])
+        split = assign_split(key, val_fraction, test_fraction)
+        weak = row["status"] == "review"
+        if weak and split != "train":
+            continue
         items.append(
             Item(
                 str(path),
                 row["label"],
                 row["sha256"],
                 key,
-                assign_split(key, val_fraction, test_fraction),
+                split,
                 image_id=row["id"],
-                label_source=row["label_source"],
+                # a review image's label is its keyword's, whoever filed it: checkable as such
+                label_source="keyword" if weak else row["label_source"],
                 source=row["source"],
+                status=row["status"],
             )
         )
     if skipped:
@@ -117,6 +138,13 @@ def plan_from_store(
             missing,
         )
     return DatasetPlan(sorted(classes), items)
+
+
+def learnable_review_rows(store: Store) -> Iterator[dict]:
+    """Review rows filed under their keyword's class because nothing contradicted it."""
+    for row in store.iter_images(status="review"):
+        if row["reason"] in LEARNABLE_REVIEW_REASONS and row["label"] == row["keyword_class"]:
+            yield row
 
 
 def plan_from_folder(

@@ -77,7 +77,11 @@ def train(
             logger.info("not training: %s", reason)
             return TrainResult(False, reason)
     plan = data.plan_from_store(
-        store, training_gate.training_classes(config, store), tc.val_fraction, tc.test_fraction
+        store,
+        training_gate.training_classes(config, store),
+        tc.val_fraction,
+        tc.test_fraction,
+        tc.learn_from_review,
     )
     data.check_enough(plan)
 

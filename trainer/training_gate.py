@@ -1,8 +1,14 @@
-"""When to train: every class at its target and the dataset changed since the last model."""
+"""When to train: every class at its target and the dataset changed since the last model.
+
+A class's count is its accepted images, plus (train.learn_from_review) the review images the
+trainer learns from: with an early model most crawled images wait in review, and the loop
+must still train the model that can decide them.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from core.names import MIN_NONE_EXAMPLES, NONE_CLASS
@@ -28,7 +34,11 @@ def dataset_hash(config: Config, store: Store) -> str:
     """The manifest hash the next run would have (from the DB; no image is read)."""
     tc = config.train
     plan = data.plan_from_store(
-        store, training_classes(config, store), tc.val_fraction, tc.test_fraction
+        store,
+        training_classes(config, store),
+        tc.val_fraction,
+        tc.test_fraction,
+        tc.learn_from_review,
     )
     return plan.manifest_hash()
 
@@ -39,10 +49,13 @@ def should_train(config: Config, store: Store) -> tuple[bool, str]:
     if not config.classes:
         return False, "no classes are configured"
     stats = store.stats(config.targets)
+    learnable: Counter[str] = Counter()
+    if config.train.learn_from_review:  # review images the trainer learns from count too
+        learnable.update(r["label"] for r in data.learnable_review_rows(store))
     below = [
-        f"{name} {c['accepted']}/{c['target']}"
+        f"{name} {c['accepted'] + learnable[name]}/{c['target']}"
         for name, c in sorted(stats.classes.items())
-        if name in config.classes and c["accepted"] < c["target"]
+        if name in config.classes and c["accepted"] + learnable[name] < c["target"]
     ]
     if below:
         return False, "classes below target: " + ", ".join(below)

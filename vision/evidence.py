@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.names import NONE_CLASS
+from core.names import LEARNABLE_REVIEW_REASONS, NONE_CLASS
 
 if TYPE_CHECKING:
     from storage import Store
@@ -251,7 +251,7 @@ def decide(post: np.ndarray, classes: Sequence[str], keyword: str, target: float
         return Decision("review", classes[best], float(post[best]), "other_class")
     if best != k:
         return Decision("review", classes[best], float(post[best]), "disagrees")
-    return Decision("review", keyword, float(post[k]), "unsure")
+    return Decision("review", keyword, float(post[k]), LEARNABLE_REVIEW_REASONS[1])
 
 
 def validate(
