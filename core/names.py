@@ -33,7 +33,13 @@ accepted examples on, the trainer learns it like any class."""
 
 MIN_NONE_EXAMPLES = 10
 
-LEARNABLE_REVIEW_REASONS: tuple[str, ...] = ("keyword_only", "unsure")
-"""Review reasons of images filed under their keyword's class because nothing contradicted it
-(only the keyword vouches for it; the model was unsure but did not disagree): the trainer may
-learn from them (train.learn_from_review). The factory's decide module writes them."""
+LEARNABLE_REVIEW_REASONS: tuple[str, ...] = (
+    "keyword_only",
+    "unsure",
+    "disagrees",
+    "low_confidence",
+)
+"""Review reasons of crawled images that nothing contradicted with confidence: only the keyword
+vouches for it, or the model was unsure or weakly disagreed. The trainer may learn from them
+under their keyword's class (train.learn_from_review); not from label_issue (the label check
+flagged it), other_class or maybe_out_of_scope (the model was sure it is something else)."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Plan = tuple[str, dict[str, Any]]  # (status, column changes)
-KEYWORD_ONLY, UNSURE = LEARNABLE_REVIEW_REASONS  # review reasons the trainer may learn from
+KEYWORD_ONLY = LEARNABLE_REVIEW_REASONS[0]  # review: only the keyword vouches for the label
 
 
 class Filing:

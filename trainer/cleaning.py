@@ -404,10 +404,10 @@ def apply(store: Store, cleaning: Cleaning, version: str) -> dict[int, str]:
                 "reason": REASON,
                 "model_version": version,
             },
-            # a review image learned from (train.learn_from_review) is filed under its
-            # keyword's class by the keyword or an unsure model: any label source
+            # a review image learned from (train.learn_from_review) under its keyword's
+            # class, whatever label the factory gave it
             expect=(
-                {"status": "review", "label": f.given}
+                {"status": "review", "keyword_class": f.given}
                 if f.image_id in in_review
                 else {"status": "accepted", "label": f.given, "label_source": KEYWORD}
             ),

@@ -45,7 +45,7 @@ class Item:
     label_source: str | None = None
     source: str | None = None
     # "review": a review image learned from under its keyword's class (train.learn_from_review;
-    # training split only). It is part of the manifest like any image.
+    # never in the test split). It is part of the manifest like any image.
     status: str = "accepted"
 
 
@@ -93,9 +93,9 @@ def plan_from_store(
     learn_from_review: bool = False,
 ) -> DatasetPlan:
     """Accepted images whose label is one of ``classes`` (files under dataset/<class>/); with
-    ``learn_from_review``, also review images filed under their keyword's class because nothing
-    contradicted it (core.names.LEARNABLE_REVIEW_REASONS), in the training split only: val and
-    test judge the model, so they hold only accepted labels."""
+    ``learn_from_review``, also crawled review images that nothing contradicted with confidence
+    (core.names.LEARNABLE_REVIEW_REASONS), under their keyword's class, in the train and val
+    splits: the test split judges models and holds accepted labels only."""
     wanted = set(classes)
     items: list = []
     skipped: Counter[str] = Counter()
@@ -114,7 +114,7 @@ def plan_from_store(
         key = group_key(row["sha256"], row["phash"], row["hash_method"])
         split = assign_split(key, val_fraction, test_fraction)
         weak = row["status"] == "review"
-        if weak and split != "train":
+        if weak and split == "test":  # the test split judges models: accepted labels only
             continue
         items.append(
             Item(
@@ -141,10 +141,11 @@ def plan_from_store(
 
 
 def learnable_review_rows(store: Store) -> Iterator[dict]:
-    """Review rows filed under their keyword's class because nothing contradicted it."""
+    """Review rows of crawled images that nothing contradicted with confidence, labelled with
+    their keyword's class (whatever the model guessed)."""
     for row in store.iter_images(status="review"):
-        if row["reason"] in LEARNABLE_REVIEW_REASONS and row["label"] == row["keyword_class"]:
-            yield row
+        if row["reason"] in LEARNABLE_REVIEW_REASONS and row["source"] != "import":
+            yield {**row, "label": row["keyword_class"]}
 
 
 def plan_from_folder(
