@@ -109,6 +109,18 @@ def test_without_a_significant_difference_the_margin_decides(new_only, cur_only,
     assert f"the reverse {cur_only}, p = " in decision.reason
 
 
+def test_a_model_of_more_images_is_not_kept_out_by_a_split_too_small_to_tell():
+    # one image worse on 35, not significant: kept out by the margin rule alone...
+    new, cur = outcomes(25, 2, 3, 5)
+    assert not paired_decision(new, cur, 0.0, "v0001", learned=(300, 300)).promoted
+    # ...but promoted when it learned from more images than the model in service
+    decision = paired_decision(new, cur, 0.0, "v0001", learned=(600, 300))
+    assert decision.promoted and "learned from more images (600 vs 300)" in decision.reason
+    # a significantly worse model stays out however much it learned from
+    new, cur = outcomes(20, 0, 8, 7)
+    assert not paired_decision(new, cur, 0.0, "v0001", learned=(900, 300)).promoted
+
+
 def test_models_listing_gives_an_interval_to_entries_written_before_pingo_recorded_one():
     from pingo.report import model_interval
     from storage.registry import test_interval

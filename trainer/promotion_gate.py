@@ -8,10 +8,11 @@ model gets right, ``c`` only the current one.
 - significantly better (one-sided p < SIGNIFICANCE): promoted, whatever promote_margin says;
 - significantly worse (one-sided p < SIGNIFICANCE): not promoted;
 - otherwise (no significant difference, the usual case on a small split): promoted when its
-  accuracy >= the current model's + train.promote_margin.
+  accuracy >= the current model's + train.promote_margin, or when it learned from more images
+  than the current model (``learned``): the dataset only grows, and a split too small to tell
+  the two apart must not keep the model of a smaller dataset in service by one image.
 
-With promote_margin 0 this promotes exactly the models the accuracy comparison alone did; what
-it adds is that the decision says how much the comparison can tell.
+The decision says how much the comparison can tell.
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ def paired_decision(
     margin: float,
     current_version: str,
     significance: float = SIGNIFICANCE,
+    learned: tuple[int, int] | None = None,
 ) -> PromotionDecision:
-    """The rule above on per-image outcomes of both models on the same test images."""
+    """The rule above on per-image outcomes of both models on the same test images;
+    ``learned``: (images the new model learned from, images the current one did)."""
     n = len(new_correct)
     test = mcnemar_from_correct(new_correct, current_correct)
     new = sum(map(bool, new_correct)) / n if n else 0.0
@@ -91,6 +94,12 @@ def paired_decision(
     elif test.p_new_worse < significance:
         promoted = False
         verdict = f"one-sided p = {_p(test.p_new_worse)} (significantly worse at {significance})"
+    elif new < cur + margin and learned is not None and learned[0] > learned[1]:
+        promoted = True
+        verdict = (
+            f"p = {_p(test.p_two_sided)} (no significant difference at {significance}), and "
+            f"the new model learned from more images ({learned[0]} vs {learned[1]})"
+        )
     else:
         promoted = new >= cur + margin
         verdict = (
@@ -158,7 +167,13 @@ def promotion_decision(
         loaded, plan.split("test"), tc.batch_size, config.factory.max_pixels
     )
     if len(current_correct) == len(written.test_correct) == n:
-        return paired_decision(written.test_correct, current_correct, tc.promote_margin, current)
+        return paired_decision(
+            written.test_correct,
+            current_correct,
+            tc.promote_margin,
+            current,
+            learned=(_learned(plan.counts()), _learned(_manifest_counts(store, current))),
+        )
     # Not the same images (a file became unreadable between the two scorings): no pairing.
     cur = scored["accuracy"]
     cur_ci = scored.get("accuracy_ci") or accuracy_interval(cur, scored["images"])
@@ -179,3 +194,22 @@ def promotion_decision(
         method=UNPAIRED,
         **base,
     )
+
+
+def _learned(counts: dict[str, dict[str, int]] | None) -> int:
+    """Images a model learned from (train and val splits) by its split counts."""
+    return sum(sum((counts or {}).get(split, {}).values()) for split in ("train", "val"))
+
+
+def _manifest_counts(store: Store, version: str) -> dict[str, dict[str, int]] | None:
+    """A registry entry's split counts (manifest.json), or None when unreadable."""
+    import json
+
+    from storage.registry import MANIFEST
+
+    try:
+        manifest = json.loads((store.registry.path(version) / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    counts = manifest.get("counts") if isinstance(manifest, dict) else None
+    return counts if isinstance(counts, dict) else None
