@@ -217,3 +217,8 @@ def test_overrides_are_checked_like_the_config_file(tmp_path):
         file.write_text(f"[train]\n{key} = {value!r}\n".replace("True", "true"))
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(file)
+
+
+def test_the_built_in_none_class_cannot_be_configured():
+    with pytest.raises(ConfigError, match="built-in class of images that are none"):
+        Config.from_mapping({"classes": {"cat": {}, "none": {"keywords": ["junk"]}}})
