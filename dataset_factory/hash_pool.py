@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -32,6 +33,10 @@ from vision.errors import InvalidImage
 logger = logging.getLogger(__name__)
 
 TASK = 8  # files per task sent to a worker
+# How often a wait for a task looks whether a worker process has died. The executor usually
+# says so itself (BrokenProcessPool), but a worker killed at the wrong moment can leave it
+# waiting until the watchdog budget (minutes) runs out.
+POLL = 0.5
 MEMORY_LIMIT = 3 << 30  # bytes of address space per worker beyond what it has at start
 
 
@@ -199,7 +204,7 @@ class Analyser:
         done = 0
         for group, fut in zip(groups, futures):
             try:
-                results = fut.result(timeout=self._budget(len(group)))
+                results = self._wait(fut, self._budget(len(group)))
             except (BrokenProcessPool, FutureTimeout) as exc:
                 logger.warning(
                     "a hashing worker %s; retrying %d files one by one",
@@ -214,6 +219,23 @@ class Analyser:
                 if progress:
                     progress(1)
                 yield result
+
+    def _wait(self, fut, budget: float | None):
+        """``fut``'s result; BrokenProcessPool as soon as a worker is seen dead, FutureTimeout
+        once ``budget`` seconds have passed (None: no bound)."""
+        deadline = None if budget is None else time.monotonic() + budget
+        while True:
+            try:
+                return fut.result(timeout=POLL)
+            except FutureTimeout:
+                if self._a_worker_died():
+                    raise BrokenProcessPool("a hashing worker process died") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+
+    def _a_worker_died(self) -> bool:
+        processes = getattr(self._pool, "_processes", None) or {}
+        return any(p.exitcode is not None for p in list(processes.values()))
 
     def _budget(self, files: int) -> float | None:
         """Seconds to wait for a task before the watchdog presumes its worker hung in C code
