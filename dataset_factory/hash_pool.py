@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -211,7 +212,7 @@ class Analyser:
                     "died" if isinstance(exc, BrokenProcessPool) else "hung",
                     len(jobs) - done,
                 )
-                self._kill_pool()
+                self._kill_pool(broken=True)
                 yield from self._one_by_one(jobs[done:], progress)
                 return
             for result in results:
@@ -244,7 +245,7 @@ class Analyser:
             return None
         return 2 * files * (self.settings.timeout + 1) + 30
 
-    def _kill_pool(self, pool: ProcessPoolExecutor | None = None) -> None:
+    def _kill_pool(self, pool: ProcessPoolExecutor | None = None, broken: bool = False) -> None:
         pool = pool or self._pool
         if pool is None:
             return
@@ -253,6 +254,8 @@ class Analyser:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if broken:
+            _unstick_manager(pool)
         pool.shutdown(wait=False, cancel_futures=True)
         if pool is self._pool:
             self._pool = None
@@ -260,6 +263,7 @@ class Analyser:
     def _one_by_one(self, jobs: list[Job], progress) -> Iterator[Analysis]:
         for job in jobs:
             pool = self._executor(1)
+            broken = False
             try:
                 try:
                     pool.submit(_probe).result(timeout=120)
@@ -272,20 +276,49 @@ class Analyser:
                         timeout=self._budget(1)
                     )
                 except BrokenProcessPool:
+                    broken = True
                     logger.error("image %d crashed its decoder: %s", job.image_id, job.path)
                     result = Analysis(
                         job.image_id, reason="decode_crash", detail="the decoder process died"
                     )
                 except FutureTimeout:
+                    broken = True
                     logger.error("image %d hung its decoder: %s", job.image_id, job.path)
                     result = Analysis(
                         job.image_id, reason="decode_timeout", detail="the decoder process hung"
                     )
             finally:
-                self._kill_pool(pool)
+                self._kill_pool(pool, broken)
             if progress:
                 progress(1)
             yield result
+
+
+def _unstick_manager(pool: ProcessPoolExecutor) -> None:
+    """Let a broken pool's manager thread end.
+
+    A worker killed while it was sending a result leaves the executor's manager thread (not a
+    daemon) blocked in recv() for bytes that never come (CPython), and interpreter exit then
+    waits for it forever. Filling the result pipe from a daemon thread ends that read: the
+    manager sees garbage, marks the pool broken and exits. A manager that was not stuck reads
+    the same garbage while the pool is being killed anyway.
+    """
+    thread = getattr(pool, "_executor_manager_thread", None)
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    if thread is None or writer is None or not thread.is_alive():
+        return
+
+    def fill() -> None:
+        chunk = b"\0" * 65536
+        for _ in range(256):  # up to 16 MB: more than any task's result
+            if not thread.is_alive():
+                return
+            try:
+                writer.send_bytes(chunk)
+            except (OSError, ValueError):
+                return
+
+    threading.Thread(target=fill, name="pingo-hash-pool-unstick", daemon=True).start()
 
 
 def analyse_paths(

@@ -246,3 +246,33 @@ def trained(trained_template, tmp_path):
     root, _ = trained_template
     shutil.copytree(root, tmp_path / "project")
     return Trained(tmp_path / "project")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """Exit now if a non-daemon thread is left behind.
+
+    Tests SIGKILL hashing workers on purpose. CPython's ProcessPoolExecutor can leave its
+    manager thread blocked forever in recv() when a worker dies while sending a result
+    (dataset_factory.hash_pool unsticks it; this is the backstop), and interpreter exit would
+    then wait for it: a passed suite that never ends. The summary is already printed.
+    """
+    import sys
+    import threading
+
+    stuck = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
+    if stuck:
+        sys.stdout.flush()
+        sys.stderr.write(f"exiting past stuck non-daemon threads: {stuck}\n")
+        sys.stderr.flush()
+        os._exit(config.stash.get(_EXIT_STATUS, 1))
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
