@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -218,6 +219,23 @@ def wait_for(condition, what: str, seconds: float = 90) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting until {what}")
         time.sleep(0.1)
+
+
+def kill_9_once(proc, reached, what: str, seconds: float = 120) -> None:
+    """SIGKILL ``proc`` as soon as ``reached()`` is true (a stage is under way); fail naming
+    ``what`` if the process ends first or ``seconds`` pass."""
+
+    def under_way() -> bool:
+        if reached():
+            return True
+        assert proc.poll() is None, f"the process ended before {what}"
+        return False
+
+    try:
+        wait_for(under_way, what, seconds)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -206,7 +205,7 @@ def test_too_few_images_skips_the_check_with_a_reason(tmp_path):
 
 
 def test_sigkill_during_the_check_loses_nothing(tmp_path):
-    from conftest import wait_for
+    from conftest import kill_9_once
 
     from storage.registry import entry_state
     from trainer.run import train
@@ -228,17 +227,11 @@ def test_sigkill_during_the_check_loses_nothing(tmp_path):
     )
     cache = config.data_dir / "cache"
 
-    def under_way() -> bool:
-        if any(cache.glob("train-clean-*/pixels.npy")):
-            return True
-        assert proc.poll() is None, "training ended before the check could be interrupted"
-        return False
-
-    try:
-        wait_for(under_way, "the label check decodes the images", 120)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_9_once(
+        proc,
+        lambda: any(cache.glob("train-clean-*/pixels.npy")),
+        "the label check decodes the images",
+    )
 
     entry = config.data_dir / "models" / "v0001"
     assert entry_state(entry) == "incomplete" and not (entry / "cleaning.json").exists()

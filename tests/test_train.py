@@ -7,14 +7,13 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import kill_9_once
 from train_helpers import CLASSES, CONFIG, fill
 
 pytestmark = pytest.mark.slow
@@ -231,17 +230,8 @@ def test_sigkill_mid_training_never_touches_current_and_the_next_run_carries_on(
     )
     checkpoint = trained.entry("v0002") / "checkpoint.weights.h5"
 
-    def under_way() -> bool:  # at least one epoch done: training is under way
-        if checkpoint.exists():
-            return True
-        assert proc.poll() is None, "training ended before it could be interrupted"
-        return False
-
-    try:
-        wait_for(under_way, "training writes a checkpoint", 120)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    # at least one epoch done: training is under way
+    kill_9_once(proc, checkpoint.exists, "training writes a checkpoint")
     from storage.registry import entry_state
 
     assert entry_state(trained.entry("v0002")) == "incomplete"
