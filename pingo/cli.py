@@ -413,6 +413,7 @@ def models(click_ctx, as_json):
     ctx = click_ctx.find_object(Context)
     with ctx.store() as store:
         rows = store.registry.listing()
+        accepting = None if as_json else auto_accept(ctx.config, store, rows)
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
@@ -437,10 +438,9 @@ def models(click_ctx, as_json):
         "* = in service (models/CURRENT); the interval: what the test split can tell (Wilson);"
         " T: the calibration temperature applied to the model's probabilities"
     )
-    if any(r["current"] for r in rows):
-        with ctx.store() as store:
-            for line in auto_accept_lines(auto_accept(ctx.config, store)):
-                click.echo(line)
+    if accepting is not None and accepting["model"] is not None:
+        for line in auto_accept_lines(accepting):
+            click.echo(line)
 
 
 @models.command("promote")

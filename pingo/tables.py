@@ -58,14 +58,18 @@ def totals_line(stats: Stats) -> str:
     return f"inbox: {stats.inbox}\nrejected: {sum(stats.rejected.values())} ({rejected})"
 
 
-def auto_accept(config: Config, store: Store) -> dict[str, Any]:
+def auto_accept(
+    config: Config, store: Store, listing: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """What the factory's decisions can promise per class, for `stats`, `models` and the
     report: the promoted model's auto-accept precision and coverage at factory.target_precision
     (validated on its held-out test split when it was trained) and how often each keyword is
     right as measured now (people's review decisions, the label check before training)."""
     from vision.evidence import reliability_from_store
 
-    current = next((m for m in store.registry.listing() if m["current"]), None)
+    if listing is None:  # the registry listing, when the caller has not read it already
+        listing = store.registry.listing()
+    current = next((m for m in listing if m["current"]), None)
     validated = (current or {}).get("auto_accept") or {}
     reliability = reliability_from_store(store, config.factory.keyword_prior)
     classes = {}
