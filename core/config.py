@@ -375,6 +375,12 @@ class TrainConfig:
         "(kept)",
     )
     seed: int = setting(1337, doc="random seed of the initial weights, shuffling and augmentation")
+    deterministic: bool = setting(
+        True,
+        doc="the same images and seed train the same model (TensorFlow op determinism), so a "
+        "promotion compares data, not chance; set false for speed on a GPU, or where an op "
+        "has no deterministic kernel",
+    )
     learning_rate: float = setting(1e-3, check=between(0, 1), doc="Adam's initial step size")
     patience: int = setting(
         10, check=at_least(1), doc="epochs without a better val_loss before stopping early"

@@ -304,3 +304,21 @@ def test_backbone_weights_come_only_from_a_local_file(trained):
                 overrides={"arch": "mobilenet_v2", "weights_path": "gone.weights.h5", "epochs": 1},
             )
         assert store.registry.versions() == ["v0001"]
+
+
+def test_the_same_images_and_seed_train_the_same_model(trained):
+    """train.deterministic: retraining on unchanged images gives the very same weights, so a
+    promotion decision compares data and settings, not thread-scheduling luck."""
+    import keras
+
+    from trainer.run import train
+
+    with trained.store() as store:
+        again = train(trained.config, store, force=True)
+    assert again.version == "v0002"
+    first = keras.models.load_model(trained.entry("v0001") / "model.keras", compile=False)
+    second = keras.models.load_model(trained.entry("v0002") / "model.keras", compile=False)
+    pairs = list(zip(first.get_weights(), second.get_weights(), strict=True))
+    assert pairs and all(np.array_equal(a, b) for a, b in pairs)
+    metrics = json.loads((trained.entry("v0001") / "metrics.json").read_text())
+    assert again.metrics["test_accuracy"] == metrics["test"]["accuracy"]

@@ -28,6 +28,7 @@ import numpy as np
 from core.config import Config, TrainConfig
 from storage import Move, MoveConflictError, atomic_write
 from trainer import data
+from trainer.rejudge import Rejudged, rejudge
 from trainer.split import unit_interval
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class Cleaning:
     pred_probs: np.ndarray | None = None  # out-of-fold probabilities, columns = classes
     unreadable: int = 0  # images left out because they no longer decode
     balanced_accuracy: float | None = None  # of the out-of-fold predictions, given labels
+    rejudged: Rejudged | None = None  # keyword_only review images decided (trainer.rejudge)
 
     @property
     def checked(self) -> int:
@@ -101,6 +103,8 @@ class Cleaning:
         out: dict[str, Any] = {"checked": self.checked, "flagged": len(self.flagged)}
         if self.skipped:
             out["skipped"] = self.skipped
+        if self.rejudged is not None and self.rejudged.waiting:
+            out["keyword_only"] = self.rejudged.summary()
         return out
 
 
@@ -459,20 +463,21 @@ def clean(
     )
     moved = apply(store, cleaning, version) if cleaning.flagged else {}
     n_moved = sum(1 for where in moved.values() if where.startswith("review/"))
+    # after the flags: the keyword reliability it uses counts this check's findings
+    cleaning.rejudged = rejudge(store, config, cleaning, version)
     write_report(folder / CLEANING, cleaning, moved)
-    if cleaning.skipped:
-        return plan, cleaning
-    logger.info(
-        "label check: %d keyword-labelled image(s) checked over %d folds, %d flagged, %d moved "
-        "to review/ (%s) in %.0f s",
-        cleaning.checked,
-        cleaning.folds,
-        len(cleaning.flagged),
-        n_moved,
-        REASON,
-        cleaning.seconds,
-    )
-    if n_moved:
+    if not cleaning.skipped:
+        logger.info(
+            "label check: %d keyword-labelled image(s) checked over %d folds, %d flagged, %d "
+            "moved to review/ (%s) in %.0f s",
+            cleaning.checked,
+            cleaning.folds,
+            len(cleaning.flagged),
+            n_moved,
+            REASON,
+            cleaning.seconds,
+        )
+    if n_moved or cleaning.rejudged.accepted or cleaning.rejudged.rejected:
         plan = data.plan_from_store(
             store, plan.classes, tc.val_fraction, tc.test_fraction, tc.learn_from_review
         )

@@ -47,6 +47,7 @@ class Item:
     # "review": a review image learned from under its keyword's class (train.learn_from_review;
     # never in the test split). It is part of the manifest like any image.
     status: str = "accepted"
+    reason: str | None = None  # a review image's reason (e.g. keyword_only)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def plan_from_store(
                 label_source="keyword" if weak else row["label_source"],
                 source=row["source"],
                 status=row["status"],
+                reason=row["reason"] if weak else None,
             )
         )
     if skipped:

@@ -94,6 +94,8 @@ def train(
         build_model(tc.arch, tc.image_size, len(plan.classes), tc.weights)
 
     placement = choose_placement()
+    if tc.deterministic:
+        _make_deterministic()
     if not placement.is_chief:
         return _train_as_worker(
             plan, tc, placement, progress, store.data_dir / "cache", config.factory.max_pixels
@@ -167,6 +169,18 @@ def train(
     if checked is not None:
         metrics["cleaning"] = checked.summary()
     return TrainResult(True, decision.reason, version, decision.promoted, folder, metrics)
+
+
+def _make_deterministic() -> None:
+    """TensorFlow op determinism for the rest of this process (it cannot be turned off).
+
+    Without it, two trainings on the same images with the same seed differed by up to 0.19
+    held-out accuracy (thread scheduling in reductions and in tf.data), and which model
+    got promoted was partly chance. On 2 CPU cores it cost no measurable time.
+    """
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
 
 
 def _multi_worker(placement) -> bool:
