@@ -285,12 +285,13 @@ class FactoryConfig:
         "decision or training has measured it (per class and source)",
     )
     keyword_only: str = setting(
-        "accept",
+        "review",
         check=one_of("accept", "review"),
         doc="evidence: an image only its keyword vouches for (no model yet, or a class the "
-        'model does not know) below target_precision: "accept" it under the keyword (the label '
-        'check before training sends the likely wrong ones to review) or hold it in "review" '
-        "(train.learn_from_review still learns from it)",
+        'model does not know) below target_precision: hold it in "review" (training learns '
+        "from it, and its label check accepts what calibrated out-of-fold evidence vouches "
+        'for) or "accept" it under the keyword (the label check sends the likely wrong ones '
+        "to review)",
     )
     confidence: float = setting(
         0.90,
@@ -401,8 +402,9 @@ class TrainConfig:
     learn_from_review: bool = setting(
         True,
         doc="also learn from review images filed under their keyword's class because nothing "
-        "contradicted it (reasons keyword_only, unsure): training split only, checked by the "
-        "label check, and counted toward the classes' targets for starting a training",
+        "contradicted it (reasons keyword_only, unsure, low_confidence): train and val splits, "
+        "checked by the label check, and counted toward the classes' targets for starting a "
+        "training",
     )
     keep_models: int = setting(
         5,

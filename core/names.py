@@ -36,10 +36,11 @@ MIN_NONE_EXAMPLES = 10
 LEARNABLE_REVIEW_REASONS: tuple[str, ...] = (
     "keyword_only",
     "unsure",
-    "disagrees",
     "low_confidence",
 )
-"""Review reasons of crawled images that nothing contradicted with confidence: only the keyword
-vouches for it, or the model was unsure or weakly disagreed. The trainer may learn from them
-under their keyword's class (train.learn_from_review); not from label_issue (the label check
-flagged it), other_class or maybe_out_of_scope (the model was sure it is something else)."""
+"""Review reasons of crawled images that nothing contradicted: only the keyword vouches for it,
+or the model's best guess was the keyword's class without enough certainty. The trainer may
+learn from them under their keyword's class (train.learn_from_review); not from label_issue
+(the label check flagged it), disagrees or other_class (the model thinks it is another class:
+learning those under the keyword cost held-out accuracy in bench/loop.py) or
+maybe_out_of_scope."""

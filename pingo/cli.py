@@ -173,6 +173,14 @@ def stats(ctx: Context, as_json, history):
             + ", ".join(f"{c} {n}" for c, n in flagged.items())
             + " (in review, most suspicious first in `pingo review`)"
         )
+    waiting = {c: r["keyword_only"] for c, r in sorted(reasons.items()) if r.get("keyword_only")}
+    if waiting:
+        click.echo(
+            "waiting with only their keyword: "
+            + ", ".join(f"{c} {n}" for c, n in waiting.items())
+            + " (training's label check decides them once 20+ hand-labelled images are "
+            "imported with `pingo import`; or decide them in `pingo review`)"
+        )
     if result.set_aside:
         aside = ", ".join(f"{r} {n}" for r, n in result.set_aside.items())
         click.echo(f"set aside: {sum(result.set_aside.values())} ({aside}); see `pingo status`")

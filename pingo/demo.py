@@ -22,6 +22,9 @@ from scheduler.jobs import factory_stage, run_job
 logger = logging.getLogger(__name__)
 
 DEMO_KEYWORD_PRIOR = 0.95  # factory.keyword_prior for the demo site, whose results are right
+# ... and so its first, model-less batch is accepted by keyword (factory.keyword_only): the
+# demo has no hand-labelled images for the label check to calibrate on
+DEMO_FACTORY = {"keyword_prior": DEMO_KEYWORD_PRIOR, "keyword_only": "accept"}
 
 # 1-2 minutes of training on 2 cores; `pingo train` uses the config's full settings.
 # Round 1 has ~35 training images a class: small batches give enough steps per epoch; the
@@ -86,9 +89,7 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
         )
     # The demo site's results are all right (drawn shapes): say so, as a user who knows a
     # source would, instead of the default prior for keyword searches (0.7).
-    config = dataclasses.replace(
-        config, factory=override(config.factory, {"keyword_prior": DEMO_KEYWORD_PRIOR})
-    )
+    config = dataclasses.replace(config, factory=override(config.factory, DEMO_FACTORY))
     stop_site = start_demo_site(config)
     try:
         targets = config.targets

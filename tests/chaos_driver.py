@@ -85,7 +85,10 @@ def project_toml(
         f'[crawl]\nsources = ["demo"]\ndemo_url = "{demo_url}"\ndownload_timeout = 5.0\n'
         "retries = 1\nmax_drivers = 1\nconcurrency = 4\n"
     )
-    lines.append(f"[factory]\nworkers = {workers}\nchunk_size = {chunk_size}\nclaim_lease = 5.0\n")
+    lines.append(
+        f"[factory]\nworkers = {workers}\nchunk_size = {chunk_size}\nclaim_lease = 5.0\n"
+        'keyword_only = "accept"\n'  # every round's images are filed, none waits in review
+    )
     lines.append(
         '[train]\nimage_size = 32\nepochs = 1\nbatch_size = 8\narch = "small_cnn"\n'
         "augment = false\npatience = 1\n"

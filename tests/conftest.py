@@ -39,7 +39,7 @@ def project(tmp_path, monkeypatch):
 
 
 class Project:
-    DEFAULT = """
+    CLASSES = """
 [classes.cat]
 keywords = ["cat photo"]
 target = 5
@@ -51,6 +51,10 @@ target = 5
 [classes.bird]
 target = 3
 """
+    # Most tests are about other mechanics and file the model-less batch by keyword; the
+    # default (keyword_only = "review") is tested on CLASSES alone (test_evidence,
+    # test_rejudge). Tests add [factory] keys by appending lines to DEFAULT.
+    DEFAULT = CLASSES + '\n[factory]\nkeyword_only = "accept"\n'
 
     def __init__(self, root: Path, monkeypatch):
         self.root = root

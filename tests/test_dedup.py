@@ -138,8 +138,7 @@ def test_hard_edits_are_caught_where_plain_phash_misses_them(project, sign_digit
     found = {}
     for hard in (False, True):
         project.write(
-            project.DEFAULT + f"\n[factory]\nhard_duplicates = {str(hard).lower()}\n"
-            f"max_distance = 10\n"
+            project.DEFAULT + f"hard_duplicates = {str(hard).lower()}\nmax_distance = 10\n"
         )
         project.root.joinpath("data").exists() and __import__("shutil").rmtree(
             project.root / "data"
@@ -199,7 +198,7 @@ def test_changing_the_hash_method_rehashes_and_never_mixes_methods(project, sign
     with project.store() as store:
         first = add(store, p.read_bytes())
         process_inbox(project.config, store)
-        project.write(project.DEFAULT + '\n[factory]\nhash = "dhash"\n')
+        project.write(project.DEFAULT + 'hash = "dhash"\n')
         copy = add(store, jpeg_of(p, lambda im: im.resize((72, 72))))
         process_inbox(project.config, store)
         assert store.get_image(first)["hash_method"] == "dhash"

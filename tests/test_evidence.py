@@ -203,10 +203,10 @@ def test_the_label_check_counts_as_evidence_only_when_it_could_judge():
 
 
 @pytest.mark.slow
-def test_without_a_model_the_strict_setting_holds_keyword_only_images_in_review(project):
+def test_without_a_model_keyword_only_images_wait_in_review_by_default(project):
     from dataset_factory import process_inbox
 
-    project.write(project.DEFAULT + '\n[factory]\nkeyword_only = "review"\n')
+    project.write(project.CLASSES)  # the default: keyword_only = "review"
     with project.store() as store:
         held = colored(store, 1, (255, 0, 0), "cat")
         person = colored(store, 2, (0, 0, 255), "bird", label="bird", label_source="human")
@@ -216,7 +216,7 @@ def test_without_a_model_the_strict_setting_holds_keyword_only_images_in_review(
         assert row["decision_p"] == pytest.approx(0.7)
         assert store.get_image(person)["status"] == "accepted"
     # a keyword trusted beyond the target is accepted on its own word
-    project.write(project.DEFAULT + '\n[factory]\nkeyword_only = "review"\nkeyword_prior = 0.99\n')
+    project.write(project.CLASSES + "\n[factory]\nkeyword_prior = 0.99\n")
     with project.store() as store:
         trusted = colored(store, 3, (250, 0, 0), "cat")
         process_inbox(project.config, store)

@@ -50,7 +50,7 @@ def test_without_a_model_the_keyword_is_the_label(project):
 def test_the_agree_rule_accepts_what_the_model_confirms_with_enough_confidence(project):
     project.write(
         project.DEFAULT.replace("[classes.bird]", "[classes.bird]\nconfidence = 0.99999")
-        + '\n[factory]\ndecision = "agree"\n'
+        + 'decision = "agree"\n'
     )
     with project.store() as store:
         version = save_color_model(store)

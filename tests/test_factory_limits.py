@@ -142,7 +142,7 @@ def sized(sign_digits, tmp_path):
 def test_an_image_over_factory_max_pixels_is_rejected_with_its_size(project, sized):
     from dataset_factory import process_inbox
 
-    project.write(project.DEFAULT + f"\n[factory]\nmax_pixels = {LIMIT}\n")
+    project.write(project.DEFAULT + f"max_pixels = {LIMIT}\n")
     with project.store() as store:
         ids = {
             name: store.add_image(p.read_bytes(), keyword_class="cat", source="test", ext="jpg")

@@ -24,6 +24,7 @@ max_drivers = 1
 
 [factory]
 workers = 1
+keyword_only = "accept"
 
 [train]
 image_size = 32

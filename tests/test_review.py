@@ -35,11 +35,15 @@ def test_the_label_checks_most_suspicious_flags_are_listed_first(project, run_cl
         mild = in_review(store, 2, reason="label_issue", confidence=0.6)
         sure = in_review(store, 3, reason="label_issue", confidence=0.95)
         newer = in_review(store, 4, reason="unsure")
+        waiting = in_review(store, 5, "cat", "cat", "keyword_only", 0.0)
     listed = [json.loads(line)["id"] for line in run_cli("review", "--json").stdout.splitlines()]
-    assert listed == [sure, mild, old, newer]
+    assert listed == [sure, mild, old, newer, waiting]
     stats = json.loads(run_cli("stats", "--json").stdout)
     assert stats["review_reasons"]["dog"] == {"disagrees": 1, "label_issue": 2, "unsure": 1}
-    assert "flagged by the label check: dog 2" in run_cli("stats").stdout
+    text = run_cli("stats").stdout
+    assert "flagged by the label check: dog 2" in text
+    # the first, model-less batch: said what decides it
+    assert "waiting with only their keyword: cat 1" in text and "pingo import" in text
 
 
 def test_list_accept_relabel_reject_from_the_cli(project, run_cli):

@@ -152,7 +152,8 @@ def test_review_images_nothing_contradicted_are_learned_from_under_their_keyword
             label = "dog" if reason in ("disagrees", "label_issue") else "cat"
             store.move(image_id, "review", label=label, label_source="model", reason=reason)
             waiting.setdefault(reason, set()).add(image_id)
-        flagged = waiting.pop("label_issue")
+        # another class is likelier, or the label check flagged it: not learned from
+        flagged = waiting.pop("label_issue") | waiting.pop("disagrees")
         learnable = set().union(*waiting.values())
         plan = data.plan_from_store(store, ["cat", "dog"], 0.15, 0.15, learn_from_review=True)
         without = data.plan_from_store(store, ["cat", "dog"], 0.15, 0.15)
@@ -162,8 +163,8 @@ def test_review_images_nothing_contradicted_are_learned_from_under_their_keyword
         assert all(i.label == "cat" and i.label_source == "keyword" for i in weak)
         # the test split judges models: accepted labels only
         assert {i.split for i in weak} == {"train", "val"}
-        assert 40 < len(weak) < len(learnable)
+        assert 0.6 * len(learnable) < len(weak) < len(learnable)
         assert len(without.items) == 4 and plan.manifest_hash() != without.manifest_hash()
-        # cat: 4 accepted + 60 learnable reach its target of 5; dog has none
+        # cat: 4 accepted + 40 learnable reach its target of 5; dog has none
         ok, reason = should_train(project.config, store)
         assert not ok and "cat" not in reason and "dog 0/5" in reason

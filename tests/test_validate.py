@@ -67,7 +67,7 @@ def test_pixel_limit_is_configurable(tmp_path):
 
 
 def test_hostile_set_ends_in_the_right_places(project, hostile):
-    project.write(project.DEFAULT + "\n[factory]\nworkers = 2\n")
+    project.write(project.DEFAULT + "workers = 2\n")
     config = project.config
     with project.store() as store:
         ids = {
@@ -95,7 +95,7 @@ def test_hostile_set_ends_in_the_right_places(project, hostile):
 def test_a_slow_decode_is_cut_off_by_the_time_bound(project):
     from PIL import Image
 
-    project.write(project.DEFAULT + "\n[factory]\ndecode_timeout = 1.0\n")
+    project.write(project.DEFAULT + "decode_timeout = 1.0\n")
     big = Image.linear_gradient("L").resize((8000, 4000))
     with project.store() as store:
         slow = store.add_image(

@@ -82,8 +82,11 @@ def rejudge(store: Store, config: Config, cleaning: Cleaning, version: str) -> R
     if config.factory.decision != "evidence":
         result.skipped = f'factory.decision is "{config.factory.decision}", not "evidence"'
         return result
-    # Fold models too weak to flag labels still give honest out-of-fold predictions; the
-    # calibration below flattens a weak model's, and then nothing reaches the target.
+    if cleaning.skipped:
+        # Fold models too weak to flag labels are too weak to vouch: their in-scope profile
+        # cannot tell out-of-scope photos apart (on bench/loop.py they let 3 of 68 in at 0.90)
+        result.skipped = cleaning.skipped
+        return result
     classes = cleaning.classes
     probs = cleaning.pred_probs
     human = [n for n, item in enumerate(cleaning.items) if item.label_source == HUMAN]
