@@ -121,6 +121,42 @@ class SourceRobotsMiddleware(RobotsTxtMiddleware):
         )
         raise RobotsRefused(request.url, rule, group, decided_by)
 
+    async def robot_parser(self, request):
+        """Scrapy's, but a robots.txt that cannot be fetched is one WARNING line (the page's
+        own request then fails with the cause the summary reports), not an ERROR with a
+        traceback."""
+        from scrapy import Request
+        from scrapy.http.request import NO_CALLBACK
+        from scrapy.utils.defer import maybe_deferred_to_future
+        from twisted.internet.defer import Deferred
+
+        netloc = urlsplit(request.url).netloc
+        if netloc not in self._parsers:
+            self._parsers[netloc] = Deferred()
+            robots = Request(
+                f"{urlsplit(request.url).scheme}://{netloc}/robots.txt",
+                priority=self.DOWNLOAD_PRIORITY,
+                meta={"dont_obey_robotstxt": True},
+                callback=NO_CALLBACK,
+            )
+            try:
+                response = await self.crawler.engine.download_async(robots)
+                await self._parse_robots(response, netloc, request)
+            except Exception as exc:
+                if not isinstance(exc, IgnoreRequest):
+                    logger.warning(
+                        "robots.txt of %s not read (%s: %s); its rules are not applied",
+                        netloc,
+                        type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "",
+                    )
+                self._robots_error(exc, netloc)
+            self._stats.inc_value("robotstxt/request_count")
+        parser = self._parsers[netloc]
+        if isinstance(parser, Deferred):
+            return await maybe_deferred_to_future(parser)
+        return parser
+
     async def _parse_robots(self, response, netloc, request):
         self._bodies[netloc] = response.body.decode("utf-8", "replace")
         await super()._parse_robots(response, netloc, request)

@@ -159,9 +159,10 @@ def alarm_line(name: str, health: dict[str, Any]) -> str:
     cause = health.get("cause")
     if not cause:
         return f"source {name!r} found no results for any keyword (see docs/crawler.md)"
+    detail = str(health.get("last_error") or "").removeprefix(f"{cause}: ")
     return (
         f"source {name!r} found no results for any keyword ({cause}): "
-        f"{health.get('last_error') or cause}. To do: {health.get('advice')}"
+        f"{detail or cause}. To do: {health.get('advice')}"
     )
 
 
