@@ -116,7 +116,7 @@ def check_sources(
     query = query or default_query(config)
     scrapy_settings = build_settings(config, "", None, settings)
     spec = BrowserSpec.from_settings(Settings(scrapy_settings))
-    agent = spec.user_agent or config.crawl.user_agent
+    agent = config.crawl.user_agent  # what the crawl's robots.txt check goes by
     pool = BrowserPool(spec, size=1, retries=0)
     checks = []
     try:

@@ -207,7 +207,10 @@ class ImageSearchSpider(scrapy.Spider):
                 source_name,
                 keyword,
                 causes.classify_page(
-                    response.url, _text(response), len(response.css(source.result_css))
+                    response.url,
+                    _text(response),
+                    len(response.css(source.result_css)) if _is_html(response) else 0,
+                    json_body=b"json" in (response.headers.get(b"Content-Type") or b""),
                 ),
             )
         fresh = [(u, p) for u, p in dict(found).items() if u not in self.taken]
@@ -300,6 +303,12 @@ class ImageSearchSpider(scrapy.Spider):
         problem = causes.classify_failure(failure.value, request.url)
         self.note_problem(kw["source_name"], kw["keyword"], problem)
         yield from self._continue(kw["class_name"])
+
+
+def _is_html(response) -> bool:
+    return hasattr(response, "css") and b"json" not in (
+        response.headers.get(b"Content-Type") or b""
+    )
 
 
 def _text(response) -> str:

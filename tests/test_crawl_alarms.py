@@ -181,3 +181,53 @@ def test_hyphenated_classes_and_non_ascii_keywords_crawl_end_to_end(project, tmp
     assert summary.classes["cat"].downloaded == 3
     rows = assert_inbox_consistent(project)
     assert {r["query"] for r in rows} == {"t-shirt", "고양이 사진"}
+
+
+def test_causes_of_api_and_network_failures_from_status_codes_and_exceptions():
+    """What API sources (and pages) fail with, classified without a browser."""
+    from scrapy.http import Request, TextResponse
+    from scrapy.spidermiddlewares.httperror import HttpError
+    from selenium.common.exceptions import TimeoutException
+    from twisted.internet import error as tx
+
+    from crawler.causes import classify_failure, classify_page, classify_status
+    from crawler.pool import PageUnreachable, RenderFailed
+    from crawler.robots import matching_rule
+
+    url = "https://api.example.org/v1/images?q=cat"
+
+    def answer(status: int, body: str = "") -> HttpError:
+        response = TextResponse(url, status=status, body=body.encode(), request=Request(url))
+        return HttpError(response, "Ignoring non-200 response")
+
+    cases = {
+        "rate_limited": [answer(429), answer(403, '{"detail": "daily quota exceeded"}')],
+        "http_error": [answer(503), answer(401)],
+        "timeout": [tx.TimeoutError(), RenderFailed("not rendered", TimeoutException("t"))],
+        "unreachable": [tx.DNSLookupError("x"), PageUnreachable(url, "ERR_NAME_NOT_RESOLVED")],
+        "connection_refused": [
+            tx.ConnectionRefusedError(),
+            PageUnreachable(url, "ERR_CONNECTION_REFUSED"),
+        ],
+        "render_failed": [RenderFailed("not rendered after 3 attempts: WebDriverException")],
+    }
+    for cause, failures in cases.items():
+        for exc in failures:
+            assert classify_failure(exc, url).cause == cause, exc
+    assert "HTTP 503" in classify_status(503, url).detail
+    assert classify_page(url, "{}", 0, json_body=True).cause == "empty_json"
+    assert classify_page(url, "<p>hello</p>", 3).cause == "no_urls"
+
+    robots = (
+        "User-agent: pingo\nDisallow: /\n\n"
+        "User-agent: *\nAllow: /images/search/ok\nDisallow: /images\n"
+    )
+    assert matching_rule(robots, "pingo/0.1 (+x)", url) == ("Disallow: /", "pingo")
+    assert matching_rule(robots, "other", "https://b.org/images/search?q=x") == (
+        "Disallow: /images",
+        "*",
+    )
+    assert matching_rule(robots, "other", "https://b.org/images/search/ok") == (
+        "Allow: /images/search/ok",
+        "*",
+    )
