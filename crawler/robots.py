@@ -22,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 OBEY_META = "pingo_obey_robots"  # bool: obey robots.txt for this request
 DECIDED_BY_META = "pingo_robots_key"  # the config key that decided it, for the message
+SOURCE_ROBOTS_META = "pingo_source_robots"  # a robots.txt fetched for a source's result page
+
+
+def _is_page(request) -> bool:
+    from crawler.selenium_request import SeleniumRequest
+
+    return isinstance(request, SeleniumRequest)
 
 
 class RobotsRefused(IgnoreRequest):
@@ -136,7 +143,9 @@ class SourceRobotsMiddleware(RobotsTxtMiddleware):
             robots = Request(
                 f"{urlsplit(request.url).scheme}://{netloc}/robots.txt",
                 priority=self.DOWNLOAD_PRIORITY,
-                meta={"dont_obey_robotstxt": True},
+                # A result page's robots.txt comes from a configured source, like the page
+                # itself: the private-address guard lets it through (crawler.netguard).
+                meta={"dont_obey_robotstxt": True, SOURCE_ROBOTS_META: _is_page(request)},
                 callback=NO_CALLBACK,
             )
             try:
