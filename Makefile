@@ -35,8 +35,9 @@ config: $(STAMP)
 demo: install config
 	$(PINGO) --config $(CONFIG) demo
 
+# Starts the demo site for the crawl when crawl.sources uses it and nothing answers there.
 crawl: install config
-	$(PINGO) --config $(CONFIG) crawl
+	$(PINGO) --config $(CONFIG) crawl --with-demo-site
 
 factory: install config
 	$(PINGO) --config $(CONFIG) factory

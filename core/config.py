@@ -242,6 +242,12 @@ class CrawlConfig:
         check=non_empty,
         doc="the User-Agent header of every request",
     )
+    browser_user_agent: str = setting(
+        "crawl",
+        check=one_of("crawl", "chrome"),
+        doc='the User-Agent of the browser rendering result pages: "crawl" (crawl.user_agent)'
+        ' or "chrome" (a current desktop Chrome\'s, not HeadlessChrome)',
+    )
     max_seconds: float = setting(3600.0, check=at_least(1), doc="a crawl stops after this long")
     max_review_backlog: int | None = setting(
         None,

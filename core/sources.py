@@ -3,7 +3,10 @@
 A profile says how to build the results URL for a keyword, which elements on the rendered page
 are results, where on each element the full-size image URL sits (an attribute; optionally a
 JSON object inside that attribute, or a URL inside a query parameter of that attribute), and
-whether scrolling loads more. Live engines change their markup; a profile can be fixed or
+whether scrolling loads more: to the bottom at once, or ``scroll_step`` pixels at a time for
+pages whose tiles load only in view, clicking ``more_css`` (a "see more" button) when
+scrolling adds nothing. ``obey_robots`` decides robots.txt for this source's result pages
+(unset: ``crawl.obey_robots``). Live engines change their markup; a profile can be fixed or
 added in ``[crawl.profiles.<name>]`` without touching code (see docs/crawler.md). The crawler
 reads results pages with a profile (``crawler.sources.extract``); the config checks profiles
 here, below the crawler.
@@ -33,6 +36,10 @@ class SourceProfile:
     scroll: bool = True  # more results appear when the page is scrolled
     max_scrolls: int = 30  # stop scrolling after this many tries
     scroll_pause: float = 1.5  # most seconds to wait for new results after one scroll
+    # -- page actions and per-source robots.txt (issue 13, part B: page sources) --
+    more_css: str | None = None  # a "see more" button: clicked when scrolling adds nothing
+    scroll_step: int = 0  # pixels per scroll step (lazy tiles load in view); 0 = to the bottom
+    obey_robots: bool | None = None  # honour robots.txt for its result pages; None: crawl's
 
     def results_url(self, query: str, demo_url: str = "") -> str:
         return self.search_url.format(query=quote_plus(query), demo_url=demo_url.rstrip("/"))
@@ -57,6 +64,8 @@ BUILTIN: dict[str, SourceProfile] = {
         url_attr="m",
         json_key="murl",
         page_json_key="purl",
+        # After the first few dozen results Bing stops loading on scroll and shows this.
+        more_css="a.btn_seemore",
     ),
     # Naver image search: thumbnails are served through search.pstatic.net, the original
     # image URL is the thumbnail URL's "src" parameter.
@@ -66,6 +75,11 @@ BUILTIN: dict[str, SourceProfile] = {
         result_css="img._fe_image_tab_content_thumbnail_image",
         url_attr="src",
         url_param="src",
+        # Tiles get their src only once scrolled into view: a jump to the bottom leaves
+        # data: placeholders behind.
+        scroll_step=700,
+        max_scrolls=60,
+        scroll_pause=1.0,
     ),
 }
 
@@ -74,6 +88,8 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "scroll": bool,
     "max_scrolls": int,
     "scroll_pause": (int, float),
+    "scroll_step": int,
+    "obey_robots": bool,
 }  # others: str
 
 
@@ -102,7 +118,11 @@ def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = Non
             or (expected is int and isinstance(value, bool))
         ):
             raise BadProfileError(f"crawl.profiles.{name}.{key}: got {value!r}; wrong type")
+    if values.get("scroll_step", 0) < 0:
+        raise BadProfileError(f"crawl.profiles.{name}.scroll_step: pixels, 0 or more")
     values["scroll_pause"] = float(values.get("scroll_pause", 1.5))
+    if values.get("more_css") == "":  # an empty string switches a built-in's button off
+        values["more_css"] = None
     return SourceProfile(**values)
 
 

@@ -10,10 +10,13 @@ they are orphaned.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import shutil
 import signal
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,33 @@ HEADLESS_CHROME_ARGS = (
     "--blink-settings=imagesEnabled=false",
 )
 HEADLESS_FIREFOX_ARGS = ("-headless",)
+# A desktop Chrome's User-Agent; {version} is the local browser's major version when known.
+DESKTOP_CHROME_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/{version}.0.0.0 Safari/537.36"
+)
+DESKTOP_CHROME_VERSION = "131"  # used when the browser's own version cannot be read
+
+
+@functools.cache
+def browser_major_version(browser_path: str | None) -> str:
+    """The major version of the Chromium/Chrome at ``browser_path`` (``--version``)."""
+    if browser_path:
+        try:
+            out = subprocess.run(
+                [browser_path, "--version"], capture_output=True, text=True, timeout=10
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        match = re.search(r"\b(\d{2,4})\.\d+\.\d+", out)
+        if match:
+            return match.group(1)
+    return DESKTOP_CHROME_VERSION
+
+
+def desktop_chrome_user_agent(browser_path: str | None) -> str:
+    """What a desktop Chrome of the local browser's version sends (no "HeadlessChrome")."""
+    return DESKTOP_CHROME_UA.format(version=browser_major_version(browser_path))
 
 
 @dataclass(frozen=True)
@@ -49,6 +79,7 @@ class BrowserSpec:
     browser_executable_path: str | None = None
     command_executor: str | None = None
     page_load_timeout: float = default("SELENIUM_PAGE_LOAD_TIMEOUT")
+    user_agent: str | None = None  # None: the browser's own (Chromium's says HeadlessChrome)
 
     @classmethod
     def from_settings(cls, settings) -> BrowserSpec:
@@ -84,6 +115,9 @@ class BrowserSpec:
                     ),
                     None,
                 )
+        user_agent = settings.get("SELENIUM_USER_AGENT") or None
+        if user_agent == "chrome":
+            user_agent = desktop_chrome_user_agent(browser_path if name == "chrome" else None)
         return cls(
             name,
             driver_path,
@@ -91,6 +125,7 @@ class BrowserSpec:
             browser_path,
             remote,
             get(settings, "SELENIUM_PAGE_LOAD_TIMEOUT"),
+            user_agent,
         )
 
 
@@ -121,12 +156,16 @@ class Browser:
                 options = webdriver.ChromeOptions()
                 for arg in spec.driver_arguments:
                     options.add_argument(arg)
+                if spec.user_agent:  # headers and navigator.userAgent alike
+                    options.add_argument(f"--user-agent={spec.user_agent}")
                 if profile is not None:  # local
                     options.add_argument(f"--user-data-dir={profile / 'profile'}")
             else:
                 options = webdriver.FirefoxOptions()
                 for arg in spec.driver_arguments:
                     options.add_argument(arg)
+                if spec.user_agent:
+                    options.set_preference("general.useragent.override", spec.user_agent)
             if browser_path:
                 options.binary_location = browser_path
             options.page_load_strategy = "normal"

@@ -2,7 +2,8 @@
 
 ``/search?q=...`` returns a page whose results are inserted by JavaScript from
 ``/api/search`` and grow when the page is scrolled, like a real image search. A query returns
-the images of every folder whose name appears in it as a word. Thumbnails link to full-size
+the images of every folder whose name appears in it as words (``folder_matches``: a folder
+``t-shirt`` answers "t-shirt" and "t shirt", ``고양이`` answers "고양이 사진"). Thumbnails link to full-size
 images (``/image/<class>/<file>``); ``/robots.txt`` disallows ``/private/``.
 
 Fault switches (for tests and benchmarks): ``page_delay`` (seconds before every result page),
@@ -24,6 +25,7 @@ import mimetypes
 import re
 import threading
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,8 +113,24 @@ HOME_PAGE = (
 )
 
 
+def _tokens(text: str) -> list[str]:
+    """Words of ``text``, case-folded (any script: "고양이", "Straße"), split at anything that
+    is not a letter or digit ("t-shirt" -> t, shirt)."""
+    return [w for w in re.split(r"[^\w]+", unicodedata.normalize("NFC", text).casefold()) if w]
+
+
 def _words(text: str) -> set[str]:
-    return {w for w in re.split(r"[^\w]+", text.lower()) if w}
+    return set(_tokens(text))
+
+
+def folder_matches(folder: str, query: str) -> bool:
+    """Whether a class folder answers a query: its words appear in the query, in order and
+    together ("t-shirt" answers "t-shirt", "T shirt" and "red t-shirt"; "red car" answers
+    "a red car"; "고양이" answers "고양이 사진")."""
+    want, words = _tokens(folder), _tokens(query)
+    if not want:
+        return False
+    return any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1))
 
 
 def script_json(value) -> str:
@@ -181,7 +199,6 @@ class DemoSite:
             self._log.append(path)
 
     def results(self, query: str) -> list[dict[str, str]]:
-        words = _words(query)
         found = []
         if self.faults:
             found += [
@@ -193,7 +210,7 @@ class DemoSite:
                 for n in FAULTS
             ]
         for name, files in self.index.items():
-            if name.lower() not in words:
+            if not folder_matches(name, query):
                 continue
             for f in files:
                 path = f"{quote(name)}/{quote(f)}"

@@ -7,12 +7,15 @@ Selenium Grid / remote driver URL), SELENIUM_MAX_DRIVERS (browsers),
 SELENIUM_PAGES_PER_BROWSER (recycle after), SELENIUM_PAGE_LOAD_TIMEOUT (s),
 SELENIUM_RETRY_TIMES (fresh-browser retries of a failed render),
 SELENIUM_RENDER_DEADLINE (s until a render is presumed hung), SELENIUM_ENABLED,
-SELENIUM_ON_REACTOR_THREAD (render synchronously, like scrapy-selenium; a benchmark baseline).
+SELENIUM_ON_REACTOR_THREAD (render synchronously, like scrapy-selenium; a benchmark baseline),
+SELENIUM_USER_AGENT (the browser's User-Agent; "chrome": a desktop Chrome's; from
+crawl.user_agent / crawl.browser_user_agent).
 Their defaults: crawler.settings.
 
 Other requests pass through untouched, so Scrapy's downloader keeps fetching images while
 pages render. Stats: selenium/page_count, selenium/browser_started, selenium/browser_crashed,
-selenium/page_timeout, selenium/retry_count, selenium/render_failed, selenium/scrolls, ...
+selenium/page_timeout, selenium/retry_count, selenium/render_failed, selenium/scrolls,
+selenium/more_clicks, selenium/page_unreachable, ...
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class SeleniumMiddleware:
         request.meta.update(
             scrolls=rendered.scrolls,
             scroll_count=rendered.scroll_count,
+            more_clicks=rendered.clicks,
             render_seconds=rendered.seconds,
             render_attempts=rendered.attempts,
         )

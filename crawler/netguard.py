@@ -12,7 +12,8 @@ that changes in between cannot slip a private address in).
 Allowed anyway: ``PINGO_TRUSTED_ORIGINS`` (host:port pairs; the crawl's demo site,
 crawl.demo_url) and everything when ``PINGO_ALLOW_PRIVATE_NETWORKS`` is on
 (crawl.allow_private_networks, for an intranet crawl). Result pages rendered by the browser
-come from the configured search sources and are not checked here.
+come from the configured search sources and are not checked here, nor is the robots.txt
+fetched to decide whether such a page may be rendered (crawler.robots).
 """
 
 from __future__ import annotations
@@ -84,10 +85,13 @@ class PrivateAddressMiddleware:
         return cls(crawler, trusted, settings.getbool("PINGO_ALLOW_PRIVATE_NETWORKS"))
 
     async def process_request(self, request):
+        from crawler.robots import SOURCE_ROBOTS_META
         from crawler.selenium_request import SeleniumRequest
 
         if isinstance(request, SeleniumRequest) or request.url.startswith("data:"):
             return None  # a configured source's results page, rendered by the browser
+        if request.meta.get(SOURCE_ROBOTS_META):
+            return None  # that page's robots.txt: the same configured host
         where = origin(request.url)
         if where is None:
             raise PrivateAddressRefused(f"not an http(s) URL: {request.url[:200]}")

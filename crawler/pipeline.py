@@ -334,6 +334,8 @@ class InboxImagesPipeline(FilesPipeline):
             stats.inc_value(f"pingo/refused/{item['reason']}")
         else:
             stats.inc_value(f"pingo/{cls}/{item['outcome']}")
+            if item["outcome"] == "stored":  # per source too: the crawl summary's images
+                stats.inc_value(f"pingo/source/{item['source']}/stored")
         refund = getattr(self.crawler.spider, "refund", None)
         if item["outcome"] != "stored" and refund:
             refund(cls)  # the class still lacks this image: the spider finds another

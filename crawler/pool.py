@@ -31,11 +31,33 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# How the page's own HTTP status is read (Chromium 109+); None where unsupported.
+# The page's own HTTP status (Chromium 109+; null where unsupported) and, on Chromium's own
+# error page (a page that could not load), its net error code.
 STATUS_JS = (
     "const e = performance.getEntriesByType('navigation')[0];"
-    "return e && e.responseStatus ? e.responseStatus : null;"
+    "const err = document.getElementById('main-frame-error') &&"
+    " document.querySelector('.error-code');"
+    "return [e && e.responseStatus ? e.responseStatus : null,"
+    " err ? err.textContent.trim() : null];"
 )
+# Results counted while scrolling: those matching a selector, and with a usable attribute.
+COUNT_JS = (
+    "const els = document.querySelectorAll(arguments[0]); const a = arguments[1];"
+    "if (!a) return els.length; let n = 0;"
+    "for (const e of els) { const v = e.getAttribute(a); if (v && !v.startsWith('data:')) n++; }"
+    "return n;"
+)
+STEP_JS = (
+    "window.scrollBy(0, arguments[0]);"
+    "return window.innerHeight + window.scrollY >= document.body.scrollHeight - 2;"
+)
+# Click the first shown element matching a selector ("see more"); false when none is shown.
+CLICK_JS = (
+    "const b = [...document.querySelectorAll(arguments[0])]"
+    ".find(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden');"
+    "if (!b) return false; b.scrollIntoView({block: 'center'}); b.click(); return true;"
+)
+STEP_PAUSE_SECONDS = 0.25  # most seconds a scroll step above the bottom waits for new tiles
 
 
 WARM_UP_PAGE = "data:text/html,<title>warm-up</title><p>pingo</p><script>1</script>"
@@ -76,7 +98,21 @@ def end_all_browsers() -> None:
 
 
 class RenderFailed(CrawlError):
-    """A page could not be rendered, even by fresh browsers."""
+    """A page could not be rendered, even by fresh browsers (``last_error``: the last try's)."""
+
+    def __init__(self, message: str, last_error: BaseException | None = None):
+        super().__init__(message)
+        self.last_error = last_error
+
+
+class PageUnreachable(CrawlError):
+    """The browser could not load the page: a network error (``net_error``, Chromium's
+    ERR_... code), not the browser's fault, so it is neither retried nor replaced."""
+
+    def __init__(self, url: str, net_error: str):
+        super().__init__(f"{url}: {net_error}")
+        self.url = url
+        self.net_error = net_error
 
 
 @dataclass
@@ -96,9 +132,18 @@ class Rendered:
     status: int
     scrolls: int = 0
     scroll_count: int | None = None
+    clicks: int = 0  # "see more" buttons clicked
     screenshot: bytes | None = None
     seconds: float = 0.0
     attempts: int = 1
+
+
+def _net_error(exc: BaseException) -> str | None:
+    """Chromium's net error code in a WebDriver error (``net::ERR_NAME_NOT_RESOLVED``)."""
+    import re
+
+    match = re.search(r"net::(ERR_[A-Z_]+)", str(exc))
+    return match.group(1) if match else None
 
 
 def _no_stat(key: str, n: int = 1) -> None:
@@ -257,7 +302,16 @@ class BrowserPool:
                 self._stat("selenium/page_timeout", 1)
                 last = exc
                 self._discard(browser)  # a page that will not load may have wedged it
+            except PageUnreachable:
+                self._stat("selenium/page_unreachable", 1)
+                self._release(browser)  # the browser is fine; the page's host is not
+                raise
             except (WebDriverException, Urllib3Error, OSError) as exc:
+                net_error = _net_error(exc)
+                if net_error:  # e.g. net::ERR_CONNECTION_REFUSED: the host, not the browser
+                    self._stat("selenium/page_unreachable", 1)
+                    self._release(browser)
+                    raise PageUnreachable(job.url, net_error) from None
                 self._stat("selenium/browser_crashed", 1)
                 logger.warning(
                     "browser failed rendering %s (%s); replacing it",
@@ -283,7 +337,8 @@ class BrowserPool:
         self._stat("selenium/render_failed", 1)
         raise RenderFailed(
             f"{job.url}: not rendered after {self.retries + 1} attempts: "
-            f"{type(last).__name__}: {str(last).strip()[:200]}"
+            f"{type(last).__name__}: {str(last).strip()[:200]}",
+            last,
         )
 
     def _prestart(self) -> None:
@@ -338,7 +393,10 @@ class BrowserPool:
         from selenium.webdriver.support.ui import WebDriverWait
 
         driver.get(job.url)
-        status = driver.execute_script(STATUS_JS) or 200
+        status, net_error = driver.execute_script(STATUS_JS) or (None, None)
+        if net_error:  # Chromium's error page: nothing to wait for or read
+            raise PageUnreachable(job.url, net_error)
+        status = status or 200
         if job.wait_until is not None and status < 400:
             condition = job.wait_until
             if isinstance(condition, str):
@@ -351,9 +409,9 @@ class BrowserPool:
                 self._stat("selenium/wait_timeout", 1)  # e.g. no results: read what is there
         if job.script:
             driver.execute_script(job.script)
-        scrolls, count = 0, None
+        scrolls, count, clicks = 0, None, 0
         if job.scroll is not None and status < 400:
-            scrolls, count = self._scroll(driver, job.scroll)
+            scrolls, count, clicks = self._scroll(driver, job.scroll)
         shot = driver.get_screenshot_as_png() if job.screenshot else None
         return Rendered(
             driver.current_url,
@@ -361,26 +419,49 @@ class BrowserPool:
             int(status),
             scrolls,
             count,
+            clicks,
             shot,
         )
 
-    def _scroll(self, driver, spec: Scroll) -> tuple[int, int]:
-        """Scroll to the bottom until ``spec.want`` results exist or a scroll adds none."""
-        count_js = "return document.querySelectorAll(arguments[0]).length;"
-        count = driver.execute_script(count_js, spec.css)
-        scrolls = 0
-        while count < spec.want and scrolls < spec.max_scrolls:
-            driver.execute_script("window.scrollTo(0, document.body.scrollHeight);")
-            scrolls += 1
-            self._stat("selenium/scrolls", 1)
-            deadline = time.monotonic() + spec.pause
+    def _scroll(self, driver, spec: Scroll) -> tuple[int, int, int]:
+        """Scroll (to the bottom, or ``spec.step`` pixels at a time) until ``spec.want``
+        results exist; at the bottom, when a scroll adds none, click ``spec.more_css`` if it
+        is shown, else stop. Returns (scrolls, results counted, clicks)."""
+
+        def counted() -> int:
+            return int(driver.execute_script(COUNT_JS, spec.css, spec.attr))
+
+        def more_within(seconds: float, count: int) -> int:
+            deadline = time.monotonic() + seconds
             new = count
             while time.monotonic() < deadline:
                 time.sleep(0.05)
-                new = driver.execute_script(count_js, spec.css)
+                new = counted()
                 if new > count:
                     break
-            if new <= count:
-                break  # scrolling added nothing: the end of the results
-            count = new
-        return scrolls, count
+            return new
+
+        count = counted()
+        scrolls = clicks = 0
+        while count < spec.want and scrolls < spec.max_scrolls:
+            if spec.step:
+                at_bottom = bool(driver.execute_script(STEP_JS, spec.step))
+            else:
+                driver.execute_script("window.scrollTo(0, document.body.scrollHeight);")
+                at_bottom = True
+            scrolls += 1
+            self._stat("selenium/scrolls", 1)
+            pause = spec.pause if at_bottom else min(spec.pause, STEP_PAUSE_SECONDS)
+            new = more_within(pause, count)
+            if new > count or not at_bottom:
+                count = max(new, count)
+                continue
+            if spec.more_css and driver.execute_script(CLICK_JS, spec.more_css):
+                clicks += 1
+                self._stat("selenium/more_clicks", 1)
+                new = more_within(spec.pause, count)
+                if new > count:
+                    count = new
+                    continue
+            break  # at the bottom, nothing added and nothing to click: the end of the results
+        return scrolls, count, clicks

@@ -39,7 +39,7 @@ from core.sources import resolve_sources  # noqa: E402  (after the early signal 
 from crawler.backlog import class_needs  # noqa: E402
 from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError  # noqa: E402
 from crawler.spider import ClassPlan  # noqa: E402
-from crawler.summary import CrawlSummary  # noqa: E402
+from crawler.summary import CrawlSummary, alarm_line  # noqa: E402
 
 if TYPE_CHECKING:
     from scrapy.crawler import CrawlerProcess
@@ -112,7 +112,7 @@ def crawl(
     names = [p.name for p in profiles]
     if not plan:
         logger.info("every class has what it needs; nothing to crawl")
-        return CrawlSummary.from_stats({}, names, {}, skipped)
+        return CrawlSummary.from_stats({}, names, {}, skipped, demo_sources(profiles))
     from crawler.settings import build_settings
 
     scrapy_settings = build_settings(config, data_dir, db_url, settings)
@@ -142,14 +142,15 @@ def crawl(
         "crawling %s on %s", ", ".join(f"{p.name} ({p.lacking})" for p in plan), ", ".join(names)
     )
     stats = _run_child(payload)
-    summary = CrawlSummary.from_stats(lacking, names, stats, skipped)
+    summary = CrawlSummary.from_stats(lacking, names, stats, skipped, demo_sources(profiles))
     for s in summary.empty_sources:
-        logger.warning(
-            "source %r found no results for any keyword: its markup may have "
-            "changed; see docs/crawler.md",
-            s,
-        )
+        logger.warning("%s", alarm_line(s, summary.sources[s]))
     return summary
+
+
+def demo_sources(profiles) -> list[str]:
+    """The sources served by the local demo site (their search_url uses {demo_url})."""
+    return [p.name for p in profiles if "{demo_url}" in p.search_url]
 
 
 def _check_browser(settings: dict[str, Any]) -> None:

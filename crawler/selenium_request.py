@@ -17,12 +17,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Scroll:
-    """Scroll until ``want`` elements match ``css``, or scrolling stops adding any."""
+    """Scroll until ``want`` elements match ``css``, or scrolling stops adding any.
+
+    ``step``: scroll this many pixels at a time (lazy tiles load only once in view), else to
+    the bottom at once. ``more_css``: at the bottom, when a scroll adds nothing, click this
+    ("see more") if it is shown, and go on. ``attr``: count only elements whose attribute
+    ``attr`` is set and not a ``data:`` placeholder."""
 
     css: str
     want: int
     max_scrolls: int = 30
     pause: float = 1.5  # most seconds to wait for new elements after one scroll
+    more_css: str | None = None
+    step: int = 0
+    attr: str | None = None
 
 
 class SeleniumRequest(_Base):

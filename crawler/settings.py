@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
     # Private addresses are refused before robots.txt (100) or any connection.
     "DOWNLOADER_MIDDLEWARES": {
         "crawler.netguard.PrivateAddressMiddleware": 50,
+        # robots.txt decided per request (a source's own obey_robots), rules named on refusal
+        "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+        "crawler.robots.SourceRobotsMiddleware": 100,
         "crawler.middleware.SeleniumMiddleware": 800,
     },
     "ITEM_PIPELINES": {"crawler.pipeline.InboxImagesPipeline": 300},
@@ -69,6 +72,10 @@ def build_settings(
             "SELENIUM_PAGE_LOAD_TIMEOUT": crawl.page_load_timeout,
             "SELENIUM_RETRY_TIMES": crawl.retries,
             "SELENIUM_COMMAND_EXECUTOR": crawl.selenium_remote_url,
+            # The browser's User-Agent: crawl.user_agent, or "chrome" (a desktop Chrome's)
+            "SELENIUM_USER_AGENT": (
+                "chrome" if crawl.browser_user_agent == "chrome" else crawl.user_agent
+            ),
             "PINGO_DATA_DIR": str(data_dir),
             "PINGO_DB_URL": db_url,
             "PINGO_MIN_IMAGE_SIDE": crawl.min_image_side,

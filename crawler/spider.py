@@ -20,6 +20,8 @@ import scrapy
 
 from core.config import CrawlConfig
 from core.sources import SourceProfile
+from crawler import causes
+from crawler.robots import DECIDED_BY_META, OBEY_META
 from crawler.selenium_request import Scroll, SeleniumRequest
 from crawler.settings import get
 from crawler.sources import extract
@@ -145,7 +147,15 @@ class ImageSearchSpider(scrapy.Spider):
             dont_filter=True,
             wait_time=self.render_wait,
             wait_until=source.wait_css or source.result_css,
-            scroll=Scroll(source.result_css, want, source.max_scrolls, source.scroll_pause)
+            scroll=Scroll(
+                source.result_css,
+                want,
+                source.max_scrolls,
+                source.scroll_pause,
+                more_css=source.more_css,
+                step=source.scroll_step,
+                attr=source.url_attr,
+            )
             if source.scroll
             else None,
             cb_kwargs={
@@ -154,19 +164,55 @@ class ImageSearchSpider(scrapy.Spider):
                 "keyword": keyword,
                 "want": want,
             },
-            meta={"handle_httpstatus_all": True},
+            meta={"handle_httpstatus_all": True, **self.robots_meta(source)},
         )
+
+    def robots_meta(self, source: SourceProfile) -> dict:
+        """Whether robots.txt is obeyed for this source's result pages, and which key says so
+        (its own ``obey_robots``, else crawl.obey_robots)."""
+        if source.obey_robots is not None:
+            obey, key = source.obey_robots, f"[crawl.profiles.{source.name}] obey_robots"
+        else:
+            obey, key = self.crawler.settings.getbool("ROBOTSTXT_OBEY"), "crawl.obey_robots"
+        return {OBEY_META: obey, DECIDED_BY_META: f"{key} = {str(obey).lower()}"}
+
+    def note_problem(self, source_name: str, keyword: str, problem: causes.Problem) -> None:
+        """A query of this source gave no usable result: count its cause, keep the latest,
+        and log it at WARNING (API sources call this too)."""
+        stats = self.crawler.stats
+        prefix = f"pingo/source/{source_name}/"
+        stats.inc_value(prefix + "empty_queries")
+        stats.inc_value(prefix + f"cause/{problem.cause}")
+        stats.set_value(prefix + "last_error", str(problem))
+        stats.set_value(prefix + f"empty/{keyword}", problem.cause)
+        logger.warning("%s %r gave no usable result: %s", source_name, keyword, problem)
 
     def parse_results(self, response, class_name: str, source_name: str, keyword: str, want: int):
         stats = self.crawler.stats
         lacked = self.lacking(class_name)
         if response.status >= 400:
-            logger.warning("%s answered %d for %r", source_name, response.status, keyword)
             stats.inc_value(f"pingo/source/{source_name}/page_errors")
+            self.note_problem(
+                source_name,
+                keyword,
+                causes.classify_status(response.status, response.url, _text(response)),
+            )
             yield from self._continue(class_name)
             return
-        found = list(extract(self.sources[source_name], response))[: self.per_query_limit]
+        source = self.sources[source_name]
+        found = list(extract(source, response))[: self.per_query_limit]
         stats.inc_value(f"pingo/source/{source_name}/results", len(found))
+        if not found:
+            self.note_problem(
+                source_name,
+                keyword,
+                causes.classify_page(
+                    response.url,
+                    _text(response),
+                    len(response.css(source.result_css)) if _is_html(response) else 0,
+                    json_body=b"json" in (response.headers.get(b"Content-Type") or b""),
+                ),
+            )
         fresh = [(u, p) for u, p in dict(found).items() if u not in self.taken]
         seen = (
             self._open_store().seen_urls([u for u, _ in fresh], self.url_retry) if fresh else set()
@@ -254,5 +300,20 @@ class ImageSearchSpider(scrapy.Spider):
         request = failure.request
         kw = request.cb_kwargs
         self.crawler.stats.inc_value(f"pingo/source/{kw['source_name']}/page_errors")
-        logger.error("could not render %s: %s", request.url, failure.value)
+        problem = causes.classify_failure(failure.value, request.url)
+        self.note_problem(kw["source_name"], kw["keyword"], problem)
         yield from self._continue(kw["class_name"])
+
+
+def _is_html(response) -> bool:
+    return hasattr(response, "css") and b"json" not in (
+        response.headers.get(b"Content-Type") or b""
+    )
+
+
+def _text(response) -> str:
+    """A response's text (empty for a body that is not text)."""
+    try:
+        return response.text
+    except AttributeError:  # scrapy's plain Response: binary
+        return ""

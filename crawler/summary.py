@@ -1,10 +1,17 @@
-"""CrawlSummary: what one crawl did, per class and per source, built from Scrapy's stats."""
+"""CrawlSummary: what one crawl did, per class and per source, built from Scrapy's stats.
+
+Per source: queries, results, images stored, page errors, and the queries that gave no usable
+result with their cause (crawler.causes). A source with queries and no result at all raises
+the zero-yield alarm: a WARNING naming its most frequent cause and what to do about it.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from crawler import causes
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ class CrawlSummary:
         sources: list[str],
         stats: dict[str, Any],
         skipped: dict[str, str] | None = None,
+        demo_sources: list[str] | None = None,
     ) -> CrawlSummary:
         classes = {}
         for name, lacking in plan.items():
@@ -57,12 +65,7 @@ class CrawlSummary:
                 already_seen=stats.get(prefix + "already_seen", 0),
                 refused=dict(sorted(refused.items())),
             )
-        per_source = {}
-        for s in sources:
-            prefix = f"pingo/source/{s}/"
-            per_source[s] = {
-                k: stats.get(prefix + k, 0) for k in ("queries", "results", "page_errors")
-            }
+        per_source = {s: source_health(s, stats, s in (demo_sources or ["demo"])) for s in sources}
         empty = [s for s, v in per_source.items() if v["queries"] and not v["results"]]
         elapsed = stats.get("elapsed_time_seconds", 0.0)
         return cls(
@@ -102,9 +105,12 @@ class CrawlSummary:
             lines.append(f"{name}: not crawled ({why})")
         for s, v in self.sources.items():
             lines.append(
-                f"source {s}: {v['queries']} queries, {v['results']} results"
+                f"source {s}: {v['queries']} queries, {v['results']} results, "
+                f"{v.get('images', 0)} images"
                 + (f", {v['page_errors']} page errors" if v["page_errors"] else "")
             )
+            if v.get("empty_queries") and s not in self.empty_sources:
+                lines.append(f"  {s}: {empty_queries_line(v)}")
         started = self.stats.get("pingo/redis/started_round")
         if started is not None:  # a distributed crawl (crawl.redis_url)
             lines.append(
@@ -116,12 +122,94 @@ class CrawlSummary:
                 )
             )
         for s in self.empty_sources:
-            lines.append(
-                f"WARNING: source {s!r} found no results for any keyword: its markup "
-                f"may have changed (see docs/crawler.md, 'Fixing a profile')"
-            )
+            lines.append("WARNING: " + alarm_line(s, self.sources[s]))
         lines.append(
             f"downloaded {self.downloaded} images in {self.seconds:.1f}s"
             + (f" ({self.finish_reason})" if self.finish_reason else "")
         )
         return "\n".join(lines)
+
+
+def source_health(name: str, stats: dict[str, Any], is_demo: bool = False) -> dict[str, Any]:
+    """One source's line of the summary (also `pingo status --json`'s "sources")."""
+    prefix = f"pingo/source/{name}/"
+    found = {
+        k[len(prefix + "cause/") :]: v for k, v in stats.items() if k.startswith(prefix + "cause/")
+    }
+    empty = {
+        k[len(prefix + "empty/") :]: v for k, v in stats.items() if k.startswith(prefix + "empty/")
+    }
+    cause = causes.dominant(found)
+    return {
+        "queries": stats.get(prefix + "queries", 0),
+        "results": stats.get(prefix + "results", 0),
+        "images": stats.get(prefix + "stored", 0),
+        "page_errors": stats.get(prefix + "page_errors", 0),
+        "empty_queries": stats.get(prefix + "empty_queries", 0),
+        "causes": dict(sorted(found.items())),
+        "empty": dict(sorted(empty.items())),
+        "last_error": stats.get(prefix + "last_error"),
+        "cause": cause,
+        "advice": causes.advice(cause, name, is_demo) if cause else None,
+    }
+
+
+def alarm_line(name: str, health: dict[str, Any]) -> str:
+    """The zero-yield alarm: the source found nothing; why, and what to do."""
+    cause = health.get("cause")
+    if not cause:
+        return f"source {name!r} found no results for any keyword (see docs/crawler.md)"
+    detail = str(health.get("last_error") or "").removeprefix(f"{cause}: ")
+    return (
+        f"source {name!r} found no results for any keyword ({cause}): "
+        f"{detail or cause}. To do: {health.get('advice')}"
+    )
+
+
+def empty_queries_line(health: dict[str, Any], most: int = 5) -> str:
+    """Which queries of a source gave nothing, and why (e.g. `2 of 5 queries gave no
+    usable result: "t-shirt" (markup), ...`)."""
+    empty = health.get("empty") or {}
+    shown = ", ".join(f"{k!r} ({v})" for k, v in list(empty.items())[:most])
+    more = f" and {len(empty) - most} more" if len(empty) > most else ""
+    return (
+        f"{health.get('empty_queries', 0)} of {health.get('queries', 0)} queries gave no "
+        f"usable result: {shown}{more}; latest: {health.get('last_error')}"
+    )
+
+
+RUNS_SEARCHED = 50  # recent runs looked through for the last crawl's per-source health
+STATUS_KEYS = ("queries", "results", "images", "last_error", "cause", "advice", "empty_queries")
+
+
+def last_crawl_sources(runs: list[dict[str, Any]]) -> tuple[str | None, dict[str, dict]]:
+    """From recorded runs (newest first): when the last finished crawl started, and its
+    per-source health (`pingo status`, the report). ({} before any crawl.)"""
+    for run in runs:
+        counts = run.get("counts") or {}
+        if run.get("job") == "crawl" and isinstance(counts.get("sources"), dict):
+            return run.get("started"), {
+                name: {k: health.get(k) for k in STATUS_KEYS}
+                for name, health in counts["sources"].items()
+            }
+    return None, {}
+
+
+def sources_lines(sources: dict[str, dict], started: str | None) -> list[str]:
+    """Text lines for `pingo status`: each source's last crawl, and its alarm if it found
+    nothing."""
+    lines = []
+    when = f" (crawl of {started[:19].replace('T', ' ')})" if started else ""
+    for name, h in sources.items():
+        line = (
+            f"source {name}{when}: {h.get('queries') or 0} queries, "
+            f"{h.get('results') or 0} results, {h.get('images') or 0} images"
+        )
+        if h.get("empty_queries"):
+            line += f", {h['empty_queries']} gave nothing"
+        lines.append(line)
+        if h.get("queries") and not h.get("results"):
+            lines.append("  WARNING: " + alarm_line(name, h))
+        elif h.get("last_error"):
+            lines.append(f"  latest problem: {h['last_error']}")
+    return lines

@@ -323,12 +323,14 @@ def status_command(ctx: Context, as_json, limit):
       pingo status --limit 20
     """
     from crawler.backlog import backlog_lines
+    from crawler.summary import RUNS_SEARCHED, last_crawl_sources, sources_lines
     from scheduler.service import status
 
     with ctx.store() as store:
         store.fail_stale_runs()
         result = status(ctx.config, store, limit)
         result["set_aside"] = store.set_aside_rows(limit)
+        crawled, result["sources"] = last_crawl_sources(store.recent_runs(RUNS_SEARCHED))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -343,6 +345,8 @@ def status_command(ctx: Context, as_json, limit):
     for job, when in result["next"].items():
         click.echo(f"next {job}: {when}")
     for line in backlog_lines(result["review_backlog"]):
+        click.echo(line)
+    for line in sources_lines(result["sources"], crawled):
         click.echo(line)
     for row in result["set_aside"]:
         why = row["last_error"] or "no file at its path"
@@ -501,9 +505,15 @@ def models_rollback(ctx: Context):
 @click.option(
     "--limit", type=click.IntRange(min=1), metavar="N", help="Take at most N new images per class."
 )
+@click.option(
+    "--with-demo-site",
+    is_flag=True,
+    help="Start the demo site for this crawl if a source uses it and nothing answers at "
+    "crawl.demo_url (what `make crawl` does).",
+)
 @json_option("Print the summary as JSON.")
 @pass_ctx
-def crawl_command(ctx: Context, classes, sources, limit, as_json):
+def crawl_command(ctx: Context, classes, sources, limit, with_demo_site, as_json):
     """Search the keywords of classes below target; download images into the inbox.
 
     With crawl.redis_url set, every `pingo crawl` started with the same config (on any
@@ -517,21 +527,79 @@ def crawl_command(ctx: Context, classes, sources, limit, as_json):
     """
     from crawler import crawl
 
-    summary = _as_job(
-        ctx,
-        "crawl",
-        lambda store: crawl(
-            ctx.config,
-            store,
-            classes=list(classes) or None,
-            sources=list(sources) or None,
-            limit=limit,
-        ),
-    )
+    stop_site = None
+    if with_demo_site:
+        from core.sources import resolve_sources
+        from crawler.run import demo_sources
+        from pingo.demo import start_demo_site
+
+        used = resolve_sources(list(sources or ctx.config.crawl.sources), ctx.config.crawl.profiles)
+        if demo_sources(used):
+            stop_site = start_demo_site(ctx.config)
+    try:
+        summary = _as_job(
+            ctx,
+            "crawl",
+            lambda store: crawl(
+                ctx.config,
+                store,
+                classes=list(classes) or None,
+                sources=list(sources) or None,
+                limit=limit,
+            ),
+        )
+    finally:
+        if stop_site is not None:
+            stop_site()
     if as_json:
         click.echo(json.dumps(summary.as_json(), indent=2, sort_keys=True))
     else:
         click.echo(summary.format())
+
+
+@cli.group("sources")
+def sources_group():
+    """Search sources: check what each finds."""
+
+
+@sources_group.command("check")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--query", metavar="Q", help="Search Q (default: the first class's first keyword).")
+@json_option()
+@pass_ctx
+def sources_check(ctx: Context, names, query, as_json):
+    """Run one query on each source (default: crawl.sources) and print what it found.
+
+    A source that finds nothing is shown with the cause (robots.txt, refused connection,
+    HTTP error, consent page, changed markup, ...) and what to do; the exit status is then 1.
+    Nothing is downloaded or stored.
+
+    \b
+    Examples:
+      pingo sources check
+      pingo sources check bing --query "red car"
+    """
+    from crawler.check import check_sources
+
+    checks = check_sources(ctx.config, list(names) or None, query)
+    if as_json:
+        click.echo(json.dumps([c.as_json() for c in checks], indent=2, ensure_ascii=False))
+    else:
+        for c in checks:
+            if c.problem is None:
+                click.echo(
+                    f"{c.source}: ok, {c.results} results for {c.query!r} ({c.seconds:.1f}s)"
+                )
+                for url in c.urls[:3]:
+                    click.echo(f"  {url}")
+            else:
+                click.echo(
+                    f"{c.source}: NOTHING for {c.query!r} ({c.problem.cause}): {c.problem.detail}"
+                )
+                click.echo(f"  to do: {c.advice}")
+                click.echo(f"  page: {c.url}")
+    if any(c.problem is not None for c in checks):
+        click.get_current_context().exit(1)
 
 
 @cli.command("demo-site")

@@ -2,7 +2,8 @@
 
 data/reports/index.html with its images in data/reports/assets/ (no network, no scripts):
 per-class progress against target (and the classes held back from crawling by their review
-backlog), crawl yield and duplicate rate per source and keyword, the model history, the latest
+backlog), the last crawl per search source (and why a source gave nothing), crawl yield and
+duplicate rate per source and keyword, the model history, the latest
 training curves and confusion matrix, and thumbnail contact sheets of every class and of the
 review queue.
 """
@@ -121,6 +122,34 @@ def _bar(value: int, target: int | None, colour: str) -> str:
     return f'<div class="bar"><div style="width:{pct:.1f}%;background:{colour}"></div></div>'
 
 
+def _sources_section(store: Store) -> str:
+    """Per source in the last crawl: queries, results, images; the cause and what to do
+    when it gave nothing (crawler.causes)."""
+    from crawler.summary import RUNS_SEARCHED, alarm_line, last_crawl_sources
+
+    esc = html.escape
+    started, sources = last_crawl_sources(store.recent_runs(RUNS_SEARCHED))
+    rows, alarms = [], []
+    for name, h in sources.items():
+        rows.append(
+            f"<tr><td>{esc(name)}</td><td>{h.get('queries') or 0}</td>"
+            f"<td>{h.get('results') or 0}</td><td>{h.get('images') or 0}</td>"
+            f"<td>{h.get('empty_queries') or 0}</td>"
+            f"<td>{esc(str(h.get('last_error') or ''))}</td></tr>"
+        )
+        if h.get("queries") and not h.get("results"):
+            alarms.append(f'<p class="held">{esc(alarm_line(name, h))}</p>')
+    when = f" (crawl started {esc(started[:19].replace('T', ' '))} UTC)" if started else ""
+    return (
+        f"<h2>Search sources{when}</h2>"
+        + "".join(alarms)
+        + "<table><tr><th>source</th><th>queries</th><th>results</th><th>images</th>"
+        "<th>queries without results</th><th>latest problem</th></tr>"
+        + ("".join(rows) or '<tr><td colspan="6">no crawl yet</td></tr>')
+        + "</table>"
+    )
+
+
 def build_report(config: Config, store: Store) -> Path:
     """Write data/reports/index.html (and assets/); return its path."""
     reports = store.data_dir / "reports"
@@ -198,6 +227,9 @@ def build_report(config: Config, store: Store) -> Path:
         + ("".join(rows) or '<tr><td colspan="7">no images yet</td></tr>')
         + "</table>"
     )
+
+    # -- search sources: the last crawl's yield and, for a source that gave nothing, why
+    parts.append(_sources_section(store))
 
     # -- models
     models = store.registry.rows()

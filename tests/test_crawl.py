@@ -246,40 +246,20 @@ def test_library_errors_are_named(project, site):
 @pytest.fixture
 def saved_engine_pages(site):
     """A local server answering like Bing and Naver with the saved pages (images: demo site)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from crawler_fixtures.helpers import saved_page
+    from crawler_fixtures.helpers import FixtureEngine, served_page
 
     pages = {
-        "/images/search": saved_page("bing_results.html", site.url),
-        "/search.naver": saved_page("naver_results.html", site.url),
+        "/images/search": (200, served_page("bing_results.html", site.url)),
+        "/search.naver": (200, served_page("naver_results.html", site.url)),
     }
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = pages.get(self.path.split("?")[0])
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            data = (body or "not found").encode()
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with FixtureEngine(pages) as engine:
+        yield engine
 
 
 def test_bing_and_naver_profiles_crawl_their_saved_pages(project, site, saved_engine_pages):
-    engine = saved_engine_pages
+    engine = saved_engine_pages.url
     project.write(
-        crawl_toml(site.url, {"circle": 7}, sources=["bing", "naver"])
+        crawl_toml(site.url, {"circle": 20}, sources=["bing", "naver"])
         + f'''
 [crawl.profiles.bing]          # only the host changes: markup rules are the built-in ones
 search_url = "{engine}/images/search?q={{query}}&form=HDRSC2&first=1"
@@ -289,11 +269,15 @@ search_url = "{engine}/search.naver?where=image&query={{query}}"
 '''
     )
     summary = crawl(project.config)
-    assert summary.sources["bing"]["results"] == 4 and summary.sources["naver"]["results"] == 3
-    assert summary.classes["circle"].downloaded == 7
+    # Bing: the first batch, then "See more images" clicked; Naver: lazy tiles, step-scrolled.
+    assert summary.sources["bing"]["results"] == 12 and summary.sources["naver"]["results"] == 12
+    assert summary.stats["selenium/more_clicks"] >= 1
+    assert summary.classes["circle"].downloaded == 20
     rows = assert_inbox_consistent(project)
     assert sorted((r["source"], r["source_url"].rsplit("/", 1)[-1]) for r in rows) == sorted(
-        [("bing", f"circle_00{i}.png") for i in range(4)]
-        + [("naver", f"square_00{i}.png") for i in range(3)]
+        [("bing", f"circle_{i:03d}.png") for i in range(12)]
+        + [("naver", f"square_{i:03d}.png") for i in range(8)]
     )
     assert all(r["page_url"].startswith(site.url + "/page/") for r in rows if r["source"] == "bing")
+    # The browser sent crawl.user_agent, not Chromium's HeadlessChrome.
+    assert saved_engine_pages.agents("/images/search") == {project.config.crawl.user_agent}
