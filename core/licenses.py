@@ -1,4 +1,4 @@
-"""Image licences: normalised SPDX-like ids, the families ``crawl.licenses`` names, attribution.
+"""Image licences: normalised SPDX-like ids, the families `crawl.licenses` names, attribution.
 
 Sources say a licence in their own words: Openverse as a code and a version ("by-sa", "4.0"),
 Wikimedia Commons as a short name and a URL ("CC BY-SA 4.0",

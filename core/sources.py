@@ -7,6 +7,10 @@ whether scrolling loads more. Live engines change their markup; a profile can be
 added in ``[crawl.profiles.<name>]`` without touching code (see docs/crawler.md). The crawler
 reads results pages with a profile (``crawler.sources.extract``); the config checks profiles
 here, below the crawler.
+
+A profile of kind "api" is a JSON search API instead (Openverse, Wikimedia Commons): its
+format, base URL, page size and documented limits; ``crawler.api_sources`` builds its requests
+and reads its answers, licence included (docs/sources.md).
 """
 
 from __future__ import annotations

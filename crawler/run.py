@@ -125,6 +125,11 @@ def crawl(
     scrapy_settings = build_settings(config, data_dir, db_url, settings)
     if all(p.kind == "api" for p in profiles):  # JSON APIs only: no browser to start
         scrapy_settings["SELENIUM_ENABLED"] = False
+        scrapy_settings["DOWNLOADER_MIDDLEWARES"] = {
+            k: v
+            for k, v in scrapy_settings["DOWNLOADER_MIDDLEWARES"].items()
+            if k != "crawler.middleware.SeleniumMiddleware"
+        }
     if demo_url:  # a demo site started elsewhere (e.g. on port 0) is as local as the configured
         scrapy_settings["PINGO_TRUSTED_ORIGINS"] = [
             *scrapy_settings["PINGO_TRUSTED_ORIGINS"],
