@@ -220,8 +220,8 @@ class ImageSearchSpider(scrapy.Spider):
                 "pingo_api_base": base_url(source, self.demo_url),
                 "handle_httpstatus_all": True,
                 "dont_retry": True,  # ApiMiddleware backs off and retries with Retry-After
-                # An API used as its terms allow is not a crawl of its pages (api.openverse.org's
-                # robots.txt turns crawlers away from everything).
+                # robots.txt is for crawlers of pages, not for API clients under the API's
+                # terms (Wikimedia's disallows /w/, where api.php itself lives).
                 "dont_obey_robotstxt": True,
             },
         )
