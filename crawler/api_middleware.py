@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.defer import maybe_deferred_to_future
 
-from crawler.rate_limit import Budget, Limits, LocalBudget, RedisBudget, retry_after
+from crawler.rate_limit import Budget, Limits, budget_for, retry_after
 from crawler.settings import get
 
 if TYPE_CHECKING:
@@ -91,21 +91,11 @@ class ApiMiddleware:
     @classmethod
     def from_crawler(cls, crawler):
         settings = crawler.settings
-        budget: Budget
-        if settings.get("REDIS_URL"):
-            import redis
-
-            budget = RedisBudget(
-                redis.Redis.from_url(settings.get("REDIS_URL")),
-                get(settings, "PINGO_API_BUDGET_PREFIX"),
-            )
-        else:
-            data_dir = settings.get("PINGO_DATA_DIR")
-            budget = LocalBudget(
-                os.path.join(data_dir, "cache", "api-budget.json") if data_dir else None
-            )
         return cls(
-            crawler, budget, get(settings, "PINGO_API_MAX_WAIT"), get(settings, "PINGO_API_RETRIES")
+            crawler,
+            budget_for(crawler),
+            get(settings, "PINGO_API_MAX_WAIT"),
+            get(settings, "PINGO_API_RETRIES"),
         )
 
     def _profile(self, name: str) -> SourceProfile:

@@ -14,6 +14,9 @@ Two backends with the same rules:
 * ``RedisBudget``: distributed crawls (crawl.redis_url). The count lives in Redis and one Lua
   script decides atomically, on Redis's clock, so every worker on every machine draws on the
   same budget (Openverse's terms forbid several machines to get round its limits).
+
+Both also remember where each query's pages left off (``cursor`` / ``remember``), so the next
+crawl goes on from there instead of spending its quota on pages it has read.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class Budget(Protocol):
     def pause(self, key: str, seconds: float) -> None: ...
 
     def used_today(self, key: str) -> int: ...
+
+    def cursor(self, key: str) -> int | None: ...
+
+    def remember(self, key: str, cursor: int | None) -> None: ...
 
 
 def _decide(state: dict[str, Any], limits: Limits, now: float) -> Verdict:
@@ -111,6 +118,19 @@ class LocalBudget:
     def used_today(self, key: str) -> int:
         state = self.states.get(key, {})
         return state.get("used", 0) if state.get("day") == int(self.clock() // DAY) else 0
+
+    def cursor(self, key: str) -> int | None:
+        value = self.states.get("cursors", {}).get(key)
+        return value if isinstance(value, int) else None
+
+    def remember(self, key: str, cursor: int | None) -> None:
+        cursors = self.states.setdefault("cursors", {})
+        if cursors.get(key) != cursor:
+            if cursor is None:
+                cursors.pop(key, None)
+            else:
+                cursors[key] = cursor
+            self._save()
 
 
 # KEYS: next, pause, day-count base; ARGV: interval (s), per_day. Redis's clock for everyone.
@@ -171,6 +191,38 @@ class RedisBudget:
         seconds, _ = self.server.time()
         value = self.server.get(f"{self._keys(key)[2]}:{math.floor(seconds / DAY)}")
         return int(value or 0)
+
+    def cursor(self, key: str) -> int | None:
+        value = self.server.hget(f"{self.prefix}:cursors", key)
+        return int(value) if value is not None else None
+
+    def remember(self, key: str, cursor: int | None) -> None:
+        if cursor is None:
+            self.server.hdel(f"{self.prefix}:cursors", key)
+        else:
+            self.server.hset(f"{self.prefix}:cursors", key, cursor)
+
+
+def budget_for(crawler) -> Budget:
+    """The crawl's one budget object (the middleware and the spider share it): in Redis for a
+    distributed crawl, else in data_dir/cache/api-budget.json."""
+    budget = getattr(crawler, "_pingo_api_budget", None)
+    if budget is None:
+        from crawler.settings import get
+
+        settings = crawler.settings
+        if settings.get("REDIS_URL"):
+            import redis
+
+            budget = RedisBudget(
+                redis.Redis.from_url(settings.get("REDIS_URL")),
+                get(settings, "PINGO_API_BUDGET_PREFIX"),
+            )
+        else:
+            data_dir = settings.get("PINGO_DATA_DIR")
+            budget = LocalBudget(Path(data_dir) / "cache" / "api-budget.json" if data_dir else None)
+        crawler._pingo_api_budget = budget
+    return budget
 
 
 def retry_after(value: bytes | str | None, now: float | None = None) -> float | None:

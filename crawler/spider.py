@@ -9,8 +9,9 @@ a page runs dry, does it render the next query, so no page is rendered needlessl
 
 Sources of kind "api" (JSON search APIs: crawler.api_sources) take the same path with a plain
 Scrapy request instead of a render: each answer gives results with their licence, and the
-next page of the same query is asked for while the class still lacks images. Results whose
-licence crawl.licenses leaves out are dropped before download.
+next page of the same query is asked for while the class still lacks images; a query goes on
+at the page where the last crawl left it (kept beside the API budget, crawler.rate_limit).
+Results whose licence crawl.licenses leaves out are dropped before download.
 """
 
 from __future__ import annotations
@@ -200,8 +201,11 @@ class ImageSearchSpider(scrapy.Spider):
         from crawler.api_sources import base_url, request_url
 
         authenticated = source.api == "openverse" and openverse_credentials() is not None
-        if cursor is None:
+        if cursor is None:  # a query's first request: go on where the last crawl left off
             self.crawler.stats.inc_value(f"pingo/source/{source.name}/queries")
+            cursor = self.api_budget.cursor(_query_key(source, keyword))
+            if cursor is not None:
+                self.crawler.stats.inc_value(f"pingo/source/{source.name}/resumed")
         return scrapy.Request(
             request_url(source, keyword, cursor, self.licenses, self.demo_url, authenticated),
             callback=self.parse_results,
@@ -226,6 +230,12 @@ class ImageSearchSpider(scrapy.Spider):
             },
         )
 
+    @cached_property
+    def api_budget(self):
+        from crawler.rate_limit import budget_for
+
+        return budget_for(self.crawler)
+
     def parse_results(
         self,
         response,
@@ -239,6 +249,8 @@ class ImageSearchSpider(scrapy.Spider):
         lacked = self.lacking(class_name)
         source = self.sources[source_name]
         if response.status >= 400:
+            if source.kind == "api" and cursor is not None:  # that page may be gone: restart
+                self.api_budget.remember(_query_key(source, keyword), None)
             self.source_error(
                 source_name,
                 f"{source_name}: HTTP {response.status} for {keyword!r} ({response.url})",
@@ -304,6 +316,8 @@ class ImageSearchSpider(scrapy.Spider):
             yield from self._continue(class_name)
             return
         stats.inc_value(f"pingo/source/{source.name}/results", len(page.results))
+        # where the next crawl starts this query (past the last page: from the first again)
+        self.api_budget.remember(_query_key(source, keyword), page.next_cursor)
         kept = [r for r in page.results if allowed(r.license, self.licenses)]
         if len(kept) < len(page.results):
             stats.inc_value(
@@ -404,3 +418,7 @@ class ImageSearchSpider(scrapy.Spider):
         else:
             self.source_error(source_name, f"could not render {request.url}: {failure.value}")
         yield from self._continue(kw["class_name"])
+
+
+def _query_key(source: SourceProfile, keyword: str) -> str:
+    return f"{source.name}:{keyword}"

@@ -255,6 +255,9 @@ def test_a_local_budget_paces_counts_the_day_and_survives_the_next_crawl(tmp_pat
     assert spent.seconds == pytest.approx(86400 - 19, abs=1)
     now[0] += spent.seconds  # the next UTC day
     assert again.acquire("ov", limits).kind == "go"
+    # where a query's pages left off survives too, beside the budgets
+    again.remember("openverse:cat", 3)
+    assert LocalBudget(path, clock=lambda: now[0]).cursor("openverse:cat") == 3
     # a Retry-After pause holds everyone back
     again.pause("ov", 30)
     now[0] += 10
@@ -291,6 +294,11 @@ def test_workers_share_one_redis_budget(redis_prefix):
     budgets[1].pause("p", 2.0)
     held = budgets[0].acquire("p", Limits())
     assert held.kind == "wait" and 1.5 < held.seconds <= 2.0
+    # where a query's pages left off, for whichever worker asks next
+    budgets[0].remember("openverse:cat", 4)
+    assert budgets[1].cursor("openverse:cat") == 4
+    budgets[1].remember("openverse:cat", None)
+    assert budgets[0].cursor("openverse:cat") is None
 
 
 def test_retry_after_reads_seconds_and_http_dates():
@@ -409,12 +417,18 @@ def test_a_spent_daily_quota_stops_the_source_until_the_next_day(project, api):
 
     budget_file = project.data_dir / "cache" / "api-budget.json"
     state = json.loads(budget_file.read_text())
-    (key,) = state
+    assert state["cursors"] == {"openverse:cat": 3}  # where the next crawl goes on
+    (key,) = set(state) - {"cursors"}
     assert key.startswith("openverse:127.0.0.1:") and key.endswith(":anon")
     state[key]["day"] -= 1  # as if the crawl had run yesterday
     budget_file.write_text(json.dumps(state))
-    crawl(project.config)
-    assert len(searches(api, "openverse")) == 4  # a new day's two requests
+    resumed = crawl(project.config)
+    # a new day: the query goes on at page 3 (its last), not at pages already read
+    assert [r.params["page"] for r in searches(api, "openverse")] == ["1", "2", "3"]
+    assert resumed.stats["pingo/source/openverse/resumed"] == 1
+    assert resumed.classes["cat"].downloaded == 2
+    # past the last page: the next crawl starts the query over
+    assert not json.loads(budget_file.read_text())["cursors"]
 
 
 def test_a_long_retry_after_stops_that_source_and_the_other_fills_the_class(project, api):
