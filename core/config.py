@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import ConfigError, UnsafeNameError
+from core.licenses import FAMILIES, check_families
 from core.names import ARCHITECTURES, DECISIONS, DEMO_CLASSES, HASH_METHODS, NONE_CLASS
 from core.sources import check_profiles
 
@@ -169,7 +170,17 @@ class CrawlConfig:
     sources: list[str] = setting(
         default_factory=lambda: ["demo"],
         check=non_empty,
-        doc='search-source profiles: "demo" (local), "bing", ...',
+        doc='search sources: "demo" (the local demo site), the open-licence APIs "openverse" '
+        'and "wikimedia" (no browser; licence and credit kept per image), rendered engines '
+        '"bing", "naver"; more in [crawl.profiles.<name>] (docs/sources.md)',
+    )
+    licenses: list[str] = setting(
+        default_factory=lambda: list(FAMILIES),
+        check=check_families,
+        doc="licences to keep: "
+        + ", ".join(FAMILIES)
+        + ". APIs are asked for these only where they can filter; other results are dropped "
+        "before download. Rendered engines give no licence data ('unknown')",
     )
     schedule: str = setting("0 */6 * * *", check=cron, doc="cron: when the scheduler crawls")
     demo_url: str = setting(
@@ -240,7 +251,9 @@ class CrawlConfig:
     user_agent: str = setting(
         "pingo/0.1 (+https://github.com/pingo/pingo; image dataset crawler)",
         check=non_empty,
-        doc="the User-Agent header of every request",
+        doc="the User-Agent header of every request. Wikimedia asks for a contact: the "
+        "wikimedia source starts only once this names you, e.g. "
+        '"my-dataset/1.0 (https://example.org/me; me@example.org)"',
     )
     browser_user_agent: str = setting(
         "crawl",
@@ -682,6 +695,15 @@ STARTER_TRAIN_NOTE = """\
 # with arch = "small_cnn" (from scratch, the default).
 """
 
+# `pingo init` turns on the open-licence APIs beside the demo site; CrawlConfig's own default
+# (the demo site only) keeps the tests and library callers offline.
+STARTER_CRAWL: dict[str, Any] = {"sources": ["demo", "openverse", "wikimedia"]}
+STARTER_CRAWL_NOTE = """\
+# crawl.sources starts with the open-licence APIs on (docs/sources.md): openverse works as is
+# (anonymous: 200 requests a day; set OPENVERSE_CLIENT_ID / OPENVERSE_CLIENT_SECRET for more),
+# wikimedia waits for crawl.user_agent to name you. `pingo demo` uses the demo site only.
+"""
+
 STARTER_CLASSES_NOTE = """\
 # One table per class. The table name becomes the folder name dataset/<class>/.
 # The starter classes match the local demo search site, so `make demo` works offline.
@@ -713,9 +735,19 @@ def _setting_lines(f: dataclasses.Field, value: Any) -> list[str]:
     else:
         line = f"{f.name} = {_toml_value(value)}"
     if len(line) >= _COMMENT_COLUMN:  # no room for the comment beside it: above it
-        return textwrap.wrap(
-            doc, _WIDTH, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
-        ) + [line]
+        if len(line) > _WIDTH and isinstance(value, list):  # a long list: one TOML array
+            rows = [""]
+            for item in (_toml_value(v) + "," for v in value):
+                if rows[-1] and len(rows[-1]) + len(item) + 5 > _WIDTH:
+                    rows.append("")
+                rows[-1] += (" " if rows[-1] else "") + item
+            line = "\n".join([f"{f.name} = [", *(f"    {r}" for r in rows), "]"])
+        return (
+            textwrap.wrap(
+                doc, _WIDTH, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
+            )
+            + line.splitlines()
+        )
     indent = " " * _COMMENT_COLUMN + "# "
     wrapped = textwrap.wrap(
         doc, _WIDTH, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
@@ -752,6 +784,10 @@ def starter_config() -> str:
             lines += STARTER_TRAIN_NOTE.splitlines()
             train = dataclasses.replace(section_cls(), **STARTER_TRAIN)
             lines += ["[train]", *_section_lines(train), ""]
+        elif section == "crawl":
+            lines += STARTER_CRAWL_NOTE.splitlines()
+            crawl = dataclasses.replace(section_cls(), **STARTER_CRAWL)
+            lines += ["[crawl]", *_section_lines(crawl), ""]
         elif section != "project":
             lines += [f"[{section}]", *_section_lines(section_cls()), ""]
     return "\n".join(lines[:-1]) + "\n"

@@ -10,6 +10,10 @@ scrolling adds nothing. ``obey_robots`` decides robots.txt for this source's res
 added in ``[crawl.profiles.<name>]`` without touching code (see docs/crawler.md). The crawler
 reads results pages with a profile (``crawler.sources.extract``); the config checks profiles
 here, below the crawler.
+
+A profile of kind "api" is a JSON search API instead (Openverse, Wikimedia Commons): its
+format, base URL, page size and documented limits; ``crawler.api_sources`` builds its requests
+and reads its answers, licence included (docs/sources.md).
 """
 
 from __future__ import annotations
@@ -40,6 +44,17 @@ class SourceProfile:
     more_css: str | None = None  # a "see more" button: clicked when scrolling adds nothing
     scroll_step: int = 0  # pixels per scroll step (lazy tiles load in view); 0 = to the bottom
     obey_robots: bool | None = None  # honour robots.txt for its result pages; None: crawl's
+
+    # ---- JSON search APIs (kind = "api"; crawler.api_sources reads them, no browser) ----
+    kind: str = "page"  # "page": a rendered results page; "api": a JSON search API
+    api: str | None = None  # which API's format: one of API_FORMATS
+    api_url: str | None = None  # the API's base URL; "{demo_url}" is replaced as above
+    page_size: int = 20  # results asked for per request
+    max_pages: int = 20  # pages read per query, at most
+    per_minute: int = 0  # requests a minute, shared by every worker; 0: no limit
+    per_day: int = 0  # requests a UTC day, shared by every worker; 0: no limit
+    needs_contact: bool = False  # refuse to start while crawl.user_agent is the default
+    query_params: str = ""  # more query parameters, e.g. "license_type=commercial"
 
     def results_url(self, query: str, demo_url: str = "") -> str:
         return self.search_url.format(query=quote_plus(query), demo_url=demo_url.rstrip("/"))
@@ -83,6 +98,43 @@ BUILTIN: dict[str, SourceProfile] = {
     ),
 }
 
+# JSON search APIs: their documented limits are the defaults (docs/sources.md).
+API_FORMATS = ("openverse", "wikimedia")
+BUILTIN.update(
+    {
+        # Openverse: openly licensed images from Flickr, museums, Wikimedia and more.
+        # Anonymous: 20 requests a minute, 200 a day, 20 results a page, 20 pages a query
+        # (with OPENVERSE_CLIENT_ID/_SECRET: 100 a minute, 10,000 a day).
+        "openverse": SourceProfile(
+            name="openverse",
+            search_url="",
+            result_css="",
+            kind="api",
+            api="openverse",
+            api_url="https://api.openverse.org",
+            page_size=20,
+            max_pages=20,
+            per_minute=20,
+            per_day=200,
+        ),
+        # Wikimedia Commons: files found by full-text search in the File namespace, with
+        # their licence metadata. Asks for a User-Agent with contact details; no fixed quota,
+        # but requests one at a time (the per_minute pace keeps to that).
+        "wikimedia": SourceProfile(
+            name="wikimedia",
+            search_url="",
+            result_css="",
+            kind="api",
+            api="wikimedia",
+            api_url="https://commons.wikimedia.org/w/api.php",
+            page_size=50,
+            max_pages=20,
+            per_minute=60,
+            needs_contact=True,
+        ),
+    }
+)
+
 _FIELDS = {f.name: f for f in dataclasses.fields(SourceProfile)}
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "scroll": bool,
@@ -90,6 +142,11 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "scroll_pause": (int, float),
     "scroll_step": int,
     "obey_robots": bool,
+    "page_size": int,
+    "max_pages": int,
+    "per_minute": int,
+    "per_day": int,
+    "needs_contact": bool,
 }  # others: str
 
 
@@ -105,11 +162,16 @@ def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = Non
         )
     values = dataclasses.asdict(base) if base else {}
     values.update(table, name=name)
-    for key in ("search_url", "result_css"):
-        if not isinstance(values.get(key), str) or not values[key]:
-            raise BadProfileError(f"crawl.profiles.{name}.{key}: required, a non-empty string")
-    if "{query}" not in values["search_url"]:
-        raise BadProfileError(f"crawl.profiles.{name}.search_url: must contain {{query}}")
+    if values.get("kind", "page") == "api":
+        _check_api(name, values)
+    else:
+        if values.get("kind", "page") != "page":
+            raise BadProfileError(f"crawl.profiles.{name}.kind: 'page' or 'api'")
+        for key in ("search_url", "result_css"):
+            if not isinstance(values.get(key), str) or not values[key]:
+                raise BadProfileError(f"crawl.profiles.{name}.{key}: required, a non-empty string")
+        if "{query}" not in values["search_url"]:
+            raise BadProfileError(f"crawl.profiles.{name}.search_url: must contain {{query}}")
     for key, value in values.items():
         expected = _FIELD_TYPES.get(key, str)
         if (
@@ -124,6 +186,25 @@ def profile_from_mapping(name: str, table: Any, base: SourceProfile | None = Non
     if values.get("more_css") == "":  # an empty string switches a built-in's button off
         values["more_css"] = None
     return SourceProfile(**values)
+
+
+def _check_api(name: str, values: dict) -> None:
+    if values.get("api") not in API_FORMATS:
+        raise BadProfileError(
+            f"crawl.profiles.{name}.api: required for kind = 'api'; one of "
+            + ", ".join(API_FORMATS)
+        )
+    url = values.get("api_url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://", "{demo_url}")):
+        raise BadProfileError(f"crawl.profiles.{name}.api_url: required, an http(s) URL")
+    values.setdefault("search_url", "")
+    values.setdefault("result_css", "")
+    for key in ("page_size", "max_pages"):
+        if isinstance(values.get(key), int) and values[key] < 1:
+            raise BadProfileError(f"crawl.profiles.{name}.{key}: a number >= 1")
+    for key in ("per_minute", "per_day"):
+        if isinstance(values.get(key), int) and values[key] < 0:
+            raise BadProfileError(f"crawl.profiles.{name}.{key}: a number >= 0 (0: no limit)")
 
 
 def check_profiles(profiles: dict) -> str | None:

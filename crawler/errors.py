@@ -11,6 +11,11 @@ class UnknownCrawlClassError(ConfigError):
     """A class asked for on the command line that the config does not declare."""
 
 
+class SourceRefusedError(CrawlError):
+    """Every source asked for is one that cannot start as configured (the message says what
+    to set)."""
+
+
 class BrowserError(CrawlError):
     """A browser could not be started or kept rendering pages."""
 

@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - other Scrapy versions
     # (the stub types the two classes apart; either is a refusal Scrapy logs quietly)
     from scrapy.pipelines.media import FileException as _Quiet  # type: ignore[assignment]
 
+from core.licenses import UNKNOWN
 from crawler.imagecheck import ImageChecker, inspect
 from crawler.netguard import PrivateAddressRefused
 from crawler.settings import default, get
@@ -271,6 +272,12 @@ class InboxImagesPipeline(FilesPipeline):
                 query=item.get("query"),
                 width=width,
                 height=height,
+                # what an API source said of the licence; rendered pages say nothing
+                license=item.get("license") or UNKNOWN,
+                license_url=item.get("license_url"),
+                creator=item.get("creator"),
+                attribution=item.get("attribution"),
+                title=item.get("title"),
             )
         except DuplicateImageError as dup:
             if self.frontier is not None:

@@ -37,7 +37,12 @@ if __name__ == "__main__":  # a stop while this crawl process still imports Scra
 
 from core.sources import resolve_sources  # noqa: E402  (after the early signal handlers)
 from crawler.backlog import class_needs  # noqa: E402
-from crawler.errors import CrawlError, CrawlInterrupted, UnknownCrawlClassError  # noqa: E402
+from crawler.errors import (  # noqa: E402
+    CrawlError,
+    CrawlInterrupted,
+    SourceRefusedError,
+    UnknownCrawlClassError,
+)
 from crawler.spider import ClassPlan  # noqa: E402
 from crawler.summary import CrawlSummary, alarm_line  # noqa: E402
 
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     from scrapy.crawler import CrawlerProcess
 
     from core.config import Config
+    from core.sources import SourceProfile
     from storage import Store
 
 logger = logging.getLogger(__name__)
@@ -102,6 +108,7 @@ def crawl(
         store = Store.from_config(config)
     try:
         profiles = resolve_sources(list(sources or config.crawl.sources), config.crawl.profiles)
+        profiles, refused = _refuse_anonymous(config, profiles)
         plan, skipped = plan_crawl(config, store, classes, limit)
         data_dir = str(store.data_dir)
         db_url = store.engine.url.render_as_string(hide_password=False)
@@ -112,10 +119,17 @@ def crawl(
     names = [p.name for p in profiles]
     if not plan:
         logger.info("every class has what it needs; nothing to crawl")
-        return CrawlSummary.from_stats({}, names, {}, skipped, demo_sources(profiles))
+        return CrawlSummary.from_stats({}, names, refused, skipped, demo_sources(profiles))
     from crawler.settings import build_settings
 
     scrapy_settings = build_settings(config, data_dir, db_url, settings)
+    if all(p.kind == "api" for p in profiles):  # JSON APIs only: no browser to start
+        scrapy_settings["SELENIUM_ENABLED"] = False
+        scrapy_settings["DOWNLOADER_MIDDLEWARES"] = {
+            k: v
+            for k, v in scrapy_settings["DOWNLOADER_MIDDLEWARES"].items()
+            if k != "crawler.middleware.SeleniumMiddleware"
+        }
     if demo_url:  # a demo site started elsewhere (e.g. on port 0) is as local as the configured
         scrapy_settings["PINGO_TRUSTED_ORIGINS"] = [
             *scrapy_settings["PINGO_TRUSTED_ORIGINS"],
@@ -135,13 +149,14 @@ def crawl(
         "sources": profiles,
         "demo_url": demo_url or config.crawl.demo_url,
         "per_query_limit": config.crawl.per_query_limit,
+        "licenses": list(config.crawl.licenses),
         "settings": scrapy_settings,
         "log_level": _effective_log_level(),
     }
     logger.info(
         "crawling %s on %s", ", ".join(f"{p.name} ({p.lacking})" for p in plan), ", ".join(names)
     )
-    stats = _run_child(payload)
+    stats = {**_run_child(payload), **refused}
     summary = CrawlSummary.from_stats(lacking, names, stats, skipped, demo_sources(profiles))
     for s in summary.empty_sources:
         logger.warning("%s", alarm_line(s, summary.sources[s]))
@@ -151,6 +166,33 @@ def crawl(
 def demo_sources(profiles) -> list[str]:
     """The sources served by the local demo site (their search_url uses {demo_url})."""
     return [p.name for p in profiles if "{demo_url}" in p.search_url]
+
+
+def _refuse_anonymous(
+    config: Config, profiles: list[SourceProfile]
+) -> tuple[list[SourceProfile], dict[str, str]]:
+    """Sources whose terms ask for a User-Agent that names the client (Wikimedia) do not start
+    while crawl.user_agent is pingo's default: the others, and a stat saying why per refused
+    one (pingo/source/<name>/stopped). Refused alone, they stop the crawl with that line."""
+    from core.config import CrawlConfig
+
+    if config.crawl.user_agent != CrawlConfig.user_agent:
+        return profiles, {}
+    refused = {
+        f"pingo/source/{p.name}/stopped": (
+            f"{p.name}: not started: its API asks every client for a User-Agent with contact "
+            'details; set crawl.user_agent in pingo.toml, e.g. "my-dataset/1.0 '
+            '(https://example.org/me; me@example.org)"'
+        )
+        for p in profiles
+        if p.needs_contact
+    }
+    for line in refused.values():
+        logger.warning("%s", line)
+    kept = [p for p in profiles if not p.needs_contact]
+    if refused and not kept:
+        raise SourceRefusedError(next(iter(refused.values())))
+    return kept, refused
 
 
 def _check_browser(settings: dict[str, Any]) -> None:
@@ -276,6 +318,7 @@ def run_here(payload: dict[str, Any], stop: _StopSignals | None = None) -> dict[
         sources=payload["sources"],
         demo_url=payload["demo_url"],
         per_query_limit=payload["per_query_limit"],
+        **({"licenses": payload["licenses"]} if payload.get("licenses") else {}),
     )
     parent = os.getppid()
 

@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
         # robots.txt decided per request (a source's own obey_robots), rules named on refusal
         "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
         "crawler.robots.SourceRobotsMiddleware": 100,
+        # JSON APIs: budgets, tokens and back-off, after robots.txt (100), just before sending.
+        "crawler.api_middleware.ApiMiddleware": 120,
         "crawler.middleware.SeleniumMiddleware": 800,
     },
     "ITEM_PIPELINES": {"crawler.pipeline.InboxImagesPipeline": 300},
@@ -45,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "SELENIUM_RENDER_DEADLINE": 0.0,  # seconds a render may take; 0 = from the page load timeout
     "PINGO_INBOX_WRITERS": 4,  # threads storing images
     "PINGO_REDIS_WORKER_TTL": 10.0,  # seconds a silent worker counts as alive
+    "PINGO_API_RETRIES": 3,  # back-offs on one API page (429/503) before giving up on it
+    "PINGO_API_MAX_WAIT": 120.0,  # a longer Retry-After stops that source for this crawl
+    "PINGO_API_BUDGET_PREFIX": "pingo-api",  # Redis keys of the shared API budgets
 }
 
 

@@ -6,6 +6,12 @@ render the results page (scrolling until enough results exist), take the full-si
 the profile finds, skip URLs fetched before (storage remembers them) or already taken in this
 crawl, and yield items until the class has as many candidates as it lacks. Only then, or when
 a page runs dry, does it render the next query, so no page is rendered needlessly.
+
+Sources of kind "api" (JSON search APIs: crawler.api_sources) take the same path with a plain
+Scrapy request instead of a render: each answer gives results with their licence, and the
+next page of the same query is asked for while the class still lacks images; a query goes on
+at the page where the last crawl left it (kept beside the API budget, crawler.rate_limit).
+Results whose licence crawl.licenses leaves out are dropped before download.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING
 import scrapy
 
 from core.config import CrawlConfig
+from core.licenses import FAMILIES, UNKNOWN
 from core.sources import SourceProfile
 from crawler import causes
 from crawler.robots import DECIDED_BY_META, OBEY_META
@@ -49,10 +56,21 @@ class ImageSearchSpider(scrapy.Spider):
         demo_url: str = "",
         per_query_limit: int = CrawlConfig.per_query_limit,
         render_wait: float = 10.0,
+        licenses: tuple[str, ...] | list[str] = FAMILIES,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.plan = {p.name: p for p in plan}
+        self.licenses = tuple(licenses)
+        self.stopped_sources: dict[str, str] = {}  # source -> why it is not asked again
+        if UNKNOWN not in self.licenses:  # rendered pages say nothing of licences
+            for s in sources:
+                if s.kind != "api":
+                    self.stopped_sources[s.name] = (
+                        f"{s.name}: its results carry no licence and crawl.licenses leaves "
+                        "out 'unknown'; not searched"
+                    )
+        sources = [s for s in sources if s.name not in self.stopped_sources]
         self.sources = {s.name: s for s in sources}
         self.demo_url = demo_url
         self.per_query_limit = per_query_limit
@@ -103,6 +121,9 @@ class ImageSearchSpider(scrapy.Spider):
             self.store.close()
 
     async def start(self):
+        for name, why in self.stopped_sources.items():
+            self.crawler.stats.set_value(f"pingo/source/{name}/stopped", why)
+            logger.warning("%s", why)
         for name in self.plan:
             request = self.next_query(name)
             if request is not None:
@@ -127,16 +148,25 @@ class ImageSearchSpider(scrapy.Spider):
         """The next results page to render for this class, or None when none are left."""
         if self.lacking(class_name) <= 0:
             return None
-        query = self.pop_query(class_name)
-        if query is None:
-            return None
-        source_name, keyword = query
-        return self.results_request(class_name, source_name, keyword, want)
+        while True:
+            query = self.pop_query(class_name)
+            if query is None:
+                return None
+            source_name, keyword = query
+            if source_name not in self.stopped_sources:  # an API out of quota, say
+                return self.results_request(class_name, source_name, keyword, want)
 
     def results_request(
-        self, class_name: str, source_name: str, keyword: str, want: int | None = None
-    ) -> SeleniumRequest:
+        self,
+        class_name: str,
+        source_name: str,
+        keyword: str,
+        want: int | None = None,
+        cursor: int | None = None,
+    ) -> scrapy.Request:
         source = self.sources[source_name]
+        if source.kind == "api":
+            return self.api_request(class_name, source, keyword, cursor)
         lacking = max(self.lacking(class_name), 0)
         want = want or min(self.per_query_limit, max(2 * lacking, lacking + 20))
         self.crawler.stats.inc_value(f"pingo/source/{source_name}/queries")
@@ -187,10 +217,63 @@ class ImageSearchSpider(scrapy.Spider):
         stats.set_value(prefix + f"empty/{keyword}", problem.cause)
         logger.warning("%s %r gave no usable result: %s", source_name, keyword, problem)
 
-    def parse_results(self, response, class_name: str, source_name: str, keyword: str, want: int):
+    def api_request(
+        self, class_name: str, source: SourceProfile, keyword: str, cursor: int | None
+    ) -> scrapy.Request:
+        from crawler.api_middleware import openverse_credentials
+        from crawler.api_sources import base_url, request_url
+
+        authenticated = source.api == "openverse" and openverse_credentials() is not None
+        if cursor is None:  # a query's first request: go on where the last crawl left off
+            self.crawler.stats.inc_value(f"pingo/source/{source.name}/queries")
+            cursor = self.api_budget.cursor(_query_key(source, keyword))
+            if cursor is not None:
+                self.crawler.stats.inc_value(f"pingo/source/{source.name}/resumed")
+        return scrapy.Request(
+            request_url(source, keyword, cursor, self.licenses, self.demo_url, authenticated),
+            callback=self.parse_results,
+            errback=self.results_failed,
+            dont_filter=True,
+            headers={"Accept": "application/json"},
+            cb_kwargs={
+                "class_name": class_name,
+                "source_name": source.name,
+                "keyword": keyword,
+                "want": 0,
+                "cursor": cursor,
+            },
+            meta={
+                "pingo_api": source.name,
+                "pingo_api_base": base_url(source, self.demo_url),
+                "handle_httpstatus_all": True,
+                "dont_retry": True,  # ApiMiddleware backs off and retries with Retry-After
+                # robots.txt is for crawlers of pages, not for API clients under the API's
+                # terms (Wikimedia's disallows /w/, where api.php itself lives).
+                "dont_obey_robotstxt": True,
+            },
+        )
+
+    @cached_property
+    def api_budget(self):
+        from crawler.rate_limit import budget_for
+
+        return budget_for(self.crawler)
+
+    def parse_results(
+        self,
+        response,
+        class_name: str,
+        source_name: str,
+        keyword: str,
+        want: int,
+        cursor: int | None = None,
+    ):
         stats = self.crawler.stats
         lacked = self.lacking(class_name)
+        source = self.sources[source_name]
         if response.status >= 400:
+            if source.kind == "api" and cursor is not None:  # that page may be gone: restart
+                self.api_budget.remember(_query_key(source, keyword), None)
             stats.inc_value(f"pingo/source/{source_name}/page_errors")
             self.note_problem(
                 source_name,
@@ -199,7 +282,9 @@ class ImageSearchSpider(scrapy.Spider):
             )
             yield from self._continue(class_name)
             return
-        source = self.sources[source_name]
+        if source.kind == "api":
+            yield from self._parse_api(response, class_name, source, keyword, cursor)
+            return
         found = list(extract(source, response))[: self.per_query_limit]
         stats.inc_value(f"pingo/source/{source_name}/results", len(found))
         if not found:
@@ -251,6 +336,73 @@ class ImageSearchSpider(scrapy.Spider):
             return
         yield from self._continue(class_name)
 
+    def _parse_api(
+        self, response, class_name: str, source: SourceProfile, keyword: str, cursor: int | None
+    ):
+        from core.licenses import allowed
+        from crawler.api_sources import ApiAnswerError, parse_page
+
+        stats = self.crawler.stats
+        lacked = self.lacking(class_name)
+        try:
+            page = parse_page(source, response.body, cursor)
+        except ApiAnswerError as exc:
+            stats.inc_value(f"pingo/source/{source.name}/page_errors")
+            self.note_problem(
+                source.name,
+                keyword,
+                causes.Problem(causes.OTHER, f"{exc} for {keyword!r} ({response.url})"),
+            )
+            yield from self._continue(class_name)
+            return
+        stats.inc_value(f"pingo/source/{source.name}/results", len(page.results))
+        if not page.results and cursor is None:  # a query's first page: nothing at all
+            self.note_problem(
+                source.name, keyword, causes.classify_page(response.url, "", 0, json_body=True)
+            )
+        # where the next crawl starts this query (past the last page: from the first again)
+        self.api_budget.remember(_query_key(source, keyword), page.next_cursor)
+        kept = [r for r in page.results if allowed(r.license, self.licenses)]
+        if len(kept) < len(page.results):
+            stats.inc_value(
+                f"pingo/source/{source.name}/license_filtered", len(page.results) - len(kept)
+            )
+        fresh = {r.image_url: r for r in kept if r.image_url not in self.taken}
+        seen = self._open_store().seen_urls(list(fresh), self.url_retry) if fresh else set()
+        stats.inc_value(f"pingo/{class_name}/already_seen", len(seen))
+        new = 0
+        for url, r in fresh.items():
+            if url in seen:
+                continue
+            item = {
+                "image_url": url,
+                "page_url": r.page_url or response.url,
+                "source": source.name,
+                "query": keyword,
+                "keyword_class": class_name,
+                **r.licence_fields(),
+            }
+            if not self.can_take(class_name):
+                self.leftovers[class_name].append(item)
+                continue
+            new += 1
+            yield self._take(item)
+        still = self.still_lacking(class_name, lacked, new)
+        logger.info(
+            "%s %r page %s: %d results, %d new for %s (%d still lacking)",
+            source.name,
+            keyword,
+            cursor or 1 if source.api == "openverse" else cursor or 0,
+            len(page.results),
+            new,
+            class_name,
+            max(still, 0),
+        )
+        if still > 0 and page.next_cursor is not None:
+            yield self.results_request(class_name, source.name, keyword, cursor=page.next_cursor)
+            return
+        yield from self._continue(class_name)
+
     def _take(self, item: dict) -> dict | scrapy.Request:  # shared crawls: the image's request
         self.taken.add(item["image_url"])
         self.budget[item["keyword_class"]] -= 1
@@ -297,11 +449,18 @@ class ImageSearchSpider(scrapy.Spider):
             yield request
 
     def results_failed(self, failure):
+        from crawler.api_middleware import ApiSourceStopped
+
         request = failure.request
         kw = request.cb_kwargs
-        self.crawler.stats.inc_value(f"pingo/source/{kw['source_name']}/page_errors")
-        problem = causes.classify_failure(failure.value, request.url)
-        self.note_problem(kw["source_name"], kw["keyword"], problem)
+        source_name = kw["source_name"]
+        if isinstance(failure.value, ApiSourceStopped):  # quota spent, rate limited for long
+            self.stopped_sources[source_name] = str(failure.value)
+            self.crawler.stats.set_value(f"pingo/source/{source_name}/stopped", str(failure.value))
+        else:
+            self.crawler.stats.inc_value(f"pingo/source/{source_name}/page_errors")
+            problem = causes.classify_failure(failure.value, request.url)
+            self.note_problem(source_name, kw["keyword"], problem)
         yield from self._continue(kw["class_name"])
 
 
@@ -317,3 +476,7 @@ def _text(response) -> str:
         return response.text
     except AttributeError:  # scrapy's plain Response: binary
         return ""
+
+
+def _query_key(source: SourceProfile, keyword: str) -> str:
+    return f"{source.name}:{keyword}"

@@ -111,6 +111,8 @@ class CrawlSummary:
             )
             if v.get("empty_queries") and s not in self.empty_sources:
                 lines.append(f"  {s}: {empty_queries_line(v)}")
+            if v.get("stopped") and s not in self.empty_sources:
+                lines.append(f"  stopped: {v['stopped']}")
         started = self.stats.get("pingo/redis/started_round")
         if started is not None:  # a distributed crawl (crawl.redis_url)
             lines.append(
@@ -149,6 +151,9 @@ def source_health(name: str, stats: dict[str, Any], is_demo: bool = False) -> di
         "causes": dict(sorted(found.items())),
         "empty": dict(sorted(empty.items())),
         "last_error": stats.get(prefix + "last_error"),
+        # an API source that stopped for this crawl (daily quota spent, rate limited for long,
+        # refused to start): the message says why and when it resumes
+        "stopped": stats.get(prefix + "stopped"),
         "cause": cause,
         "advice": causes.advice(cause, name, is_demo) if cause else None,
     }
@@ -157,6 +162,8 @@ def source_health(name: str, stats: dict[str, Any], is_demo: bool = False) -> di
 def alarm_line(name: str, health: dict[str, Any]) -> str:
     """The zero-yield alarm: the source found nothing; why, and what to do."""
     cause = health.get("cause")
+    if health.get("stopped"):
+        return f"source {name!r} found no results and stopped: {health['stopped']}"
     if not cause:
         return f"source {name!r} found no results for any keyword (see docs/crawler.md)"
     detail = str(health.get("last_error") or "").removeprefix(f"{cause}: ")
@@ -179,7 +186,16 @@ def empty_queries_line(health: dict[str, Any], most: int = 5) -> str:
 
 
 RUNS_SEARCHED = 50  # recent runs looked through for the last crawl's per-source health
-STATUS_KEYS = ("queries", "results", "images", "last_error", "cause", "advice", "empty_queries")
+STATUS_KEYS = (
+    "queries",
+    "results",
+    "images",
+    "last_error",
+    "stopped",
+    "cause",
+    "advice",
+    "empty_queries",
+)
 
 
 def last_crawl_sources(runs: list[dict[str, Any]]) -> tuple[str | None, dict[str, dict]]:
@@ -210,6 +226,8 @@ def sources_lines(sources: dict[str, dict], started: str | None) -> list[str]:
         lines.append(line)
         if h.get("queries") and not h.get("results"):
             lines.append("  WARNING: " + alarm_line(name, h))
+        elif h.get("stopped"):
+            lines.append(f"  stopped: {h['stopped']}")
         elif h.get("last_error"):
             lines.append(f"  latest problem: {h['last_error']}")
     return lines

@@ -210,7 +210,8 @@ def stats(ctx: Context, as_json, history):
 @class_option("Label (or keyword class) C only.")
 @pass_ctx
 def images(ctx: Context, as_json, status, class_name):
-    """Export image metadata as JSON lines.
+    """Export image metadata as JSON lines (with each image's licence, license_url,
+    creator, attribution and title where its source gave them).
 
     \b
     Example:
@@ -219,6 +220,24 @@ def images(ctx: Context, as_json, status, class_name):
     with ctx.store() as store:
         for row in store.iter_images(status=status, class_name=class_name):
             click.echo(json.dumps(row, ensure_ascii=False))
+
+
+@cli.command()
+@pass_ctx
+def attribution(ctx: Context):
+    """Write dataset/ATTRIBUTION.md and dataset/attribution.csv: every accepted image's
+    licence, creator and the credit line to show. `pingo factory` and `pingo report` rewrite
+    them too.
+
+    \b
+    Example:
+      pingo attribution
+    """
+    from storage.attribution import write_attribution
+
+    with ctx.store() as store:
+        md, csv_path, n = write_attribution(store)
+    click.echo(f"credits for {n} accepted images: {md} and {csv_path}")
 
 
 @cli.command("import")
@@ -657,13 +676,16 @@ def factory(ctx: Context, limit, as_json):
     from tqdm import tqdm
 
     from dataset_factory import process_inbox
+    from storage.attribution import write_attribution
 
     def work(store: Store) -> Any:
         total = sum(store.inbox_counts().values())
         with tqdm(
             total=min(total, limit or total), unit="img", disable=None, desc="factory"
         ) as bar:
-            return process_inbox(ctx.config, store, progress=bar.update, limit=limit)
+            summary = process_inbox(ctx.config, store, progress=bar.update, limit=limit)
+        write_attribution(store)  # the dataset may have changed: its credits with it
+        return summary
 
     summary = _as_job(ctx, "factory", work)
     if as_json:

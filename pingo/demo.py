@@ -82,6 +82,9 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
     from storage import Store
     from trainer import train
 
+    # The demo is offline: the demo site alone, even where crawl.sources also lists the
+    # open-licence APIs (as `pingo init` writes it).
+    demo_only = ["demo"] if "demo" in config.crawl.sources else None
     if "demo" not in config.crawl.sources:
         echo(
             "note: crawl.sources does not include 'demo'; the demo crawls "
@@ -96,7 +99,7 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
         half = max(1, min(targets.values()) // 2) if targets else 1
 
         echo(f"[1/6] crawl: up to {half} images per class below target")
-        summary = run_job(config, "crawl", lambda c, s: crawl(c, s, limit=half))
+        summary = run_job(config, "crawl", lambda c, s: crawl(c, s, sources=demo_only, limit=half))
         echo(summary.format())
 
         echo("[2/6] factory: validate, dedupe, label by keyword (no model yet)")
@@ -118,7 +121,7 @@ def run_demo(config: Config, echo: Callable[[str], None] = print) -> Path:
         )
 
         echo("[4/6] crawl: the rest of each target")
-        echo(run_job(config, "crawl", lambda c, s: crawl(c, s)).format())
+        echo(run_job(config, "crawl", lambda c, s: crawl(c, s, sources=demo_only)).format())
 
         echo("[5/6] factory: the promoted model sorts; unsure images go to review")
         echo(_factory_line(run_job(config, "factory", factory_stage)))

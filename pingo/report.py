@@ -231,6 +231,32 @@ def build_report(config: Config, store: Store) -> Path:
     # -- search sources: the last crawl's yield and, for a source that gave nothing, why
     parts.append(_sources_section(store))
 
+    # -- licences of the accepted images, and the credits file beside the class folders
+    from core.licenses import family
+    from storage.attribution import ATTRIBUTION_MD, write_attribution
+
+    write_attribution(store)
+    rows = []
+    for name, mix in sorted(store.license_mix().items()):
+        total = sum(mix.values())
+        shown = ", ".join(
+            f"{esc(lic)}: {n}" for lic, n in sorted(mix.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
+        unknown = sum(n for lic, n in mix.items() if family(lic) == "unknown")
+        rows.append(
+            f"<tr><td>{esc(name)}</td><td>{total}</td><td>{shown}</td>"
+            f"<td>{100.0 * unknown / total:.0f}%</td></tr>"
+        )
+    parts.append(
+        "<h2>Licences</h2><p>Accepted images per licence, as their sources gave it "
+        "(<code>unknown</code>: rendered search pages and imports say nothing). Credits to "
+        f'show: <a href="../dataset/{ATTRIBUTION_MD}">dataset/{ATTRIBUTION_MD}</a> and '
+        "dataset/attribution.csv.</p>"
+        "<table><tr><th>class</th><th>accepted</th><th>licences</th><th>unknown</th></tr>"
+        + ("".join(rows) or '<tr><td colspan="4">no accepted images yet</td></tr>')
+        + "</table>"
+    )
+
     # -- models
     models = store.registry.rows()
     rows = []

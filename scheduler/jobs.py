@@ -34,8 +34,11 @@ def crawl_stage(config: Config, store: Store) -> Any:
 
 def factory_stage(config: Config, store: Store) -> Any:
     from dataset_factory import process_inbox
+    from storage.attribution import write_attribution
 
-    return process_inbox(config, store)
+    summary = process_inbox(config, store)
+    write_attribution(store)  # the dataset may have changed: its credits with it
+    return summary
 
 
 def train_stage(config: Config, store: Store, force: bool = False) -> Any:

@@ -192,11 +192,15 @@ def walk(root: Path) -> Iterator[Path]:
 
 def image_files(data_dir: Path) -> tuple[list[str], list[Path]]:
     """(files under the four status folders, relative and posix; temp files anywhere)."""
+    from storage.attribution import FILES as CREDITS  # dataset/ATTRIBUTION.md, attribution.csv
+
+    credits = {f"{files.STATUS_DIRS['accepted']}/{name}" for name in CREDITS}
     found = []
     for top in files.STATUS_DIRS.values():
         for p in walk(data_dir / top):
             if not is_temp(p):
                 found.append(p.relative_to(data_dir).as_posix())
+    found = [rel for rel in found if rel not in credits]
     temps = [p for p in data_dir.glob(f"*/**/.*{files.PART_SUFFIX}") if p.is_file()]
     return found, temps
 

@@ -35,7 +35,7 @@ from storage.errors import SchemaVersionError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -82,6 +82,14 @@ images = Table(
     # out-of-scope rejection: that it is none of the classes) and what it was computed from.
     Column("decision_p", Float),
     Column("evidence", JSON),
+    # v5: the image's licence as its source gave it (core.licenses): a normalised SPDX-like
+    # id ("CC-BY-4.0", "CC0-1.0", "unknown"; NULL in rows from before v5 and imports), its
+    # URL, the creator, the credit line a user must show, and the work's title.
+    Column("license", String(64)),
+    Column("license_url", Text),
+    Column("creator", Text),
+    Column("attribution", Text),
+    Column("title", Text),
     Index("ix_images_status_label", "status", "label"),
     Index("ix_images_status_keyword", "status", "keyword_class"),
     Index("ix_images_phash", "phash"),
@@ -207,6 +215,12 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
         add_column("runs", "heartbeat"),
     ),
     4: all_of(add_column("images", "decision_p"), add_column("images", "evidence")),
+    5: all_of(
+        *(
+            add_column("images", c)
+            for c in ("license", "license_url", "creator", "attribution", "title")
+        )
+    ),
 }
 
 

@@ -96,7 +96,13 @@ IMAGE_FIELDS = (
     "last_error",
     "decision_p",
     "evidence",
+    "license",
+    "license_url",
+    "creator",
+    "attribution",
+    "title",
 )
+LICENSE_FIELDS = ("license", "license_url", "creator", "attribution", "title")
 # Reasons of rows set aside rather than filed: `pingo stats` and `pingo status` show them.
 FILE_MISSING = "file_missing"
 PROCESSING_ERROR = "processing_error"
@@ -226,8 +232,16 @@ class Store:
         label_source: str | None = None,
         width: int | None = None,
         height: int | None = None,
+        license: str | None = None,
+        license_url: str | None = None,
+        creator: str | None = None,
+        attribution: str | None = None,
+        title: str | None = None,
     ) -> int:
         """Store new bytes in inbox/ and return the new image id.
+
+        ``license`` (a core.licenses id) and the other licence fields are what the source
+        said; None where it said nothing.
 
         Raises DuplicateImageError when identical bytes are already stored (the caller counts
         it; nothing is written).
@@ -256,6 +270,11 @@ class Store:
                         path=rel,
                         width=width,
                         height=height,
+                        license=license,
+                        license_url=license_url,
+                        creator=creator,
+                        attribution=attribution,
+                        title=title,
                         bytes=len(data),
                         created_at=now,
                         updated_at=now,
@@ -784,6 +803,22 @@ class Store:
         )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    def license_mix(self) -> dict[str, dict[str, int]]:
+        """Accepted images per class and licence id (core.licenses; a row without one, as
+        imports and rows from before schema v5, counts as ``unknown``)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(images.c.label, images.c.license, func.count())
+                .where(images.c.status == "accepted")
+                .group_by(images.c.label, images.c.license)
+            ).all()
+        out: dict[str, dict[str, int]] = {}
+        for label, license_id, n in rows:
+            mix = out.setdefault(str(label), {})
+            key = str(license_id or "unknown")
+            mix[key] = mix.get(key, 0) + int(n)
+        return out
 
     def review_reasons(self) -> dict[str, dict[str, int]]:
         """Review images per best-guess class and reason (e.g. label_issue: flagged by the

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from core.config import (
+    STARTER_CRAWL,
     STARTER_TRAIN,
     ClassConfig,
     Config,
@@ -46,8 +47,12 @@ def test_the_starter_config_shows_every_setting_with_its_default_and_doc(tmp_pat
     path = write_starter_config(tmp_path / "pingo.toml")
     cfg, defaults = load_config(path), Config()
     for section in SECTIONS:
-        if section != "train":
+        if section not in ("train", "crawl"):
             assert getattr(cfg, section) == getattr(defaults, section), section
+    # crawl.sources turns the open-licence APIs on beside the demo site
+    assert cfg.crawl == dataclasses.replace(defaults.crawl, **STARTER_CRAWL)
+    assert STARTER_CRAWL == {"sources": ["demo", "openverse", "wikimedia"]}
+    assert defaults.crawl.sources == ["demo"]
     # [train] starts from a pretrained backbone; every other train setting is the default
     assert cfg.train == dataclasses.replace(defaults.train, **STARTER_TRAIN)
     assert STARTER_TRAIN == {"arch": "mobilenet_v3_small", "weights": "imagenet"}

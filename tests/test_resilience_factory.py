@@ -23,13 +23,15 @@ def add(store, seeds, keyword_class="cat") -> list[int]:
 
 def assert_agree(store) -> None:
     """Each row names its one file (or none, when set aside as file_missing); nothing else."""
+    from storage.attribution import FILES as CREDITS  # dataset/ATTRIBUTION.md, attribution.csv
+
     rows = list(store.iter_images())
     on_disk = {
         p.relative_to(store.data_dir).as_posix()
         for d in STATUS_DIRS.values()
         for p in (store.data_dir / d).rglob("*")
         if p.is_file()
-    }
+    } - {f"{STATUS_DIRS['accepted']}/{name}" for name in CREDITS}
     for r in rows:
         if r["path"] is None:
             assert (r["status"], r["reason"]) == ("rejected", "file_missing"), r

@@ -348,11 +348,22 @@ def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_r
                 "ALTER TABLE runs DROP COLUMN heartbeat",
                 "ALTER TABLE images DROP COLUMN decision_p",
                 "ALTER TABLE images DROP COLUMN evidence",
+                *(
+                    f"ALTER TABLE images DROP COLUMN {c}"
+                    for c in ("license", "license_url", "creator", "attribution", "title")
+                ),
                 "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
             ):
                 conn.exec_driver_sql(ddl)
     with Store.open(data_dir, db_url) as store:
         assert store.get_image(image_id)["keyword_class"] == "cat"
+        assert store.get_image(image_id)["license"] is None  # v5: the source said nothing
+        licensed = store.add_image(
+            png_bytes((1, 2, 3)), keyword_class="cat", source="openverse", license="CC0-1.0",
+            license_url="https://creativecommons.org/publicdomain/zero/1.0/", creator="A",
+            attribution='"T" by A is under CC0.', title="T",
+        )  # fmt: skip
+        assert store.get_image(licensed)["attribution"] == '"T" by A is under CC0.'
         # the v1 row (no attempts, no last_tried) reads as one attempt at its creation time
         retry = UrlRetry(lambda outcome: True, timedelta(0), max_attempts=2)
         assert store.seen_urls(["http://a/slow.jpg"], retry) == set()
@@ -362,7 +373,7 @@ def test_a_version_1_database_is_upgraded_to_the_current_version_and_keeps_its_r
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("images")}
             version = conn.execute(select(schema.meta.c.value)).scalar()
     assert {"ix_images_duplicate_of", "ix_images_updated_at"} <= indexes
-    assert version == str(schema.SCHEMA_VERSION) == "4"
+    assert version == str(schema.SCHEMA_VERSION) == "5"
 
 
 MIGRATION_SCRIPT = """
