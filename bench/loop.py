@@ -41,7 +41,7 @@ keyword). Precision is counted on the images crawled in that round, in the state
 at the end of the round (after training's label check), with a 95% Wilson interval.
 
     .venv/bin/python bench/loop.py --quick                 # smoke run, ~5 min on 2 cores
-    .venv/bin/python bench/loop.py --out loop.json         # the issue-12 experiment, ~7 min
+    .venv/bin/python bench/loop.py --out loop.json         # the issue-12 experiment, ~12-19 min
     .venv/bin/python bench/loop.py --weights mnv3s.weights.h5 --weights-image-size 96
 
 ``--quick`` (3 classes, targets 30 then 60, 8 seeds, 90 results a class) checks the plumbing,

@@ -707,6 +707,9 @@ STARTER_CRAWL_NOTE = """\
 STARTER_CLASSES_NOTE = """\
 # One table per class. The table name becomes the folder name dataset/<class>/.
 # The starter classes match the local demo search site, so `make demo` works offline.
+# Also give pingo a few photos a class that you labelled (`pingo import DIR`, DIR/<class>/*):
+# until a model exists, crawled images wait in review (factory.keyword_only), and training's
+# label check accepts them only once 20+ labelled photos let it measure how sure it may be.
 """
 
 STARTER_TARGET = 100  # images per demo class: enough for `make demo`, quick to crawl

@@ -42,5 +42,4 @@ LEARNABLE_REVIEW_REASONS: tuple[str, ...] = (
 or the model's best guess was the keyword's class without enough certainty. The trainer may
 learn from them under their keyword's class (train.learn_from_review); not from label_issue
 (the label check flagged it), disagrees or other_class (the model thinks it is another class:
-learning those under the keyword cost held-out accuracy in bench/loop.py) or
-maybe_out_of_scope."""
+learned under the keyword, they teach the keyword's mistakes) or maybe_out_of_scope."""
