@@ -298,27 +298,17 @@ class ImageSearchSpider(scrapy.Spider):
                     json_body=b"json" in (response.headers.get(b"Content-Type") or b""),
                 ),
             )
-        fresh = [(u, p) for u, p in dict(found).items() if u not in self.taken]
-        seen = (
-            self._open_store().seen_urls([u for u, _ in fresh], self.url_retry) if fresh else set()
-        )
-        stats.inc_value(f"pingo/{class_name}/already_seen", len(seen))
-        new = 0
-        for url, page in fresh:
-            if url in seen:
-                continue
-            item = {
+        items = [
+            {
                 "image_url": url,
                 "page_url": page or response.url,
                 "source": source_name,
                 "query": keyword,
                 "keyword_class": class_name,
             }
-            if not self.can_take(class_name):
-                self.leftovers[class_name].append(item)
-                continue
-            new += 1
-            yield self._take(item)
+            for url, page in dict(found).items()
+        ]
+        new = yield from self._offer(class_name, items)
         still = self.still_lacking(class_name, lacked, new)
         logger.info(
             "%s %r: %d results, %d new for %s (%d still lacking)",
@@ -367,26 +357,18 @@ class ImageSearchSpider(scrapy.Spider):
             stats.inc_value(
                 f"pingo/source/{source.name}/license_filtered", len(page.results) - len(kept)
             )
-        fresh = {r.image_url: r for r in kept if r.image_url not in self.taken}
-        seen = self._open_store().seen_urls(list(fresh), self.url_retry) if fresh else set()
-        stats.inc_value(f"pingo/{class_name}/already_seen", len(seen))
-        new = 0
-        for url, r in fresh.items():
-            if url in seen:
-                continue
-            item = {
-                "image_url": url,
+        items = [
+            {
+                "image_url": r.image_url,
                 "page_url": r.page_url or response.url,
                 "source": source.name,
                 "query": keyword,
                 "keyword_class": class_name,
                 **r.licence_fields(),
             }
-            if not self.can_take(class_name):
-                self.leftovers[class_name].append(item)
-                continue
-            new += 1
-            yield self._take(item)
+            for r in {r.image_url: r for r in kept}.values()
+        ]
+        new = yield from self._offer(class_name, items)
         still = self.still_lacking(class_name, lacked, new)
         logger.info(
             "%s %r page %s: %d results, %d new for %s (%d still lacking)",
@@ -402,6 +384,24 @@ class ImageSearchSpider(scrapy.Spider):
             yield self.results_request(class_name, source.name, keyword, cursor=page.next_cursor)
             return
         yield from self._continue(class_name)
+
+    def _offer(self, class_name: str, items: list[dict]):
+        """Yield the requests of the items no earlier crawl fetched while the class lacks
+        images (the rest wait as leftovers); returns how many were taken."""
+        fresh = [item for item in items if item["image_url"] not in self.taken]
+        urls = [item["image_url"] for item in fresh]
+        seen = self._open_store().seen_urls(urls, self.url_retry) if fresh else set()
+        self.crawler.stats.inc_value(f"pingo/{class_name}/already_seen", len(seen))
+        new = 0
+        for item in fresh:
+            if item["image_url"] in seen:
+                continue
+            if not self.can_take(class_name):
+                self.leftovers[class_name].append(item)
+                continue
+            new += 1
+            yield self._take(item)
+        return new
 
     def _take(self, item: dict) -> dict | scrapy.Request:  # shared crawls: the image's request
         self.taken.add(item["image_url"])
