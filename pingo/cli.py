@@ -21,7 +21,13 @@ from core.errors import PingoError
 from core.names import ARCHITECTURES
 from core.stats import format_interval
 from pingo import __version__
-from pingo.tables import auto_accept, auto_accept_lines, progress_lines, totals_line
+from pingo.tables import (
+    auto_accept,
+    auto_accept_lines,
+    progress_lines,
+    review_reason_lines,
+    totals_line,
+)
 
 if TYPE_CHECKING:
     from storage import Store
@@ -166,21 +172,8 @@ def stats(ctx: Context, as_json, history):
         return
     for line in [*progress_lines(result), totals_line(result), *auto_accept_lines(accepting)]:
         click.echo(line)
-    flagged = {c: r["label_issue"] for c, r in sorted(reasons.items()) if r.get("label_issue")}
-    if flagged:
-        click.echo(
-            "flagged by the label check: "
-            + ", ".join(f"{c} {n}" for c, n in flagged.items())
-            + " (in review, most suspicious first in `pingo review`)"
-        )
-    waiting = {c: r["keyword_only"] for c, r in sorted(reasons.items()) if r.get("keyword_only")}
-    if waiting:
-        click.echo(
-            "waiting with only their keyword: "
-            + ", ".join(f"{c} {n}" for c, n in waiting.items())
-            + " (training's label check decides them once 20+ hand-labelled images are "
-            "imported with `pingo import`; or decide them in `pingo review`)"
-        )
+    for line in review_reason_lines(reasons):
+        click.echo(line)
     if result.set_aside:
         aside = ", ".join(f"{r} {n}" for r, n in result.set_aside.items())
         click.echo(f"set aside: {sum(result.set_aside.values())} ({aside}); see `pingo status`")

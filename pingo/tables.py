@@ -114,3 +114,30 @@ def auto_accept_lines(info: dict[str, Any]) -> list[str]:
             f"({c['keyword_judged']} judged)"
         )
     return lines
+
+
+# review reasons `pingo stats` explains: (reason, what the images are, what happens next)
+EXPLAINED_REASONS = (
+    (
+        "label_issue",
+        "flagged by the label check",
+        "in review, most suspicious first in `pingo review`",
+    ),
+    (
+        "keyword_only",
+        "waiting with only their keyword",
+        "training's label check decides them once 20+ hand-labelled images are imported "
+        "with `pingo import`; or decide them in `pingo review`",
+    ),
+)
+
+
+def review_reason_lines(reasons: dict[str, dict[str, int]]) -> list[str]:
+    """Lines for the review reasons people should know about, per class, e.g.
+    ``flagged by the label check: dog 2 (in review, ...)``."""
+    lines = []
+    for reason, what, then in EXPLAINED_REASONS:
+        counts = [(c, r[reason]) for c, r in sorted(reasons.items()) if r.get(reason)]
+        if counts:
+            lines.append(f"{what}: " + ", ".join(f"{c} {n}" for c, n in counts) + f" ({then})")
+    return lines
