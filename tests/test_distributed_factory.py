@@ -65,7 +65,6 @@ def shared_project(project, db_url):
     project.write(
         project.DEFAULT
         + textwrap.dedent(f"""
-        [factory]
         workers = 1
         chunk_size = {CHUNK}
         claim_lease = {LEASE}
