@@ -54,6 +54,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageEnhance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,7 @@ DATASETS = Path(
 SIGN = DATASETS / "sign-language-digits"
 CIFAR = DATASETS / "cifar10-subset"
 SIGN_SIDE, CIFAR_SIDE = 400, 384
+MASK = 0xFFFFFFFFFFFFFFFF
 
 
 def crop_sides(im, r: random.Random):
@@ -266,6 +268,111 @@ def score(items: list[dict], dup: dict[int, int | None]) -> dict:
     }
 
 
+# ---- the index pre-filled to 100k / 1M kept images -------------------------------------------
+
+
+def _flip(hashes: np.ndarray, rng: np.random.Generator, bits: tuple[int, int]) -> np.ndarray:
+    """``hashes`` with ``bits`` (low, high) random bits flipped each: other photos like them."""
+    out = hashes.copy()
+    for start in range(0, len(out), 100_000):
+        part = out[start : start + 100_000]
+        k = rng.integers(bits[0], bits[1] + 1, len(part))
+        bits = rng.random((len(part), 64)).argsort(axis=1) < k[:, None]
+        masks = np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+        np.bitwise_xor(part, masks, out=part)
+    return out
+
+
+def fill_run(
+    items: list[dict], sizes: list[int], tmp: Path, e2e_rate: float | None, bits: tuple[int, int]
+) -> None:
+    """The default's duplicate decisions for the inbox against an index pre-filled to each size,
+    side by side with an empty index."""
+    from dataset_factory.dedupe import Deduper, Kept
+    from dataset_factory.hash_pool import Settings, analyse_paths
+    from dataset_factory.index import HashArray, NearDuplicateIndex
+
+    r = random.Random(3)
+    fill_dir = tmp / "fill"
+    fill_dir.mkdir()
+    sources = r.sample(sorted((CIFAR / "train").glob("*/*")), 1000)
+    paths = []
+    for i, p in enumerate(sources):  # real photos outside the inbox and a planted copy of each
+        im = _load(p, CIFAR_SIDE)
+        paths.append(fill_dir / f"{i:04d}.jpg")
+        im.save(paths[-1], "JPEG", quality=90)
+        edit = r.choice([*EASY, *HARD])
+        copy = (EASY.get(edit) or HARD[edit])(im, r)
+        paths.append(fill_dir / f"{i:04d}_{edit}.jpg")
+        copy.save(paths[-1], "JPEG", quality=90)
+    settings = Settings()
+    fill = analyse_paths(paths, settings)
+    inbox = analyse_paths([it["file"] for it in items], settings)
+    main = np.array([a.phash & MASK for a in fill], np.uint64)
+    view_src = np.array([j for j, a in enumerate(fill) for _ in a.views], np.int64)
+    views = np.array([v & MASK for a in fill for v in a.views], np.uint64)
+    base = 10_000_000  # ids of the filled entries
+
+    def lookup(image_id: int) -> Kept:
+        if image_id >= base:
+            a = fill[(image_id - base) % len(fill)]
+            return Kept(
+                image_id, a.width, a.height, False, str(paths[(image_id - base) % len(fill)])
+            )
+        return kept[image_id]
+
+    print(
+        f"\nduplicate decisions of the {len(items)} inbox images against a pre-filled index "
+        f"(hashes of {len(fill)} real photos outside the inbox and their planted copies, "
+        f"repeated with {bits[0]}-{bits[1]} bits flipped)"
+    )
+    print(
+        f"{'kept hashes':>12} {'view hashes':>12} {'ms/image':>9} {'verified/img':>13} {'ratio':>7}"
+    )
+    base_ms = None
+    for n in [0, *sizes]:
+        rng = np.random.default_rng(n)
+        index = NearDuplicateIndex("phash")
+        if n:
+            src = np.arange(n) % len(fill)
+            index.main = HashArray(base + np.arange(n), _flip(main[src], rng, bits))
+            per = len(views) / len(fill)
+            m = int(n * per)
+            vsrc = np.arange(m) % len(views)
+            index.views = HashArray(
+                base + view_src[vsrc] + (np.arange(m) // len(views)) * len(fill),
+                _flip(views[vsrc], rng, bits),
+            )
+        kept: dict[int, Kept] = {}
+        deduper = Deduper(
+            index,
+            max_distance=6,
+            hard=True,
+            hard_distance=14,
+            verify_threshold=0.86,
+            lookup=lookup,
+        )
+        t = time.perf_counter()
+        for i, a in enumerate(inbox):
+            if a.ok:
+                new = Kept(i, a.width, a.height, False, items[i]["file"])
+                kept[i] = new
+                deduper.check(a, new)
+        ms = 1000 * (time.perf_counter() - t) / len(inbox)
+        base_ms = base_ms or ms
+        print(
+            f"{n:>12,} {len(index.views):>12,} {ms:>9.2f} {deduper.verified / len(inbox):>13.2f} "
+            f"{base_ms / ms:>6.2f}x"
+        )
+        if n and e2e_rate:
+            implied = 1 / (1 / e2e_rate + (ms - base_ms) / 1000)
+            print(
+                f"{'':>12} the factory would run at {implied:.1f} img/s "
+                f"({implied / e2e_rate:.2f}x of {e2e_rate:.1f} at an empty index): the "
+                "decisions are serial in the main process"
+            )
+
+
 def run_child(mode: str, manifest: Path) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--manifest", str(manifest)],
@@ -286,6 +393,13 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=80, help="hard negatives (shared background)")
     ap.add_argument("--modes", default="naive,plain,default")
     ap.add_argument("--fill", default="", help="index sizes for the decision-cost run")
+    ap.add_argument(
+        "--fill-bits",
+        default="7-16",
+        help="bits flipped in each filled hash: a kept image is more than max_distance (6) "
+        "from the others unless the verifier told them apart, so 7-16 models distinct photos; "
+        "1-12 a collection crowded with near-copies",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--manifest", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -343,9 +457,9 @@ def main() -> None:
         for edit in next(iter(rows.values()))["per_edit"]:
             print(f"{edit:<12}" + "".join(f"{r['per_edit'][edit]:>10.3f}" for r in rows.values()))
         if args.fill:
-            from index_fill import fill_run  # noqa: PLC0415
-
-            fill_run(items, [int(x) for x in args.fill.split(",")], tmp)
+            e2e = len(items) / rows["default"]["wall"] if "default" in rows else None
+            low, high = (int(x) for x in args.fill_bits.split("-"))
+            fill_run(items, [int(x) for x in args.fill.split(",")], tmp, e2e, (low, high))
 
 
 if __name__ == "__main__":

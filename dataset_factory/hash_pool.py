@@ -143,6 +143,12 @@ def _in_main_thread() -> bool:
 
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:  # one process per core already: BLAS threads would only fight over the cores
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
     try:
         import resource
 

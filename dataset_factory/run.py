@@ -216,7 +216,7 @@ class FactoryRun:
 
     def process(self, limit: int | None, chunk_size: int) -> None:
         """Take chunks until the inbox is empty (or ``limit`` rows were taken) and file them."""
-        claims, summary = self.claims, self.summary
+        summary = self.summary
         with self.store.exclusive(LOCK):
             self.shared.sync()
         summary.index_size = len(self.shared.index)

@@ -116,10 +116,10 @@ def best_correlation(q: np.ndarray, k: np.ndarray, radius: int) -> np.ndarray:
     to ``radius`` pixels either way.
 
     For a shift (dy, dx) the score of a pair is the normalised correlation of the parts that
-    overlap (zero mean, unit norm over the overlap). The query's images are laid out once per
-    shift, zero outside the overlap, so the raw dot products of every shift and every pair are
-    one matrix product; the overlap's sums (for the means and norms) come from cumulative
-    sums. Same scores as normalising each overlap separately.
+    overlap (zero mean, unit norm over the overlap): the raw dot products of every shift and
+    pair at once (``_dots``), the overlap's sums (for the means and norms) from cumulative
+    sums. The same scores as normalising each overlap separately (checked to 1e-6 against
+    the per-shift loop) at a fraction of the calls.
     """
     n = q.shape[1]
     shifts = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
@@ -143,11 +143,24 @@ def best_correlation(q: np.ndarray, k: np.ndarray, radius: int) -> np.ndarray:
 def _dots(q: np.ndarray, k: np.ndarray, shifts, radius: int) -> np.ndarray:
     """(shifts, query, kept) raw dot products of the overlaps: sum over y of q[y + s] * k[y].
 
-    Cross-correlation through the FFT (zero-padded past the largest shift, so nothing wraps):
-    one forward transform per image and one inverse per pair, about 3x faster than laying the
-    query out once per shift for a matrix product.
+    Few shifts of small images (the half-resolution check, many candidates): the query laid
+    out once per shift, zero outside the overlap, times all kept images in one matrix product.
+    The full check (81 shifts of 48x48): cross-correlation through the FFT, zero-padded past
+    the largest shift so that nothing wraps, one inverse transform per pair; about 3x faster
+    there than the layout, which would copy 81 shifted images per query view.
     """
     n = q.shape[1]
+    if radius <= 2:
+        pad = np.zeros((len(q), n + 2 * radius, n + 2 * radius), np.float32)
+        pad[:, radius : radius + n, radius : radius + n] = q
+        r = radius
+        laid = np.stack([pad[:, r + dy : r + dy + n, r + dx : r + dx + n] for dy, dx in shifts])
+        laid = laid.reshape(len(shifts) * len(q), n * n)
+        flat = k.reshape(len(k), -1).astype(np.float32)
+        # einsum, not @: BLAS would spread a product this small over threads, which costs
+        # many times the product itself on a busy machine
+        dots = np.einsum("ij,kj->ik", laid, flat)
+        return dots.reshape(len(shifts), len(q), len(k)).astype(np.float64)
     size = n + radius + (-(n + radius)) % 4  # no wrap-around for |shift| <= radius
     fq = np.fft.rfft2(q.astype(np.float64), s=(size, size))
     fk = np.conj(np.fft.rfft2(k.astype(np.float64), s=(size, size)))
