@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from factory_recall import HARD, _crop  # noqa: E402
+from factory_recall import HARD, crop_sides  # noqa: E402
 
 DATASETS = Path(
     os.environ.get("PINGO_DATASETS")
@@ -78,14 +78,6 @@ SIGN = DATASETS / "sign-language-digits"
 CIFAR = DATASETS / "cifar10-subset"
 SIGN_SIDE, CIFAR_SIDE = 400, 384
 MASK = 0xFFFFFFFFFFFFFFFF
-
-
-def crop_sides(im, r: random.Random):
-    """1-12% off a random non-empty combination of sides."""
-    sides = [r.random() < 0.5 for _ in range(4)]
-    if not any(sides):
-        sides[r.randrange(4)] = True
-    return _crop(im, *[r.uniform(0.01, 0.12) if s else 0.0 for s in sides])
 
 
 EASY = {
@@ -277,8 +269,8 @@ def _flip(hashes: np.ndarray, rng: np.random.Generator, bits: tuple[int, int]) -
     for start in range(0, len(out), 100_000):
         part = out[start : start + 100_000]
         k = rng.integers(bits[0], bits[1] + 1, len(part))
-        bits = rng.random((len(part), 64)).argsort(axis=1) < k[:, None]
-        masks = np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+        flips = rng.random((len(part), 64)).argsort(axis=1) < k[:, None]
+        masks = np.packbits(flips, axis=1).view(">u8")[:, 0].astype(np.uint64)
         np.bitwise_xor(part, masks, out=part)
     return out
 

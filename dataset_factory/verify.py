@@ -79,6 +79,10 @@ R = max(SHIFTS)
 # another seed), every pair that reached 0.86 in full scored >= 0.727 at half resolution,
 # and 84% of the distinct photos scored below 0.65.
 PREFILTER = 0.65
+# The full check runs on the view pairs whose half-resolution score came this close to the
+# candidate's best pair: a pair far below at half resolution is not the best one in full (a
+# pair left out can only lower the score; recall is measured in bench/factory_e2e.py).
+PAIR_MARGIN = 0.1
 
 
 def similarity(query_thumbs: list[np.ndarray], kept_thumbs: list[np.ndarray]) -> float:
@@ -87,21 +91,32 @@ def similarity(query_thumbs: list[np.ndarray], kept_thumbs: list[np.ndarray]) ->
 
 
 def similarities(query_thumbs: list[np.ndarray], candidates: list[list[np.ndarray]]) -> np.ndarray:
-    """``similarity`` of one query with each candidate's thumbnails, all at once."""
+    """``similarity`` of one query with each candidate's thumbnails, all at once.
+
+    The cheap signal first: every view pair at half resolution over a quarter of the shifts
+    (~16x less work). A candidate below PREFILTER there is no copy; for the others the full
+    check runs on the view pairs that came within PAIR_MARGIN of the candidate's best pair,
+    not on all of them. Leaving a pair out can only lower a score (a maximum over fewer
+    pairs), so neither shortcut can merge two images that the full check keeps apart.
+    """
     out = np.full(len(candidates), -1.0)
     owners = np.array([i for i, c in enumerate(candidates) for _ in c], np.int64)
     if not query_thumbs or not len(owners):
         return out
     q = np.stack(query_thumbs).astype(np.float32)
     k = np.stack([t for c in candidates for t in c]).astype(np.float32)
-    # the cheap signal first: half resolution, a quarter of the shifts (~16x less work)
+    coarse_pairs = pair_scores(pooled(q), pooled(k), R // 2)  # (query views, kept views)
     coarse = np.full(len(candidates), -1.0)
-    np.maximum.at(coarse, owners, best_correlation(pooled(q), pooled(k), R // 2))
-    fine = coarse >= PREFILTER
-    out[~fine] = coarse[~fine]  # all far below verify_threshold
-    if fine.any():
-        rows = fine[owners]
-        np.maximum.at(out, owners[rows], best_correlation(q, k[rows], R))
+    np.maximum.at(coarse, owners, coarse_pairs.max(axis=0))
+    out[:] = coarse  # what a cleared candidate reports: far below verify_threshold
+    near_best = coarse_pairs >= (coarse[owners] - PAIR_MARGIN)[None, :]
+    qi, kj = np.nonzero(near_best & (coarse[owners] >= PREFILTER)[None, :])
+    if len(qi):
+        fine = pair_scores(q, k, R, (qi, kj))
+        full = np.full(len(candidates), -1.0)
+        np.maximum.at(full, owners[kj], fine)
+        checked = np.unique(owners[kj])
+        out[checked] = full[checked]
     return out
 
 
@@ -113,61 +128,78 @@ def pooled(stack: np.ndarray) -> np.ndarray:
 
 def best_correlation(q: np.ndarray, k: np.ndarray, radius: int) -> np.ndarray:
     """For each image of ``k``, the best correlation with any image of ``q`` over shifts of up
-    to ``radius`` pixels either way.
+    to ``radius`` pixels either way (every pair)."""
+    return pair_scores(q, k, radius).max(axis=0)
+
+
+def pair_scores(
+    q: np.ndarray, k: np.ndarray, radius: int, pairs: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """Best correlation over shifts of up to ``radius`` pixels of each pair of an image of ``q``
+    and one of ``k``: (len(q), len(k)) for every pair, or one per pair of ``pairs`` (two index
+    arrays, into q and into k).
 
     For a shift (dy, dx) the score of a pair is the normalised correlation of the parts that
-    overlap (zero mean, unit norm over the overlap): the raw dot products of every shift and
-    pair at once (``_dots``), the overlap's sums (for the means and norms) from cumulative
-    sums. The same scores as normalising each overlap separately (checked to 1e-6 against
-    the per-shift loop) at a fraction of the calls.
+    overlap (zero mean, unit norm over the overlap): the raw dot products of every shift at
+    once (``_dots``), the overlap's sums (for the means and norms) from cumulative sums. The
+    same scores as normalising each overlap separately (checked to 1e-4 against the
+    per-shift loop in tests/test_factory_verify.py) at a fraction of the calls.
     """
+    if pairs is not None:  # only the images the pairs use
+        uq, qi = np.unique(pairs[0], return_inverse=True)
+        uk, kj = np.unique(pairs[1], return_inverse=True)
+        q, k = q[uq], k[uk]
     n = q.shape[1]
     shifts = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
-    dots = _dots(q, k, shifts, radius)
-    # both sides' sums over the overlap of each shift, from cumulative sums
     ys = np.array([_span(dy, n) for dy, _ in shifts])  # (shifts, 2): rows of the kept frame
     xs = np.array([_span(dx, n) for _, dx in shifts])
     qy = ys + np.array([dy for dy, _ in shifts])[:, None]  # the same rows in the query's frame
     qx = xs + np.array([dx for _, dx in shifts])[:, None]
     q64, k64 = q.astype(np.float64), k.astype(np.float64)
-    q_sum = _box_sums(q64, qy, qx).T[:, :, None]  # (shifts, query, 1)
-    q_sq = _box_sums(q64 * q64, qy, qx).T[:, :, None]
-    k_sum = _box_sums(k64, ys, xs).T[:, None, :]  # (shifts, 1, kept)
-    k_sq = _box_sums(k64 * k64, ys, xs).T[:, None, :]
-    area = ((ys[:, 1] - ys[:, 0]) * (xs[:, 1] - xs[:, 0])).astype(np.float64)[:, None, None]
+    q_sum, q_sq = _box_sums(q64, qy, qx).T, _box_sums(q64 * q64, qy, qx).T  # (shifts, query)
+    k_sum, k_sq = _box_sums(k64, ys, xs).T, _box_sums(k64 * k64, ys, xs).T  # (shifts, kept)
+    area = ((ys[:, 1] - ys[:, 0]) * (xs[:, 1] - xs[:, 0])).astype(np.float64)[:, None]
+    if pairs is None:
+        dots = _dots_all(q, k, shifts, radius)  # (shifts, query, kept)
+        q_sum, q_sq = q_sum[:, :, None], q_sq[:, :, None]
+        k_sum, k_sq = k_sum[:, None, :], k_sq[:, None, :]
+        area = area[:, :, None]
+    else:
+        dots = _dots_pairs(q, k, qi, kj, shifts, radius)  # (shifts, pairs)
+        q_sum, q_sq, k_sum, k_sq = q_sum[:, qi], q_sq[:, qi], k_sum[:, kj], k_sq[:, kj]
     cov = dots - q_sum * k_sum / area
     var = np.maximum(q_sq - q_sum**2 / area, 0) * np.maximum(k_sq - k_sum**2 / area, 0)
-    return (cov / np.maximum(np.sqrt(var), 1e-6)).max(axis=(0, 1))
+    return (cov / np.maximum(np.sqrt(var), 1e-6)).max(axis=0)
 
 
-def _dots(q: np.ndarray, k: np.ndarray, shifts, radius: int) -> np.ndarray:
-    """(shifts, query, kept) raw dot products of the overlaps: sum over y of q[y + s] * k[y].
-
-    Few shifts of small images (the half-resolution check, many candidates): the query laid
-    out once per shift, zero outside the overlap, times all kept images in one matrix product.
-    The full check (81 shifts of 48x48): cross-correlation through the FFT, zero-padded past
-    the largest shift so that nothing wraps, one inverse transform per pair; about 3x faster
-    there than the layout, which would copy 81 shifted images per query view.
-    """
+def _dots_all(q: np.ndarray, k: np.ndarray, shifts, radius: int) -> np.ndarray:
+    """(shifts, query, kept) raw dot products of the overlaps, sum over y of q[y + s] * k[y],
+    for every pair: the query laid out once per shift, zero outside the overlap, times all kept
+    images in one product (for small images and few shifts: the half-resolution check)."""
     n = q.shape[1]
-    if radius <= 2:
-        pad = np.zeros((len(q), n + 2 * radius, n + 2 * radius), np.float32)
-        pad[:, radius : radius + n, radius : radius + n] = q
-        r = radius
-        laid = np.stack([pad[:, r + dy : r + dy + n, r + dx : r + dx + n] for dy, dx in shifts])
-        laid = laid.reshape(len(shifts) * len(q), n * n)
-        flat = k.reshape(len(k), -1).astype(np.float32)
-        # einsum, not @: BLAS would spread a product this small over threads, which costs
-        # many times the product itself on a busy machine
-        dots = np.einsum("ij,kj->ik", laid, flat)
-        return dots.reshape(len(shifts), len(q), len(k)).astype(np.float64)
-    size = n + radius + (-(n + radius)) % 4  # no wrap-around for |shift| <= radius
+    pad = np.zeros((len(q), n + 2 * radius, n + 2 * radius), np.float32)
+    pad[:, radius : radius + n, radius : radius + n] = q
+    r = radius
+    laid = np.stack([pad[:, r + dy : r + dy + n, r + dx : r + dx + n] for dy, dx in shifts])
+    laid = laid.reshape(len(shifts) * len(q), n * n)
+    # einsum, not @: BLAS would spread a product this small over threads, which costs many
+    # times the product itself on a busy machine
+    dots = np.einsum("ij,kj->ik", laid, k.reshape(len(k), -1).astype(np.float32))
+    return dots.reshape(len(shifts), len(q), len(k)).astype(np.float64)
+
+
+def _dots_pairs(q, k, qi, kj, shifts, radius: int) -> np.ndarray:
+    """(shifts, pairs) raw dot products of the listed pairs: cross-correlation through the FFT,
+    zero-padded past the largest shift so that nothing wraps (81 shifts of 48x48: laying the
+    query out per shift would copy 81 images per view)."""
+    n = q.shape[1]
+    size = n + radius + (-(n + radius)) % 4
     fq = np.fft.rfft2(q.astype(np.float64), s=(size, size))
     fk = np.conj(np.fft.rfft2(k.astype(np.float64), s=(size, size)))
-    corr = np.fft.irfft2(fq[:, None] * fk[None], s=(size, size))  # (query, kept, size, size)
+    corr = np.fft.irfft2(fq[qi] * fk[kj], s=(size, size))  # (pairs, size, size)
     dy = np.array([d for d, _ in shifts]) % size
     dx = np.array([d for _, d in shifts]) % size
-    return np.moveaxis(corr[:, :, dy, dx], 2, 0)
+    return corr[:, dy, dx].T
 
 
 def _span(d: int, n: int) -> tuple[int, int]:
