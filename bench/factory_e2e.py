@@ -220,7 +220,7 @@ def child_factory(items: list[dict], tmp: Path, hard: bool) -> dict:
         "rss_mb": vmhwm_mb(),
         "lock_held_s": s["lock_held_s"],
         "deferred": s["deferred"],
-        "verified": s["verified"],
+        "verified": s.get("verified"),
     }
 
 
