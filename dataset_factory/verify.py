@@ -123,8 +123,9 @@ def similarities(query_thumbs: list[np.ndarray], candidates: list[list[np.ndarra
 
 def pooled(stack: np.ndarray) -> np.ndarray:
     """A (n, s, s) stack at half the resolution (2x2 means)."""
-    n, s, _ = stack.shape
-    return stack.reshape(n, s // 2, 2, s // 2, 2).mean(axis=(2, 4))
+    return (
+        stack[:, 0::2, 0::2] + stack[:, 1::2, 0::2] + stack[:, 0::2, 1::2] + stack[:, 1::2, 1::2]
+    ) / 4
 
 
 def best_correlation(q: np.ndarray, k: np.ndarray, radius: int) -> np.ndarray:
@@ -152,14 +153,18 @@ def pair_scores(
         q, k = q[uq], k[uk]
     n = q.shape[1]
     shifts = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
-    ys = np.array([_span(dy, n) for dy, _ in shifts])  # (shifts, 2): rows of the kept frame
-    xs = np.array([_span(dx, n) for _, dx in shifts])
-    qy = ys + np.array([dy for dy, _ in shifts])[:, None]  # the same rows in the query's frame
-    qx = xs + np.array([dx for _, dx in shifts])[:, None]
+    # the overlap of a shift d along one axis: these rows (columns) of the kept frame, and the
+    # same ones moved by d in the query's
+    d = np.arange(-radius, radius + 1)
+    kept_span = np.array([_span(int(x), n) for x in d])  # (shifts per axis, 2)
     q64, k64 = q.astype(np.float64), k.astype(np.float64)
-    q_sum, q_sq = _box_sums(q64, qy, qx).T, _box_sums(q64 * q64, qy, qx).T  # (shifts, query)
-    k_sum, k_sq = _box_sums(k64, ys, xs).T, _box_sums(k64 * k64, ys, xs).T  # (shifts, kept)
-    area = ((ys[:, 1] - ys[:, 0]) * (xs[:, 1] - xs[:, 0])).astype(np.float64)[:, None]
+    q_sum, q_sq = (
+        _box_sums(q64, kept_span + d[:, None]),
+        _box_sums(q64 * q64, kept_span + d[:, None]),
+    )
+    k_sum, k_sq = _box_sums(k64, kept_span), _box_sums(k64 * k64, kept_span)
+    side = (kept_span[:, 1] - kept_span[:, 0]).astype(np.float64)
+    area = np.outer(side, side).reshape(-1, 1)  # (shifts, 1), dy major as in ``shifts``
     if pairs is None:
         dots = _dots_all(q, k, shifts, radius)  # (shifts, query, kept)
         q_sum, q_sq = q_sum[:, :, None], q_sq[:, :, None]
@@ -208,9 +213,12 @@ def _span(d: int, n: int) -> tuple[int, int]:
     return (0, n - d) if d >= 0 else (-d, n)
 
 
-def _box_sums(stack: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """(kept, shifts) sums of each image of ``stack`` over the boxes rows ys x columns xs."""
-    c = np.zeros((len(stack), stack.shape[1] + 1, stack.shape[2] + 1))
-    c[:, 1:, 1:] = stack.cumsum(axis=1).cumsum(axis=2)
-    y0, y1, x0, x1 = ys[:, 0], ys[:, 1], xs[:, 0], xs[:, 1]
-    return c[:, y1, x1] - c[:, y0, x1] - c[:, y1, x0] + c[:, y0, x0]
+def _box_sums(stack: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """(shifts, images) sums of each image of ``stack`` over the overlap of each shift: rows
+    spans[dy] x columns spans[dx], for every (dy, dx) in ``shifts`` order (two products with
+    0/1 masks: cheaper than cumulative sums for a few shifts)."""
+    idx = np.arange(stack.shape[1])
+    mask = ((idx >= spans[:, :1]) & (idx < spans[:, 1:])).astype(np.float64)  # (shifts, n)
+    rows = np.einsum("ay,iyx->iax", mask, stack)
+    sums = np.einsum("iax,bx->abi", rows, mask)  # (dy, dx, images)
+    return sums.reshape(-1, len(stack))
