@@ -22,10 +22,11 @@ shuffled order):
 * pingo factory, default settings (no model: the keyword files every survivor).
 
 Printed per configuration: images/s (wall time of the run, pool start included), CPU ms per
-image (the process and its worker processes), recall of easy and hard planted copies (copy
-and original end in one group: one is kept, the other names it in ``duplicate_of``), wrong
-merges (images filed as a copy of an image from another group) and peak RSS of the factory
-process (VmHWM).
+image (the process and its worker processes), recall of easy and hard planted copies (a copy
+is caught when it ends with its original, one kept and the other naming it in
+``duplicate_of``, or is filed as a copy of another copy of the same original), wrong merges
+(images filed as a copy of an image from another group) and peak RSS of the factory process
+(VmHWM).
 
 ``--fill 100000,1000000`` then measures the default's duplicate decisions with the index
 pre-filled to that many kept images: the hashes of real photos outside the inbox (the cifar
@@ -242,7 +243,11 @@ def score(items: list[dict], dup: dict[int, int | None]) -> dict:
     per_edit: dict[str, list[bool]] = {}
     for i, it in enumerate(items):
         if it["kind"] in found:
-            hit = roots[i] == roots[orig[it["group"]]]
+            # caught: one group with its original, or filed as a copy of another image of its
+            # group (then a miss between that image and the original counts for that image)
+            hit = roots[i] == roots[orig[it["group"]]] or (
+                dup[i] is not None and items[roots[i]]["group"] == it["group"]
+            )
             found[it["kind"]].append(hit)
             per_edit.setdefault(it["edit"], []).append(hit)
     wrong_pairs = [

@@ -151,16 +151,17 @@ class Hashed:
 def all_hashes(image: Image.Image, method: str = "phash") -> Hashed:
     """The main hash and the view hashes, computed from one grayscale conversion.
 
-    For phash the views are resized straight from their boxes and a mirrored view's hash is
-    that of the mirrored 32x32 resize (the same as resizing the mirrored view: the filter is
-    symmetric), so a query's mirrors cost one median each, not a resize.
+    For phash a mirrored view's hash is that of the mirrored 32x32 resize (the same as
+    resizing the mirrored view: the filter is symmetric), so a query's mirrors cost one median
+    each, not a resize. (A view is cropped before it is resized, not resized from its box:
+    the box form reads pixels outside the box and changed some borderline decisions.)
     """
     gray = image.convert("L")
     boxes = view_boxes(gray)
     if method == "phash":
         small = np.stack(
             [
-                np.asarray(gray.resize((32, 32), Image.Resampling.LANCZOS, box=b), np.float64)
+                np.asarray(gray.crop(b).resize((32, 32), Image.Resampling.LANCZOS), np.float64)
                 for b in boxes.values()
             ]
         )

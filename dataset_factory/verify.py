@@ -30,7 +30,9 @@ TILTS = (-4, 4)  # degrees: a slight rotation
 def thumb(image: Image.Image, box: Box | None = None) -> np.ndarray:
     """A band-passed, zero-mean THUMBxTHUMB float32 thumbnail of ``image`` (or of its ``box``)."""
     gray = image if image.mode == "L" else image.convert("L")
-    small = gray.resize((THUMB, THUMB), Image.Resampling.BILINEAR, box=box)
+    small = (gray if box is None else gray.crop(box)).resize(
+        (THUMB, THUMB), Image.Resampling.BILINEAR
+    )
     blurred = small.filter(ImageFilter.GaussianBlur(4))
     arr = np.asarray(small, np.float32) - np.asarray(blurred, np.float32)
     return arr - arr.mean()
