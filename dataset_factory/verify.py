@@ -7,6 +7,10 @@ little and the photo's own detail for much, and takes the best normalised correl
 small shifts (a crop or rotation leaves a residual misalignment of a few percent). A copy
 scores near 1; a distinct photo of the same class scores far lower (measured in
 bench/factory_recall.py and docs/factory.md).
+
+All candidates of one image are scored in one call (``similarities``): a cheap check at half
+resolution clears most distinct photos, and the full check runs only on the view pairs that
+came near the best one; both can only lower a score, never raise it (bench/factory_e2e.py).
 """
 
 from __future__ import annotations
