@@ -299,7 +299,7 @@ class Deduper:
         kept = self.lookup(kept_id)
         try:
             image = decode(kept.path, self.limits, DRAFT_SIZE).image
-            thumbs = image_thumbs(image).kept
+            thumbs = image_thumbs(image, query_too=False).kept  # no tilts: never a query
         except Exception as exc:
             logger.warning("cannot re-read kept image %d for verification: %s", kept_id, exc)
             thumbs = []

@@ -50,27 +50,30 @@ class Thumbs:
     kept: list[np.ndarray]  # the views, then central zooms of the content
 
 
-def thumbs(gray: Image.Image, boxes: dict[str, Box]) -> Thumbs:
+def thumbs(gray: Image.Image, boxes: dict[str, Box], query_too: bool = True) -> Thumbs:
     """Both thumbnail sets of one image from its grayscale pixels and view boxes
-    (hashing.all_hashes): a view's mirror is its thumbnail flipped, not a second resize."""
+    (hashing.all_hashes): a view's mirror is its thumbnail flipped, not a second resize.
+    Without ``query_too`` only the kept set (a kept image re-read for verification)."""
     views = [thumb(gray, b) for b in boxes.values()]
+    box = boxes.get("trim", boxes["full"])  # "trim" only where there were borders
+    content = gray.crop(box)
+    kept = views + [thumb(content, _center(content, z)) for z in ZOOMS]
+    if not query_too:
+        return Thumbs([], kept)
     query = []
     for v in views:
         query += [v, np.ascontiguousarray(v[:, ::-1])]
-    box = boxes.get("trim", boxes["full"])  # "trim" only where there were borders
-    content = gray.crop(box)
     for angle in TILTS:
         query.append(
             thumb(content.rotate(angle, Image.Resampling.BILINEAR), _center(content, 0.88))
         )
-    kept = views + [thumb(content, _center(content, z)) for z in ZOOMS]
     return Thumbs(query, kept)
 
 
-def image_thumbs(image: Image.Image) -> Thumbs:
-    """``thumbs`` of a decoded image (a kept image re-read from its file)."""
+def image_thumbs(image: Image.Image, query_too: bool = True) -> Thumbs:
+    """``thumbs`` of a decoded image (a kept image re-read from its file: ``query_too=False``)."""
     gray = image.convert("L")
-    return thumbs(gray, view_boxes(gray))
+    return thumbs(gray, view_boxes(gray), query_too)
 
 
 def _center(image: Image.Image, keep: float) -> Box:
