@@ -61,7 +61,8 @@ def real_hashes(n_photos: int) -> list[tuple[int, list[int]]]:
     photos = photos[:: max(1, len(photos) // n_photos)][:n_photos]
     out = []
     for p in photos:
-        main, stored, _, _ = all_hashes(decode(p).image, METHOD)
+        hashed = all_hashes(decode(p).image, METHOD)
+        main, stored = hashed.main, hashed.stored
         out.append((main, stored))
     return out
 

@@ -2,8 +2,9 @@
 
 Builds a held-out set from the real photos: originals (odd-numbered files of each class;
 the even ones were used to tune the verifier), and for each original planted copies with
-easy edits (resize, recompression, small crop, brightness, upscale) and hard edits (10% crop,
-letterbox bars, caption band, slight rotation, mirror flip, corner watermark). Then it
+easy edits (resize, recompression, small crop, brightness, upscale, 1-12% off random sides)
+and hard edits (10% crop, letterbox bars, caption band, slight rotation, mirror flip, corner
+watermark). Then it
 measures, side by side in one run:
 
 * recall: planted copies found as copies of their own original;
@@ -46,12 +47,22 @@ def _crop(im, left, top, right, bottom):
     )
 
 
+def crop_sides(im, r):
+    """1-12% off a random non-empty combination of sides: the commonest edit between two sites
+    showing one photo."""
+    sides = [r.random() < 0.5 for _ in range(4)]
+    if not any(sides):
+        sides[r.randrange(4)] = True
+    return _crop(im, *[r.uniform(0.01, 0.12) if s else 0.0 for s in sides])
+
+
 EASY = {
     "resize50": lambda im, r: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS),
     "jpeg_q30": lambda im, r: im,  # saved with quality 30 below
     "crop5": lambda im, r: _crop(im, 0.025, 0.025, 0.025, 0.025),
     "brightness": lambda im, r: ImageEnhance.Brightness(im).enhance(1.3),
     "upscale2x": lambda im, r: im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC),
+    "crop1-12": crop_sides,
 }
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from dataset_factory.cache import BoundedCache
 from dataset_factory.hash_pool import Analyser, Analysis, Job
 from dataset_factory.index import NearDuplicateIndex
-from dataset_factory.verify import kept_thumbs, similarity
+from dataset_factory.verify import image_thumbs, similarities
 from vision.decode import DRAFT_SIZE, Limits, decode
 
 if TYPE_CHECKING:
@@ -196,6 +196,7 @@ class Deduper:
             thumb_cache_bytes, size=lambda thumbs: 64 + sum(t.nbytes for t in thumbs)
         )
         self._scores: dict[tuple[int, int], float | None] = {}  # (new id, kept id) -> score
+        self.verified = 0  # candidate verifications run (for benchmarks and the log)
 
     def find_copy(self, a: Analysis) -> tuple[int, str, float | None] | None:
         """(kept id, "near"/"hard", score) of the kept image ``a`` copies, or None.
@@ -211,8 +212,10 @@ class Deduper:
         if near and near[0][1] == 0:
             return near[0][0], "near", None
         near_ids = [i for i, _ in near]
-        for kept_id in self._candidates(a, near_ids):
-            score = self._score(a, kept_id)
+        candidates = self._candidates(a, near_ids)
+        self._score_all(a, candidates)
+        for kept_id in candidates:
+            score = self._scores.get((a.image_id, kept_id))
             if score is not None and score >= self.verify_threshold:
                 return kept_id, "near" if kept_id in near_ids else "hard", score
         return None
@@ -241,15 +244,22 @@ class Deduper:
                 return 0
         return todo
 
-    def _score(self, a: Analysis, kept_id: int) -> float | None:
-        """Verifier score of the pair (remembered: it depends only on the two images)."""
-        key = (a.image_id, kept_id)
-        if key not in self._scores:
-            thumbs = self._kept_thumbs(kept_id)
-            if not thumbs:  # unreadable now; not remembered, the file may have moved
-                return None
-            self._scores[key] = similarity(a.thumbs, thumbs)
-        return self._scores[key]
+    def _score_all(self, a: Analysis, candidates: list[int]) -> None:
+        """Verifier scores of ``a`` against the candidates not scored yet, in one batch
+        (remembered: a score depends only on the two images; an unreadable kept image gets
+        none, and is not remembered: the file may have moved)."""
+        todo, thumbs = [], []
+        for kept_id in candidates:
+            if (a.image_id, kept_id) in self._scores:
+                continue
+            kept = self._kept_thumbs(kept_id)
+            if kept:
+                todo.append(kept_id)
+                thumbs.append(kept)
+        if todo:
+            self.verified += len(todo)
+            for kept_id, score in zip(todo, similarities(a.thumbs, thumbs).tolist()):
+                self._scores[(a.image_id, kept_id)] = score
 
     def prefetch(self, analyses: list[Analysis]) -> None:
         """Verify a chunk against its candidates now, so that ``check`` mostly reuses the scores.
@@ -274,6 +284,8 @@ class Deduper:
                 if a.thumbs:
                     self.find_copy(a)
                 self.index.add(a.image_id, _hash(a.phash), a.views)
+                if a.kept_thumbs and a.image_id not in self._thumbs:
+                    self._thumbs[a.image_id] = a.kept_thumbs
                 added.append(a.image_id)
         finally:
             self.index.remove(added)
@@ -287,7 +299,7 @@ class Deduper:
         kept = self.lookup(kept_id)
         try:
             image = decode(kept.path, self.limits, DRAFT_SIZE).image
-            thumbs = kept_thumbs(image)
+            thumbs = image_thumbs(image, query_too=False).kept  # no tilts: never a query
         except Exception as exc:
             logger.warning("cannot re-read kept image %d for verification: %s", kept_id, exc)
             thumbs = []
@@ -306,6 +318,8 @@ class Deduper:
     def remember(self, image_id: int, a: Analysis) -> None:
         self.index.add(image_id, _hash(a.phash), a.views)
         self.forget([image_id])  # thumbnails read while it was a candidate stay valid
+        if a.kept_thumbs and image_id not in self._thumbs:
+            self._thumbs[image_id] = a.kept_thumbs  # its pixels were decoded once already
 
     def check(self, a: Analysis, new: Kept) -> Verdict:
         """Decide for a new, valid image; keeps the index up to date with the decision."""

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ import numpy as np
 
 from dataset_factory.errors import FactoryError
 from dataset_factory.hashing import all_hashes, hash_int
-from dataset_factory.verify import view_thumbs
+from dataset_factory.verify import thumbs
 from vision.decode import Limits, decode
 from vision.errors import InvalidImage
 
@@ -65,7 +65,8 @@ class Analysis:
     phash: int | None = None  # signed 64-bit, of ``Settings.method``
     views: list[int] = field(default_factory=list)  # stored for kept images
     mirror_views: list[int] = field(default_factory=list)  # tried only when querying
-    thumbs: list[np.ndarray] = field(default_factory=list)  # for verification
+    thumbs: list[np.ndarray] = field(default_factory=list)  # for verification, as a query
+    kept_thumbs: list[np.ndarray] = field(default_factory=list)  # the same, once it is kept
 
     @property
     def ok(self) -> bool:
@@ -98,10 +99,14 @@ def _analyse_bounded(job: Job, settings: Settings) -> Analysis:
         image = decoded.image
         result = Analysis(job.image_id, width=decoded.width, height=decoded.height)
         if settings.hard:
-            result.phash, result.views, result.mirror_views, found = all_hashes(
-                image, settings.method
+            hashed = all_hashes(image, settings.method)
+            result.phash, result.views, result.mirror_views = (
+                hashed.main,
+                hashed.stored,
+                hashed.mirrored,
             )
-            result.thumbs = view_thumbs(image, found)
+            found = thumbs(hashed.gray, hashed.boxes)
+            result.thumbs, result.kept_thumbs = found.query, found.kept
         else:
             result.phash = hash_int(image, settings.method)
         return result
@@ -138,6 +143,12 @@ def _in_main_thread() -> bool:
 
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:  # one process per core already: BLAS threads would only fight over the cores
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
     try:
         import resource
 
@@ -194,32 +205,23 @@ class Analyser:
         self, jobs: Iterable[Job], progress: Callable[[int], None] | None = None
     ) -> Iterator[Analysis]:
         """Analyses in the order of ``jobs`` (sent to workers in small groups: less IPC)."""
+        return self.submit(jobs).results(progress)
+
+    def submit(self, jobs: Iterable[Job]) -> Pending:
+        """Queue ``jobs`` on the workers now; their analyses come from ``.results()``.
+
+        The factory submits the next chunk before deciding the current one, so the workers
+        hash while the main process decides.
+        """
         jobs = list(jobs)
         if not jobs:
-            return
+            return Pending(self, [], [], [], None)
         if self._pool is None:
             self._pool = self._executor()
         size = max(1, min(TASK, len(jobs) // (self.workers * 4) or 1))
         groups = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         futures = [self._pool.submit(analyse_many, group, self.settings) for group in groups]
-        done = 0
-        for group, fut in zip(groups, futures):
-            try:
-                results = self._wait(fut, self._budget(len(group)))
-            except (BrokenProcessPool, FutureTimeout) as exc:
-                logger.warning(
-                    "a hashing worker %s; retrying %d files one by one",
-                    "died" if isinstance(exc, BrokenProcessPool) else "hung",
-                    len(jobs) - done,
-                )
-                self._kill_pool(broken=True)
-                yield from self._one_by_one(jobs[done:], progress)
-                return
-            for result in results:
-                done += 1
-                if progress:
-                    progress(1)
-                yield result
+        return Pending(self, jobs, groups, futures, self._pool)
 
     def _wait(self, fut, budget: float | None):
         """``fut``'s result; BrokenProcessPool as soon as a worker is seen dead, FutureTimeout
@@ -292,6 +294,39 @@ class Analyser:
             if progress:
                 progress(1)
             yield result
+
+
+class Pending:
+    """Jobs queued on the pool by ``Analyser.submit``."""
+
+    def __init__(self, analyser: Analyser, jobs, groups, futures, pool):
+        self.analyser = analyser
+        self.jobs, self.groups, self.futures, self.pool = jobs, groups, futures, pool
+
+    def results(self, progress: Callable[[int], None] | None = None) -> Iterator[Analysis]:
+        """The analyses in the order of the jobs; when a worker dies or hangs, the files not
+        answered yet are retried one by one, so only the culprit is rejected."""
+        a, done = self.analyser, 0
+        for group, fut in zip(self.groups, self.futures):
+            try:
+                if self.pool is not a._pool and not fut.done():
+                    raise CancelledError()  # its pool was killed for an earlier submission
+                results = a._wait(fut, a._budget(len(group)))
+            except (BrokenProcessPool, FutureTimeout, CancelledError) as exc:
+                if self.pool is a._pool:  # else already killed, for jobs submitted before
+                    logger.warning(
+                        "a hashing worker %s; retrying %d files one by one",
+                        "hung" if isinstance(exc, FutureTimeout) else "died",
+                        len(self.jobs) - done,
+                    )
+                    a._kill_pool(broken=True)
+                yield from a._one_by_one(self.jobs[done:], progress)
+                return
+            for result in results:
+                done += 1
+                if progress:
+                    progress(1)
+                yield result
 
 
 def _unstick_manager(pool: ProcessPoolExecutor) -> None:

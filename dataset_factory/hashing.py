@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 import imagehash
@@ -50,15 +51,21 @@ _DCT8 = _dct_matrix()[:8]  # only the 8 lowest frequencies are used
 def phash_many(images: list[Image.Image]) -> list[int]:
     """imagehash.phash of several images at once: same resize, same DCT, same median rule,
     but the DCT is two small matrix products for the whole stack instead of scipy calls."""
-    pixels = np.stack(
-        [
-            np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS), np.float64)
-            for im in images
-        ]
+    return _phash_pixels(
+        np.stack(
+            [
+                np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS), np.float64)
+                for im in images
+            ]
+        )
     )
+
+
+def _phash_pixels(pixels: np.ndarray) -> list[int]:
+    """phash of a (n, 32, 32) stack of grayscale pixels."""
     low = _DCT8 @ pixels @ _DCT8.T  # (n, 8, 8)
-    med = np.median(low.reshape(len(images), -1), axis=1)
-    return [_bits_to_int(low[j] > med[j]) for j in range(len(images))]
+    med = np.median(low.reshape(len(pixels), -1), axis=1)
+    return [_bits_to_int(low[j] > med[j]) for j in range(len(pixels))]
 
 
 def hash_many(images: list[Image.Image], method: str = "phash") -> list[int]:
@@ -81,7 +88,12 @@ def hash_int(image: Image.Image, method: str = "phash") -> int:
 
 def trim_borders(image: Image.Image, tolerance: int = 24) -> Image.Image | None:
     """The image without uniform bars around it (letterbox, padding); None if nothing to trim."""
-    gray = image.convert("L")
+    box = trim_box(image.convert("L"), tolerance)
+    return None if box is None else image.crop(box)
+
+
+def trim_box(gray: Image.Image, tolerance: int = 24) -> tuple[int, int, int, int] | None:
+    """The box of a grayscale image inside uniform bars around it; None if nothing to trim."""
     w, h = gray.size
     corner_points = ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))
     corners = [cast(int, gray.getpixel(p)) for p in corner_points]  # mode L: one int
@@ -97,32 +109,67 @@ def trim_borders(image: Image.Image, tolerance: int = 24) -> Image.Image | None:
             best = box
     if best is None or _area(best) < w * h * 0.3:
         return None
-    return image.crop(best)
+    return best
 
 
 def _area(box) -> int:
     return (box[2] - box[0]) * (box[3] - box[1])
 
 
-def views(image: Image.Image) -> dict[str, Image.Image]:
-    """The views of one RGB image whose hashes are stored and compared."""
-    w, h = image.size
-    out = {"full": image}
-    trimmed = trim_borders(image)
+Box = tuple[int, int, int, int]
+
+
+def view_boxes(gray: Image.Image) -> dict[str, Box]:
+    """The views of one image as boxes: the whole frame, uniform borders trimmed (only where
+    there are some), the central 80% and the top 85% (drops a bottom caption band)."""
+    w, h = gray.size
+    out: dict[str, Box] = {"full": (0, 0, w, h)}
+    trimmed = trim_box(gray)
     if trimmed is not None:
         out["trim"] = trimmed
-    out["center"] = image.crop((round(w * 0.1), round(h * 0.1), round(w * 0.9), round(h * 0.9)))
-    out["top"] = image.crop((0, 0, w, round(h * 0.85)))
+    out["center"] = (round(w * 0.1), round(h * 0.1), round(w * 0.9), round(h * 0.9))
+    out["top"] = (0, 0, w, round(h * 0.85))
     return out
 
 
-def all_hashes(
-    image: Image.Image, method: str = "phash"
-) -> tuple[int, list[int], list[int], dict[str, Image.Image]]:
-    """(main hash, stored view hashes, extra mirrored view hashes, the views), hashed in one go."""
-    found = views(image)
-    stack = list(found.values()) + [ImageOps.mirror(v) for v in found.values()]
-    hashes = hash_many(stack, method)
-    stored = list(dict.fromkeys(hashes[: len(found)]))
-    mirrored = [h for h in dict.fromkeys(hashes[len(found) :]) if h not in stored]
-    return hashes[0], stored, mirrored, found
+def views(image: Image.Image) -> dict[str, Image.Image]:
+    """The views of one RGB image whose hashes are stored and compared (as images)."""
+    return {name: image.crop(box) for name, box in view_boxes(image.convert("L")).items()}
+
+
+@dataclass
+class Hashed:
+    """One image's hashes and what the verifier's thumbnails are cut from."""
+
+    main: int
+    stored: list[int]  # the views' hashes, kept in the index
+    mirrored: list[int]  # the mirrored views' hashes, tried only when querying
+    gray: Image.Image  # the image in grayscale, decoded once
+    boxes: dict[str, Box]
+
+
+def all_hashes(image: Image.Image, method: str = "phash") -> Hashed:
+    """The main hash and the view hashes, computed from one grayscale conversion.
+
+    For phash a mirrored view's hash is that of the mirrored 32x32 resize (the same as
+    resizing the mirrored view: the filter is symmetric), so a query's mirrors cost one median
+    each, not a resize. (A view is cropped before it is resized, not resized from its box:
+    the box form reads pixels outside the box and changed some borderline decisions.)
+    """
+    gray = image.convert("L")
+    boxes = view_boxes(gray)
+    if method == "phash":
+        small = np.stack(
+            [
+                np.asarray(gray.crop(b).resize((32, 32), Image.Resampling.LANCZOS), np.float64)
+                for b in boxes.values()
+            ]
+        )
+        hashes = _phash_pixels(np.concatenate([small, small[:, :, ::-1]]))
+    else:
+        found = [gray.crop(b) for b in boxes.values()]
+        hashes = hash_many(found + [ImageOps.mirror(v) for v in found], method)
+    n = len(boxes)
+    stored = list(dict.fromkeys(hashes[:n]))
+    mirrored = [h for h in dict.fromkeys(hashes[n:]) if h not in stored]
+    return Hashed(hashes[0], stored, mirrored, gray, boxes)

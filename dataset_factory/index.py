@@ -94,6 +94,33 @@ class HashArray:
         dist = np.bitwise_count(np.bitwise_xor(hashes[rows], q))
         return self.ids[rows], dist
 
+    def within_any(self, queries: list[int], radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, distances) of entries within ``radius`` bits of any of ``queries``, with the
+        distance to the nearest query: one pass over the array for all queries (a block is
+        read once and stays in cache while every query is compared with it)."""
+        qs = [np.uint64(q & 0xFFFFFFFFFFFFFFFF) for q in dict.fromkeys(queries)]
+        hashes = self.hashes
+        xor, count, hit = self._buffers()
+        best = np.empty(BLOCK, np.uint8)
+        rows: list[np.ndarray] = []
+        dists: list[np.ndarray] = []
+        for start in range(0, len(hashes), BLOCK):
+            m = min(BLOCK, len(hashes) - start)
+            block = hashes[start : start + m]
+            best[:m] = 64
+            for q in qs:
+                np.bitwise_xor(block, q, out=xor[:m])
+                np.bitwise_count(xor[:m], out=count[:m])
+                np.minimum(best[:m], count[:m], out=best[:m])
+            np.less_equal(best[:m], radius, out=hit[:m])
+            found = np.flatnonzero(hit[:m])
+            if len(found):
+                rows.append(found + start)
+                dists.append(best[found].astype(np.int64))
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return self.ids[np.concatenate(rows)], np.concatenate(dists)
+
     def _buffers(self):
         if getattr(self, "_scratch", None) is None:
             self._scratch = (
@@ -139,13 +166,11 @@ class NearDuplicateIndex:
 
     def view_candidates(self, query_views: Iterable[int], radius: int) -> list[int]:
         """Image ids with any stored view within ``radius`` of any query view, best first."""
-        best: dict[int, int] = {}
-        for q in query_views:
-            ids, dist = self.views.within(q, radius)
-            for i, d in zip(ids.tolist(), dist.tolist()):
-                if d < best.get(i, 65):
-                    best[i] = d
-        return sorted(best, key=lambda i: (best[i], i))
+        ids, dist = self.views.within_any(list(query_views), radius)
+        if not len(ids):
+            return []
+        order = np.lexsort((ids, dist))
+        return list(dict.fromkeys(ids[order].tolist()))  # an image's nearest view first
 
     # ---- persistence -------------------------------------------------------------------------
 

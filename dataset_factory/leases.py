@@ -70,10 +70,12 @@ class Claims:
         except Exception as err:  # leases expire on their own; never mask the real error
             logger.warning("could not release claims of %s: %s", self.worker, err)
 
-    def take(self, n: int) -> list[dict]:
-        """Up to ``n`` inbox rows leased to this worker, in id order (its own unfinished first)."""
-        rows = self.store.claim_inbox(self.worker, n + len(self.stuck), self.lease)
-        return [r for r in rows if r["id"] not in self.stuck][:n]
+    def take(self, n: int, busy: Iterable[int] = ()) -> list[dict]:
+        """Up to ``n`` inbox rows leased to this worker, in id order (its own unfinished first),
+        leaving out ``busy`` (rows it took already and is still working on)."""
+        skip = self.stuck.union(busy)
+        rows = self.store.claim_inbox(self.worker, n + len(skip), self.lease)
+        return [r for r in rows if r["id"] not in skip][:n]
 
     def wait_for_others(self) -> bool:
         """Nothing to claim: wait briefly if other workers still hold inbox rows.

@@ -37,7 +37,7 @@ from dataset_factory.cache import BoundedCache
 from dataset_factory.classify import Classifier
 from dataset_factory.decide import Filing
 from dataset_factory.dedupe import Deduper, Kept
-from dataset_factory.hash_pool import Analyser, Analysis, Job, Settings
+from dataset_factory.hash_pool import Analyser, Analysis, Job, Pending, Settings
 from dataset_factory.index_sync import LOCK, SharedIndex
 from dataset_factory.leases import Claims, worker_id
 from storage import Move, MoveConflictError, MoveResult
@@ -76,6 +76,7 @@ class FactorySummary:
     failed: int = 0  # rows that failed once, left in the inbox for the next run
     set_aside: int = 0  # rows that failed twice: now rejected, processing_error
     relinked: int = 0  # rows whose file was elsewhere: the row now follows the file
+    verified: int = 0  # duplicate candidates the verifier compared pixel by pixel
 
     def merge(self, other: FactorySummary) -> None:
         for name, c in other.classes.items():
@@ -116,6 +117,7 @@ class FactorySummary:
             "failed": self.failed,
             "set_aside": self.set_aside,
             "relinked": self.relinked,
+            "verified": self.verified,
             "classes": {k: self.totals(k) for k in sorted(self.classes)},
             "rejected": dict(sorted(self.rejected.items())),
         }
@@ -162,6 +164,16 @@ def process_inbox(
     return summary
 
 
+@dataclass
+class Taken:
+    """A chunk claimed by this worker: its rows whose files are in place, their analyses
+    under way, and how many rows were claimed (missing files included)."""
+
+    rows: list[dict]
+    pending: Pending
+    claimed: int
+
+
 class FactoryRun:
     """One process_inbox call: what its chunks share.
 
@@ -204,24 +216,27 @@ class FactoryRun:
 
     def process(self, limit: int | None, chunk_size: int) -> None:
         """Take chunks until the inbox is empty (or ``limit`` rows were taken) and file them."""
-        claims, summary = self.claims, self.summary
+        summary = self.summary
         with self.store.exclusive(LOCK):
             self.shared.sync()
         summary.index_size = len(self.shared.index)
         summary.model_version = self.store.registry.current()
         taken = 0
-        while limit is None or taken < limit:
-            chunk = claims.take(chunk_size if limit is None else min(chunk_size, limit - taken))
-            if not chunk:
-                if claims.wait_for_others():  # rows leased to a worker that may have died
-                    continue
+        ahead: Taken | None = None  # the next chunk, being hashed
+        while True:
+            now = ahead or self._take(limit, taken, chunk_size)
+            ahead = None
+            if now is None:
                 break
-            taken += len(chunk)
-            chunk = self._without_missing_files(chunk)
+            chunk, pending = now.rows, now.pending
+            taken += now.claimed
             if not chunk:
                 continue
             try:
-                summary.processed += self.file_rows(chunk)
+                analyses = list(pending.results(self.progress))
+                # the workers hash the next chunk while this one is decided
+                ahead = self._take(limit, taken, chunk_size, busy=chunk, wait=False)
+                summary.processed += self.file_rows(chunk, analyses)
             except ModelLoadError:
                 raise  # the model, not the rows: the run fails and says so
             except Exception as exc:
@@ -234,6 +249,30 @@ class FactoryRun:
                 )
                 summary.processed += self._one_at_a_time(chunk, exc)
         summary.index_size = len(self.shared.index)
+        summary.verified = self.deduper.verified
+
+    def _take(
+        self,
+        limit: int | None,
+        taken: int,
+        chunk_size: int,
+        busy: list[dict] = (),  # type: ignore[assignment]
+        wait: bool = True,
+    ) -> Taken | None:
+        """The next chunk (its rows with files in place) with its analyses under way; None
+        when the inbox is empty (after waiting for other workers' leases if ``wait``) or
+        ``limit`` rows were taken."""
+        while limit is None or taken < limit:
+            n = chunk_size if limit is None else min(chunk_size, limit - taken)
+            chunk = self.claims.take(n, busy=[r["id"] for r in busy])
+            if not chunk:
+                if wait and self.claims.wait_for_others():
+                    continue  # rows leased to a worker that may have died
+                break
+            rows = self._without_missing_files(chunk)
+            jobs = [Job(r["id"], str(self.store.abspath(r["path"]))) for r in rows]
+            return Taken(rows, self.analyser.submit(jobs), len(chunk))
+        return None
 
     def lookup(self, image_id: int) -> Kept:
         """What the deduper needs about a kept image (read from the DB once, then cached)."""
@@ -241,11 +280,13 @@ class FactoryRun:
             self.kept_cache[image_id] = _kept(self.store, self.store.get_image(image_id))
         return self.kept_cache[image_id]
 
-    def file_rows(self, chunk: list[dict]) -> int:
-        """Hash, classify, decide and file ``chunk``; returns how many rows were filed."""
+    def file_rows(self, chunk: list[dict], analyses: list[Analysis] | None = None) -> int:
+        """Hash (unless ``analyses`` are given), classify, decide and file ``chunk``; returns
+        how many rows were filed."""
         summary = self.summary
-        jobs = [Job(r["id"], str(self.store.abspath(r["path"]))) for r in chunk]
-        analyses = list(self.analyser.run(jobs, self.progress))
+        if analyses is None:
+            jobs = [Job(r["id"], str(self.store.abspath(r["path"]))) for r in chunk]
+            analyses = list(self.analyser.run(jobs, self.progress))
         predicted = _predict(self.config, self.store, chunk, analyses, self.model)
         for attempt in range(DEFER + 1):
             # verification against the index as other workers left it, in parallel
