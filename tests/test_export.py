@@ -94,6 +94,7 @@ def test_imagefolder_loads_in_keras_with_the_trainers_split_hard_linked(filled, 
     result = run_cli("export", str(out), "--format", "imagefolder")
     assert result.exit_code == 0, result.output
     assert "exported 24 images" in result.output and "24 hard-linked, 0 copied" in result.output
+    assert "%|" not in result.output  # no progress bar when not a terminal
 
     for split in ("train", "val", "test"):
         ds = tf.keras.utils.image_dataset_from_directory(
