@@ -233,6 +233,71 @@ def attribution(ctx: Context):
     click.echo(f"credits for {n} accepted images: {md} and {csv_path}")
 
 
+@cli.command("export")
+@click.argument("out_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["imagefolder", "csv", "jsonl", "hf", "tfrecord"]),
+    help="imagefolder: train/val/test/<class>/ for Keras; hf: Hugging Face imagefolder with "
+    "metadata.jsonl; tfrecord: sharded tf.train.Example; csv/jsonl: one row per image.",
+)
+@click.option(
+    "--status",
+    type=click.Choice(["accepted", "review", "all"]),
+    default="accepted",
+    show_default=True,
+    help="Which images (all: accepted and review).",
+)
+@click.option(
+    "--split",
+    is_flag=True,
+    help="csv/jsonl: add a split column; hf: train/ val/ test/ folders. imagefolder and "
+    "tfrecord always split.",
+)
+@click.option("--force", is_flag=True, help="Write into a non-empty DIR (same names replaced).")
+@pass_ctx
+def export_command(ctx: Context, out_dir, fmt, status, split, force):
+    """Copy (hard-link where possible) the labelled images to DIR in a format another library
+    loads; the split is the trainer's own. The store is only read.
+
+    \b
+    Example:
+      pingo export out/keras --format imagefolder
+      pingo export out/hf --format hf --split
+    """
+    from tqdm import tqdm
+
+    from pingo.export import export
+
+    config = ctx.config
+    with ctx.store() as store, tqdm(unit="img", disable=None, desc="export") as bar:
+
+        def set_total(n: int) -> None:
+            bar.total = n
+            bar.refresh()
+
+        result = export(
+            store,
+            out_dir,
+            fmt,
+            status=status,
+            split=split,
+            val_fraction=config.train.val_fraction,
+            test_fraction=config.train.test_fraction,
+            classes=config.classes,
+            force=force,
+            progress=bar.update,
+            total=set_total,
+        )
+    per_split = ", ".join(f"{s} {sum(c.values())}" for s, c in result.counts.items())
+    how = f"{result.linked} hard-linked, {result.copied} copied" if fmt != "tfrecord" else "encoded"
+    click.echo(f"exported {result.total} images as {fmt} to {out_dir} ({per_split}; {how})")
+    if result.missing:
+        click.echo(f"{result.missing} images skipped: their file is missing (run `pingo check`)")
+
+
 @cli.command("import")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @pass_ctx
