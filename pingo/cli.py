@@ -46,6 +46,30 @@ class PingoGroup(click.Group):
             ctx.exit(exc.exit_code)
 
 
+# Commands that load TensorFlow (training, sorting with a model, the jobs that run them).
+TENSORFLOW_COMMANDS = frozenset({"demo", "train", "factory", "schedule", "export"})
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the process's stderr (fd 2) pointed at /dev/null.
+
+    TensorFlow 2.21 prints its C++ start-up lines ("oneDNN custom operations are on",
+    "All log messages before absl::InitializeLog() ...") while importing, before
+    TF_CPP_MIN_LOG_LEVEL or any logging setting applies. An import that fails is left for the
+    command's own import to raise, with its messages."""
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(null, 2)
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     if not verbose:  # TensorFlow's C++ start-up chatter (oneDNN, CPU features) says nothing useful
@@ -122,6 +146,8 @@ def _as_job(ctx: Context, job: str, work):
 def cli(ctx, config_path, verbose, quiet):
     """pingo grows an image-classification dataset unattended: crawl, dedupe, sort, retrain."""
     _setup_logging(verbose, quiet)
+    if not verbose and ctx.invoked_subcommand in TENSORFLOW_COMMANDS:
+        _import_tensorflow_quietly()
     ctx.obj = Context(config_path)
 
 

@@ -78,6 +78,31 @@ def test_real_console_script_exit_status(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("pingo: error: classes.a/b")
 
 
+def test_tensorflow_start_up_lines_stay_off_the_console_unless_verbose(project):
+    """TensorFlow's C++ import chatter (oneDNN, absl::InitializeLog) is not shown by commands
+    that load it; -v shows everything. `export --format tfrecord` imports TensorFlow."""
+    with project.store() as store:
+        for label, color in (("cat", (200, 30, 30)), ("dog", (30, 200, 30))):
+            image_id = store.add_image(png_bytes(color), keyword_class=label, source="t", ext="png")
+            store.move(image_id, "accepted", label=label, label_source="human")
+
+    def export(*flags: str) -> subprocess.CompletedProcess:
+        out = project.root / f"export{len(flags)}"
+        command = ["--config", str(project.path), *flags, "export", str(out)]
+        return subprocess.run(
+            [sys.executable, "-m", "pingo.cli", *command, "--format", "tfrecord"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    quiet = export()
+    assert quiet.returncode == 0, quiet.stderr
+    chatter = ("absl::InitializeLog", "oneDNN custom operations", "I0000 ", "W0000 ")
+    assert not [line for line in quiet.stderr.splitlines() if any(c in line for c in chatter)]
+    assert export("-v").returncode == 0
+
+
 def make_import_tree(root: Path) -> Path:
     for cls, colors in {"cat": [(10, 0, 0), (20, 0, 0)], "dog": [(0, 10, 0)]}.items():
         (root / cls).mkdir(parents=True)
