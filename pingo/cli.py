@@ -20,7 +20,7 @@ from core.config import Config, find_config_path, load_config, write_starter_con
 from core.errors import PingoError
 from core.names import ARCHITECTURES
 from core.stats import format_interval
-from pingo import __version__
+from pingo import __version__, quiet_import
 from pingo.tables import (
     auto_accept,
     auto_accept_lines,
@@ -44,30 +44,6 @@ class PingoGroup(click.Group):
         except PingoError as exc:
             click.echo(f"pingo: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-
-
-# Commands that load TensorFlow (training, sorting with a model, the jobs that run them).
-TENSORFLOW_COMMANDS = frozenset({"demo", "train", "factory", "schedule", "export"})
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with the process's stderr (fd 2) pointed at /dev/null.
-
-    TensorFlow 2.21 prints its C++ start-up lines ("oneDNN custom operations are on",
-    "All log messages before absl::InitializeLog() ...") while importing, before
-    TF_CPP_MIN_LOG_LEVEL or any logging setting applies. An import that fails is left for the
-    command's own import to raise, with its messages."""
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    sys.stderr.flush()
-    os.dup2(null, 2)
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(null)
-        os.close(saved)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -146,8 +122,8 @@ def _as_job(ctx: Context, job: str, work):
 def cli(ctx, config_path, verbose, quiet):
     """pingo grows an image-classification dataset unattended: crawl, dedupe, sort, retrain."""
     _setup_logging(verbose, quiet)
-    if not verbose and ctx.invoked_subcommand in TENSORFLOW_COMMANDS:
-        _import_tensorflow_quietly()
+    if not verbose:
+        quiet_import.install()
     ctx.obj = Context(config_path)
 
 
