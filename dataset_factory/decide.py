@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.names import LEARNABLE_REVIEW_REASONS
-from vision.evidence import KeywordReliability, decide, posterior
+from vision.evidence import KeywordReliability, decide, evidence_record, posterior
 
 if TYPE_CHECKING:
     from core.config import Config
@@ -110,13 +110,9 @@ class Filing:
             "label": d.label,
             "confidence": float(probs[j]),  # the calibrated model alone
             "decision_p": round(d.probability, 4),
-            "evidence": {
-                "keyword_reliability": round(pi, 4),
-                "model_p": round(float(probs[classes.index(keyword)]), 4),
-                "model_guess": classes[int(np.argmax(probs))],
-                "out_of_scope_p": round(float(post[-1]), 4),
-                "target": self.config.factory.target_precision,
-            },
+            "evidence": evidence_record(
+                probs, post, classes, keyword, pi, self.config.factory.target_precision
+            ),
         }
         if d.reason is not None:
             changes["reason"] = d.reason

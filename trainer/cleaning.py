@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.config import Config, TrainConfig
-from storage import Move, MoveConflictError, atomic_write
+from storage import Move, atomic_write
 from trainer import data
+from trainer.moves import move_all
 from trainer.rejudge import Rejudged, rejudge
 from trainer.split import unit_interval
 
@@ -98,6 +99,10 @@ class Cleaning:
     @property
     def checked(self) -> int:
         return sum(c["checked"] for by_source in self.counts.values() for c in by_source.values())
+
+    def reliability_report(self) -> dict[str, Any]:
+        """The part of cleaning.json the keyword reliability reads (vision.evidence)."""
+        return {"skipped": self.skipped, "counts": self.counts}
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"checked": self.checked, "flagged": len(self.flagged)}
@@ -420,26 +425,7 @@ def apply(store: Store, cleaning: Cleaning, version: str) -> dict[int, str]:
         )
         for f in cleaning.flagged
     ]
-    outcome: dict[int, str] = {}
-    try:
-        _record(outcome, store.move_many(moves))
-    except MoveConflictError:
-        # Another process is moving one of them: move the others one by one, skip that one.
-        for move in moves:
-            if move.image_id in outcome:
-                continue
-            try:
-                _record(outcome, store.move_many([move]))
-            except MoveConflictError:
-                outcome[move.image_id] = "being moved by another process; left as it is"
-    return outcome
-
-
-def _record(outcome: dict[int, str], result) -> None:
-    outcome.update(result)
-    outcome.update(result.skipped)
-    for image_id in result.missing:
-        outcome[image_id] = "file missing (now rejected, file_missing)"
+    return move_all(store, moves)[0]
 
 
 def clean(

@@ -16,15 +16,23 @@ precision.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.names import LEARNABLE_REVIEW_REASONS
-from storage import Move, MoveConflictError
+from storage import Move
+from trainer.moves import move_all
 from vision.calibration import MIN_VAL_IMAGES, apply_temperature, fit_temperature
-from vision.evidence import OUT_OF_SCOPE, decide, posterior, reliability_from_store, scope_profile
+from vision.evidence import (
+    OUT_OF_SCOPE,
+    decide,
+    evidence_record,
+    posterior,
+    reliability_from_store,
+    scope_profile,
+)
 
 if TYPE_CHECKING:
     from core.config import Config
@@ -48,7 +56,6 @@ class Rejudged:
     temperature: float | None = None
     calibration_images: int = 0
     skipped: str | None = None
-    moved: dict[int, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -102,8 +109,9 @@ def rejudge(store: Store, config: Config, cleaning: Cleaning, version: str) -> R
     result.temperature = round(float(temperature), 4)
     calibrated = apply_temperature(probs, temperature)
     scope = scope_profile(calibrated[human])
-    report = {"skipped": cleaning.skipped, "counts": cleaning.counts}
-    reliability = reliability_from_store(store, config.factory.keyword_prior, report)
+    reliability = reliability_from_store(
+        store, config.factory.keyword_prior, cleaning.reliability_report()
+    )
     # fold models learn with balancing class weights: their implicit class prior is even
     even = [1.0 / len(classes)] * len(classes)
     target = config.factory.target_precision
@@ -119,11 +127,7 @@ def rejudge(store: Store, config: Config, cleaning: Cleaning, version: str) -> R
             continue
         evidence = {
             "rule": RULE,
-            "keyword_reliability": round(pi, 4),
-            "model_p": round(float(calibrated[n, classes.index(keyword)]), 4),
-            "model_guess": classes[int(np.argmax(calibrated[n]))],
-            "out_of_scope_p": round(float(post[-1]), 4),
-            "target": target,
+            **evidence_record(calibrated[n], post, classes, keyword, pi, target),
         }
         changes: dict[str, Any] = {
             "label": keyword,
@@ -136,7 +140,7 @@ def rejudge(store: Store, config: Config, cleaning: Cleaning, version: str) -> R
         }
         expect = {"status": "review", "reason": KEYWORD_ONLY, "keyword_class": keyword}
         moves.append(Move(item.image_id, d.status, changes, expect=expect))
-    moved = _move(store, moves, result.moved)
+    _, moved = move_all(store, moves)
     for move in moves:
         if move.image_id in moved:
             if move.status == "accepted":
@@ -154,26 +158,3 @@ def rejudge(store: Store, config: Config, cleaning: Cleaning, version: str) -> R
         temperature,
     )
     return result
-
-
-def _move(store: Store, moves: list[Move], outcome: dict[int, str]) -> set[int]:
-    """The moves in one batch, or one by one around a move another process holds; fills
-    ``outcome`` (image id -> new path or why not) and returns the ids moved."""
-    moved: set[int] = set()
-    batches = [moves]
-    while batches:
-        batch = batches.pop()
-        if not batch:
-            continue
-        try:
-            done = store.move_many(batch)
-        except MoveConflictError:
-            if len(batch) == 1:
-                outcome[batch[0].image_id] = "being moved by another process; left as it is"
-            else:
-                batches.extend([m] for m in batch)
-            continue
-        moved.update(done)
-        outcome.update(done)
-        outcome.update(done.skipped)
-    return moved

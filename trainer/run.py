@@ -197,7 +197,7 @@ def keyword_reliability(
     precision and coverage recorded with the model are measured at these."""
     from vision.evidence import reliability_from_store
 
-    report = {"skipped": checked.skipped, "counts": checked.counts} if checked else {}
+    report = checked.reliability_report() if checked else {}
     estimate = reliability_from_store(store, config.factory.keyword_prior, report)
     return {c: estimate.of_class(c) for c in classes}
 

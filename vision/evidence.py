@@ -225,6 +225,26 @@ def posterior(
     return joint / total
 
 
+def evidence_record(
+    probs: np.ndarray,
+    post: np.ndarray,
+    classes: Sequence[str],
+    keyword: str,
+    reliability: float,
+    target: float,
+) -> dict[str, Any]:
+    """What a decision rested on, as stored in an image's ``evidence`` column: the keyword's
+    reliability, the calibrated model's probability of the keyword class and its best guess,
+    the posterior probability of out of scope, and the target."""
+    return {
+        "keyword_reliability": round(reliability, 4),
+        "model_p": round(float(probs[list(classes).index(keyword)]), 4),
+        "model_guess": classes[int(np.argmax(probs))],
+        "out_of_scope_p": round(float(post[-1]), 4),
+        "target": target,
+    }
+
+
 @dataclass(frozen=True)
 class Decision:
     """Where one image goes, with the probability behind it."""
