@@ -285,6 +285,7 @@ def fill_run(
 ) -> None:
     """The default's duplicate decisions for the inbox against an index pre-filled to each size,
     side by side with an empty index."""
+    from core.config import FactoryConfig
     from dataset_factory.dedupe import Deduper, Kept
     from dataset_factory.hash_pool import Settings, analyse_paths
     from dataset_factory.index import HashArray, NearDuplicateIndex
@@ -341,12 +342,13 @@ def fill_run(
                 _flip(views[vsrc], rng, bits),
             )
         kept: dict[int, Kept] = {}
+        f = FactoryConfig()  # the default settings, as `pingo factory` uses them
         deduper = Deduper(
             index,
-            max_distance=6,
-            hard=True,
-            hard_distance=14,
-            verify_threshold=0.86,
+            max_distance=f.max_distance,
+            hard=f.hard_duplicates,
+            hard_distance=f.hard_distance,
+            verify_threshold=f.verify_threshold,
             lookup=lookup,
         )
         t = time.perf_counter()
